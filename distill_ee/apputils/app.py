@@ -1,0 +1,201 @@
+"""The sample application behind compress_classifier.py: data, model, schedule, training, report."""
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError, DistillEEError
+from ..schedule import load_schedule, read_schedule
+from ..scheduler import CompressionScheduler
+from ..summaries import compute_table, model_table, params_nnz, sparsity_table, total_macs
+from .args import parse_args
+from .checkpoint import load_checkpoint, save_checkpoint
+from .datasets import dataset_info, load_dataset, make_loaders
+from .earlyexit_flags import shorthand_schedule
+from .models import create_model
+from .report import final_report
+from .run_dir import RunDir, setup_logging
+from .train import evaluate, train_one_epoch
+
+log = logging.getLogger("distill_ee")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the app; user errors print one line and return 2."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except DistillEEError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def seed_everything(seed: Optional[int], deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; make torch deterministic when asked."""
+    if seed is not None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def select_device(args: argparse.Namespace) -> torch.device:
+    """CUDA when present (and not --cpu), otherwise the CPU."""
+    if args.cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    ids = [int(i) for i in args.gpus.split(",")] if args.gpus else [0]
+    if ids[0] >= torch.cuda.device_count():
+        raise ConfigError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return torch.device(f"cuda:{ids[0]}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole job; see compress_classifier.py --help."""
+    dataset = args.dataset or "mnist5k"
+    if args.compress:
+        read_schedule(args.compress)  # validate structure before any work
+    info = dataset_info(dataset)
+    model = create_model(args.arch, num_classes=info.num_classes, in_channels=info.input_shape[0],
+                         pretrained=args.pretrained)
+    example = torch.zeros(1, *info.input_shape)
+    if args.summary:
+        return _print_summaries(args.summary, model, example)
+    seed_everything(args.seed, args.deterministic)
+    device = select_device(args)
+    run_dir = RunDir(args.out_dir, args.name or args.arch)
+    setup_logging(run_dir.log_file)
+    log.info("Log directory: %s", run_dir.path)
+    log.info("Command: %s", " ".join(sys.argv))
+    splits = load_dataset(dataset, args.data, valid_size=args.valid_size)
+    loaders = make_loaders(splits, args.batch_size, args.workers, seed=args.seed, deterministic=args.deterministic)
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = _make_scheduler(args, model, optimizer, example.to(device), run_dir)
+    start_epoch, best = _resume(args, model, optimizer, scheduler)
+    criterion = nn.CrossEntropyLoss().to(device)
+    if not args.evaluate:
+        best = _train(args, model, optimizer, scheduler, criterion, loaders, device, run_dir, start_epoch, best)
+    summary = final_report(args, dataset, model, scheduler, loaders, criterion, device, example, run_dir)
+    run_dir.write_json("summary.json", summary)
+    log.info("Results in %s", run_dir.path)
+    return 0
+
+
+def _print_summaries(kinds: List[str], model: nn.Module, example: torch.Tensor) -> int:
+    for kind in kinds:
+        if kind == "sparsity":
+            print(sparsity_table(model)[1])
+        elif kind == "compute":
+            print(compute_table(model, example)[1])
+        else:
+            print(model_table(model))
+    return 0
+
+
+def _make_scheduler(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    example: torch.Tensor, run_dir: RunDir) -> Optional[CompressionScheduler]:
+    path = args.compress
+    if args.earlyexit_thresholds is not None or args.earlyexit_lossweights is not None:
+        if path:
+            raise ConfigError("give early exits either in the --compress schedule or with --earlyexit_* flags")
+        path = str(run_dir.file("earlyexit_schedule.yaml"))
+        shorthand_schedule(args.arch, args.earlyexit_thresholds, args.earlyexit_lossweights, args.epochs, path)
+    if not path:
+        return None
+    if path == args.compress:
+        run_dir.copy_schedule(path)
+    scheduler = load_schedule(model, optimizer, path, example_input=example)
+    log.info("Schedule %s: %d policies", path, len(scheduler.policies))
+    return scheduler
+
+
+def _resume(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Optional[CompressionScheduler]) -> tuple:
+    if not args.resume_from:
+        return 0, None
+    ckpt = load_checkpoint(args.resume_from)
+    if ckpt.get("arch") != args.arch:
+        raise CheckpointError(f"{args.resume_from}: checkpoint is for --arch {ckpt.get('arch')!r}, "
+                              f"not {args.arch!r}")
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{args.resume_from}: weights do not fit this model: "
+                              f"{str(exc).splitlines()[0]}") from None
+    if scheduler is not None and "compression_sched" in ckpt:
+        scheduler.load_state_dict(ckpt["compression_sched"], strict=not args.reset_optimizer)
+    if args.reset_optimizer:
+        return 0, None
+    if "optimizer" in ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if "rng_state" in ckpt:
+        torch.set_rng_state(ckpt["rng_state"])
+    log.info("Resumed from %s at epoch %d", args.resume_from, ckpt["epoch"] + 1)
+    return ckpt["epoch"] + 1, ckpt.get("best_top1")
+
+
+def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
+           scheduler: Optional[CompressionScheduler], criterion: nn.Module, loaders: tuple,
+           device: torch.device, run_dir: RunDir, start_epoch: int, best: Optional[float]) -> Optional[float]:
+    train_loader, valid_loader, _ = loaders
+    for epoch in range(start_epoch, args.epochs):
+        started = time.perf_counter()
+        if scheduler:
+            scheduler.on_epoch_begin(epoch, optimizer)
+        train = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, epoch, device,
+                                print_freq=args.print_freq)
+        valid = evaluate(model, valid_loader, criterion, device, desc=f"Epoch {epoch} valid",
+                         print_freq=args.print_freq) if valid_loader is not None else {}
+        if scheduler:
+            scheduler.on_epoch_end(epoch, optimizer, metrics={"min": valid.get("loss", train["loss"]),
+                                                              "max": valid.get("top1", train["top1"])})
+        row = _epoch_row(epoch, optimizer, model, scheduler, train, valid, time.perf_counter() - started)
+        run_dir.append_metrics(row)
+        score = valid.get("top1", train["top1"])
+        is_best = best is None or score > best
+        best = score if is_best else best
+        _save(run_dir, args, epoch, model, optimizer, scheduler, best, is_best)
+        log.info("Epoch %d: train loss %.4f top1 %.2f | valid loss %.4f top1 %.2f | sparsity %.2f%% | %.1fs",
+                 epoch, train["loss"], train["top1"], valid.get("loss", float("nan")),
+                 valid.get("top1", float("nan")), row["sparsity"], row["seconds"])
+    return best
+
+
+def _epoch_row(epoch: int, optimizer: torch.optim.Optimizer, model: nn.Module,
+               scheduler: Optional[CompressionScheduler], train: Dict[str, float], valid: Dict[str, float],
+               seconds: float) -> Dict[str, Any]:
+    row: Dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+    row.update({f"train_{k}": v for k, v in train.items()})
+    row.update({f"valid_{k}": v for k, v in valid.items()})
+    for policy in (scheduler.find("early_exit") if scheduler else []):
+        row.update({f"train_{k}": v for k, v in policy.epoch_metrics().items()})
+    row["sparsity"] = sparsity_table(model, scheduler.masks if scheduler else None)[0][-1]["fine"]
+    row["seconds"] = seconds
+    return row
+
+
+def _save(run_dir: RunDir, args: argparse.Namespace, epoch: int, model: nn.Module,
+          optimizer: torch.optim.Optimizer, scheduler: Optional[CompressionScheduler], best: float,
+          is_best: bool) -> None:
+    state = {"epoch": epoch, "arch": args.arch, "dataset": args.dataset or "mnist5k",
+             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "best_top1": best,
+             "rng_state": torch.get_rng_state()}
+    if scheduler is not None:
+        state["compression_sched"] = scheduler.state_dict()
+    save_checkpoint(run_dir.file("checkpoint.pth.tar"), state)
+    if is_best:
+        save_checkpoint(run_dir.file("best.pth.tar"), state)

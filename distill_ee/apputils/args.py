@@ -1,0 +1,59 @@
+"""Command-line flags of the sample app, as Distiller's compress_classifier.py users know them."""
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of compress_classifier.py."""
+    p = argparse.ArgumentParser(
+        prog="compress_classifier.py",
+        description="Train or fine-tune a classifier under a compression schedule (early exit, pruning, "
+                    "regularization, thinning, LR) and report what it bought.")
+    p.add_argument("data", nargs="?", default=None, metavar="DATASET_DIR",
+                   help="dataset directory (not needed for the embedded default mnist5k)")
+    p.add_argument("-a", "--arch", default="lenet_mnist", help="model architecture (default: lenet_mnist)")
+    p.add_argument("--dataset", default=None,
+                   help="mnist5k (embedded, default), mnist, cifar10, imagenet, imagefolder")
+    p.add_argument("-j", "--workers", type=int, default=0, help="data loading workers (default: 0)")
+    p.add_argument("--epochs", type=int, default=10, help="number of training epochs (default: 10)")
+    p.add_argument("-b", "--batch-size", type=int, default=64, help="minibatch size (default: 64)")
+    p.add_argument("--lr", "--learning-rate", type=float, default=0.1, dest="lr", help="initial learning rate")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay", help="weight decay")
+    p.add_argument("-p", "--print-freq", type=int, default=50, help="log every N minibatches")
+    p.add_argument("--compress", metavar="SCHEDULE.yaml", help="compression schedule (YAML)")
+    p.add_argument("--resume-from", metavar="PATH", help="checkpoint to resume training from")
+    p.add_argument("--reset-optimizer", action="store_true",
+                   help="with --resume-from: start at epoch 0 with a fresh optimizer and schedule state")
+    p.add_argument("-e", "--evaluate", action="store_true", help="evaluate the (resumed) model on the test set")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--deterministic", action="store_true", help="deterministic CPU/GPU algorithms")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    p.add_argument("--gpus", default=None, metavar="DEV_ID", help="comma-separated GPU ids (first is used)")
+    p.add_argument("-n", "--name", default=None, help="experiment name (default: the architecture)")
+    p.add_argument("-o", "--out-dir", default="logs", help="output directory (default: logs)")
+    p.add_argument("--vs", "--valid-size", type=_fraction, default=0.1, dest="valid_size",
+                   help="share of the training data held out for validation (default: 0.1)")
+    p.add_argument("--summary", choices=["sparsity", "compute", "model"], action="append",
+                   help="print a summary of the model and exit")
+    p.add_argument("--pretrained", action="store_true", help="torchvision weights already on disk")
+    p.add_argument("--earlyexit_thresholds", type=float, nargs="*", default=None,
+                   help="early-exit thresholds (Distiller shorthand; the arch's default exit points)")
+    p.add_argument("--earlyexit_lossweights", type=float, nargs="*", default=None,
+                   help="early-exit loss weights; the final exit gets 1 - their sum")
+    p.add_argument("--no-timing", action="store_true", help="skip the wall-clock speed measurement")
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Parse ``argv`` (default: sys.argv)."""
+    return build_parser().parse_args(argv)

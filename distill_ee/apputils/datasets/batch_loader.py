@@ -1,0 +1,43 @@
+"""A DataLoader stand-in that batches in-memory images by tensor indexing instead of per-sample calls."""
+from __future__ import annotations
+
+from typing import Iterator, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from distill_ee.apputils.datasets.in_memory import InMemoryImages
+
+
+class InMemoryLoader:
+    """Iterates ``(inputs, targets)`` batches of an :class:`InMemoryImages` like a single-process DataLoader.
+
+    With ``shuffle`` each pass draws a new order from ``generator`` (the global RNG when None), as
+    DataLoader's RandomSampler does, so a seeded generator gives the same epoch orders on every run.
+    """
+
+    num_workers = 0
+    drop_last = False
+
+    def __init__(
+        self,
+        dataset: InMemoryImages,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: Optional[torch.Generator] = None,
+    ):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Tuple[Tensor, Tensor]]:
+        size = len(self.dataset)
+        order = torch.randperm(size, generator=self.generator) if self.shuffle else None
+        for start in range(0, size, self.batch_size):
+            stop = start + self.batch_size
+            yield self.dataset.batch(order[start:stop] if order is not None else slice(start, stop))

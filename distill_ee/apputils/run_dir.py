@@ -1,0 +1,102 @@
+"""The run directory of the sample app: log file, schedule copy, metrics.csv and summary.json."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..errors import ConfigError
+
+log = logging.getLogger("distill_ee")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class RunDir:
+    """``OUT/NAME___YYYY.MM.DD-HHMMSS/`` with the run's outputs."""
+
+    def __init__(self, out_dir: str, name: str):
+        stamp = time.strftime("%Y.%m.%d-%H%M%S")
+        self.name = name
+        self.path = Path(out_dir) / f"{name}___{stamp}"
+        try:
+            self.path.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            self.path = Path(tempfile.mkdtemp(prefix=f"{name}___{stamp}-", dir=out_dir))
+        except OSError as exc:
+            raise ConfigError(f"cannot create the output directory {self.path}: {exc.strerror}") from None
+        if not os.access(self.path, os.W_OK):
+            raise ConfigError(f"the output directory {self.path} is not writable")
+        self._metrics_fields: Optional[List[str]] = None
+        self._metric_rows: List[Dict[str, Any]] = []
+
+    @property
+    def log_file(self) -> Path:
+        """``NAME.log``."""
+        return self.path / f"{self.name}.log"
+
+    def file(self, name: str) -> Path:
+        """A path inside the run directory."""
+        return self.path / name
+
+    def copy_schedule(self, schedule_path: str) -> None:
+        """Keep a copy of the schedule next to the results."""
+        shutil.copyfile(schedule_path, self.path / Path(schedule_path).name)
+
+    def append_metrics(self, row: Dict[str, Any]) -> None:
+        """Add one epoch's row to metrics.csv (columns grow as new metrics appear)."""
+        self._metric_rows.append(row)
+        fields: List[str] = []
+        for r in self._metric_rows:
+            fields.extend(k for k in r if k not in fields)
+        lines = [fields] + [[_fmt(r.get(k, "")) for k in fields] for r in self._metric_rows]
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(lines)
+        atomic_write_text(self.path / "metrics.csv", buf.getvalue())
+
+    def write_json(self, name: str, data: Dict[str, Any]) -> Path:
+        """Write ``data`` as indented JSON, atomically."""
+        path = self.path / name
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+        return path
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def setup_logging(log_file: Optional[Path] = None, level: int = logging.INFO) -> None:
+    """Log to the console and, when given, to ``log_file``."""
+    root = logging.getLogger("distill_ee")
+    root.setLevel(level)
+    root.propagate = False
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+    if log_file is not None:
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
+        root.addHandler(fh)

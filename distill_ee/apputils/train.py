@@ -1,0 +1,109 @@
+"""A standard classifier training loop with the CompressionScheduler's hooks, and evaluation."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..scheduler import CompressionScheduler
+
+log = logging.getLogger("distill_ee")
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Tuple[int, ...] = (1, 5)) -> Tuple[int, ...]:
+    """Number of samples whose label is among the top-k predictions, for each k."""
+    maxk = min(max(topk), output.shape[1])
+    pred = output.topk(maxk, dim=1).indices
+    hits = pred.eq(target.view(-1, 1))
+    return tuple(int(hits[:, :min(k, maxk)].any(dim=1).sum()) for k in topk)
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain periodic log lines otherwise."""
+
+    def __init__(self, iterable: Iterable, total: int, desc: str, print_freq: int):
+        self.interactive = sys.stderr.isatty()
+        self.total = total
+        self.desc = desc
+        self.print_freq = max(1, print_freq)
+        self.bar = tqdm(iterable, total=total, desc=desc, leave=False, disable=not self.interactive)
+
+    def __iter__(self):
+        return iter(self.bar)
+
+    def update(self, step: int, stats: Dict[str, float]) -> None:
+        """Show running statistics after ``step`` (0-based)."""
+        text = "  ".join(f"{k} {v:.4f}" for k, v in stats.items())
+        if self.interactive:
+            self.bar.set_postfix_str(text, refresh=False)
+        elif (step + 1) % self.print_freq == 0 or step + 1 == self.total:
+            log.info("%s [%d/%d]  %s", self.desc, step + 1, self.total, text)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        self.bar.close()
+
+
+def train_one_epoch(model: nn.Module, loader: Any, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Optional[CompressionScheduler], epoch: int, device: torch.device, *,
+                    print_freq: int = 50) -> Dict[str, float]:
+    """One epoch of training with the scheduler's hooks; returns loss, top-1 and loss components."""
+    model.train()
+    steps = len(loader)
+    totals: Dict[str, float] = {}
+    seen = correct = 0
+    loss_sum = 0.0
+    progress = Progress(loader, steps, f"Epoch {epoch} train", print_freq)
+    for i, (inputs, target) in enumerate(progress):
+        inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        if scheduler:
+            scheduler.on_minibatch_begin(epoch, i, steps, optimizer)
+        output = model(inputs)
+        loss = criterion(output, target)
+        if scheduler:
+            agg = scheduler.before_backward_pass(epoch, i, steps, loss, optimizer,
+                                                 return_loss_components=True, target=target)
+            loss = agg.overall_loss
+            for comp in agg.loss_components:
+                totals[comp.name] = totals.get(comp.name, 0.0) + float(comp.value.detach()) * len(target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if scheduler:
+            scheduler.before_parameter_optimization(epoch, i, steps, optimizer)
+        optimizer.step()
+        if scheduler:
+            scheduler.on_minibatch_end(epoch, i, steps, optimizer)
+        n = len(target)
+        seen += n
+        loss_sum += float(loss.detach()) * n
+        correct += int((output.detach().argmax(1) == target).sum())
+        progress.update(i, {"loss": loss_sum / seen, "top1": 100.0 * correct / seen})
+    progress.close()
+    result = {"loss": loss_sum / max(seen, 1), "top1": 100.0 * correct / max(seen, 1)}
+    result.update({k: v / max(seen, 1) for k, v in totals.items()})
+    return result
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, criterion: nn.Module, device: torch.device, *,
+             desc: str = "valid", print_freq: int = 50) -> Dict[str, float]:
+    """Loss, top-1 and top-5 (percent) of ``model`` over ``loader``."""
+    model.eval()
+    seen = c1 = c5 = 0
+    loss_sum = 0.0
+    progress = Progress(loader, len(loader), desc, print_freq)
+    for i, (inputs, target) in enumerate(progress):
+        inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        output = model(inputs)
+        n = len(target)
+        loss_sum += float(criterion(output, target)) * n
+        a1, a5 = accuracy(output, target)
+        seen, c1, c5 = seen + n, c1 + a1, c5 + a5
+        progress.update(i, {"loss": loss_sum / seen, "top1": 100.0 * c1 / seen})
+    progress.close()
+    seen = max(seen, 1)
+    return {"loss": loss_sum / seen, "top1": 100.0 * c1 / seen, "top5": 100.0 * c5 / seen}

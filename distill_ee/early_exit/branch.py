@@ -1,0 +1,245 @@
+"""Exit branches: layer lists from a schedule turned into modules, input sizes inferred from real shapes.
+
+A branch is written as a list of layers (``relu`` or ``{type: conv, out_channels: 16, kernel_size: 3}``).
+Each layer type is a builder registered in BRANCH_LAYERS; a builder receives the shape of the tensor it will
+consume (batch first) and its options, and returns the torch layer. Builders reject inputs they cannot take
+(a conv on a flat tensor, a linear on an image) with a message the schedule error carries.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..errors import ScheduleError
+from ..registry import BRANCH_LAYERS, UnknownNameError, suggest
+
+Shape = Tuple[int, ...]
+#: an option that is one integer or a pair (kernel sizes, strides, paddings)
+Size2 = Union[int, Tuple[int, int]]
+
+
+class BranchShapeError(ValueError):
+    """A layer cannot take the tensor that reaches it."""
+
+
+@dataclass
+class LayerSpec:
+    """One branch layer as written in the schedule: a registered type and its options."""
+
+    type: str
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def to_config(self) -> Any:
+        """Plain-python form (a bare string when there are no options)."""
+        return {"type": self.type, **self.options} if self.options else self.type
+
+
+# --------------------------------------------------------------------------- option parsing
+def _int(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _convert(value: Any, kind: str) -> Any:
+    """``value`` converted to ``kind`` (an annotation string), or raise ValueError with what was expected."""
+    if kind == "int" and _int(value) is not None:
+        return value
+    if kind == "Optional[int]" and (value is None or _int(value) is not None):
+        return value
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind == "Size2":
+        if _int(value) is not None:
+            return value
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(_int(v) is not None for v in value):
+            return list(value)
+    expected = {"Size2": "an integer or a pair of integers", "Optional[int]": "an integer"}.get(kind, f"a {kind}")
+    raise ValueError(f"expected {expected}, got {value!r}")
+
+
+def layer_options(layer_type: str) -> Dict[str, inspect.Parameter]:
+    """The options a registered layer type accepts, by name."""
+    params = inspect.signature(BRANCH_LAYERS.get(layer_type)).parameters
+    return {n: p for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def parse_layer(raw: Any, path: str) -> LayerSpec:
+    """A LayerSpec from a schedule entry (string or mapping with ``type``); ScheduleError on bad input."""
+    if isinstance(raw, str):
+        layer_type, options = raw, {}
+    elif isinstance(raw, Mapping):
+        if "type" not in raw:
+            raise ScheduleError("a branch layer needs a `type`", path=path, valid=BRANCH_LAYERS.names())
+        layer_type, options = raw["type"], {k: v for k, v in raw.items() if k != "type"}
+    else:
+        raise ScheduleError(f"a branch layer is a type name or a mapping with `type`, got {raw!r}", path=path)
+    if not isinstance(layer_type, str):
+        raise ScheduleError(f"layer type must be a name, got {layer_type!r}", path=f"{path}.type",
+                            valid=BRANCH_LAYERS.names())
+    try:
+        canonical = BRANCH_LAYERS.canonical(layer_type)
+    except UnknownNameError as err:
+        raise ScheduleError(f"unknown branch layer type {layer_type!r}", path=path, valid=err.valid,
+                            suggestions=err.suggestions) from None
+    return LayerSpec(canonical, _check_options(canonical, options, path))
+
+
+def _check_options(layer_type: str, options: Mapping[str, Any], path: str) -> Dict[str, Any]:
+    accepted = layer_options(layer_type)
+    out: Dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in accepted:
+            raise ScheduleError(f"{layer_type} has no option {key!r}", path=f"{path}.{key}",
+                                valid=sorted(accepted), suggestions=suggest(str(key), accepted))
+        try:
+            out[key] = _convert(value, str(accepted[key].annotation))
+        except ValueError as err:
+            raise ScheduleError(str(err), path=f"{path}.{key}") from None
+    for key, param in accepted.items():
+        if param.default is inspect.Parameter.empty and key not in out:
+            raise ScheduleError(f"{layer_type} needs `{key}`", path=path)
+    return out
+
+
+# --------------------------------------------------------------------------- layer builders
+def _need_rank(in_shape: Shape, rank: int, what: str) -> None:
+    if len(in_shape) != rank:
+        raise BranchShapeError(f"needs {what}, but its input has shape {format_shape(in_shape)}")
+
+
+_IMAGE = "an image-shaped input (N, C, H, W)"
+_FLAT = "a flat input (N, features); put `flatten` (or `adaptive_avgpool` then `flatten`) before it"
+
+
+@BRANCH_LAYERS.register("conv", aliases=("conv2d",))
+def conv(in_shape: Shape, *, out_channels: int, kernel_size: Size2 = 3, stride: Size2 = 1,
+         padding: Size2 = 0, dilation: Size2 = 1, groups: int = 1, bias: bool = True) -> nn.Module:
+    """2-D convolution; ``in_channels`` is the input's channel count."""
+    _need_rank(in_shape, 4, _IMAGE)
+    return nn.Conv2d(in_shape[1], out_channels, kernel_size, stride=stride, padding=padding,
+                     dilation=dilation, groups=groups, bias=bias)
+
+
+@BRANCH_LAYERS.register("bn", aliases=("batchnorm",))
+def bn(in_shape: Shape, *, eps: float = 1e-5, momentum: float = 0.1) -> nn.Module:
+    """Batch norm over channels (2-D input) or features (flat input)."""
+    if len(in_shape) == 4:
+        return nn.BatchNorm2d(in_shape[1], eps=eps, momentum=momentum)
+    _need_rank(in_shape, 2, "an image (N, C, H, W) or flat (N, features) input")
+    return nn.BatchNorm1d(in_shape[1], eps=eps, momentum=momentum)
+
+
+@BRANCH_LAYERS.register("relu")
+def relu(in_shape: Shape) -> nn.Module:
+    """ReLU (never in place: the branch input is the backbone's own activation)."""
+    return nn.ReLU()
+
+
+@BRANCH_LAYERS.register("maxpool", aliases=("max_pool",))
+def maxpool(in_shape: Shape, *, kernel_size: Size2 = 2, stride: Optional[int] = None,
+            padding: Size2 = 0) -> nn.Module:
+    """2-D max pooling (stride defaults to the kernel size)."""
+    _need_rank(in_shape, 4, _IMAGE)
+    return nn.MaxPool2d(kernel_size, stride=stride, padding=padding)
+
+
+@BRANCH_LAYERS.register("avgpool", aliases=("avg_pool",))
+def avgpool(in_shape: Shape, *, kernel_size: Size2 = 2, stride: Optional[int] = None,
+            padding: Size2 = 0) -> nn.Module:
+    """2-D average pooling (stride defaults to the kernel size)."""
+    _need_rank(in_shape, 4, _IMAGE)
+    return nn.AvgPool2d(kernel_size, stride=stride, padding=padding)
+
+
+@BRANCH_LAYERS.register("adaptive_avgpool", aliases=("adaptive_avg_pool", "global_avgpool"))
+def adaptive_avgpool(in_shape: Shape, *, output_size: Size2 = 1) -> nn.Module:
+    """2-D adaptive average pooling to ``output_size``."""
+    _need_rank(in_shape, 4, _IMAGE)
+    return nn.AdaptiveAvgPool2d(output_size)
+
+
+@BRANCH_LAYERS.register("flatten")
+def flatten(in_shape: Shape) -> nn.Module:
+    """Flatten everything but the batch dimension."""
+    return nn.Flatten(1)
+
+
+@BRANCH_LAYERS.register("linear", aliases=("fc",))
+def linear(in_shape: Shape, *, out_features: Optional[int] = None, bias: bool = True) -> nn.Module:
+    """Fully connected layer; ``in_features`` inferred; ``out_features`` defaults to the class count on the
+    branch's last linear."""
+    _need_rank(in_shape, 2, _FLAT)
+    if out_features is None:
+        raise BranchShapeError("needs `out_features` (only the branch's last linear defaults to the class count)")
+    return nn.Linear(in_shape[1], out_features, bias=bias)
+
+
+@BRANCH_LAYERS.register("dropout")
+def dropout(in_shape: Shape, *, p: float = 0.5) -> nn.Module:
+    """Dropout with probability ``p``."""
+    if not 0.0 <= p < 1.0:
+        raise BranchShapeError(f"needs 0 <= p < 1, got {p}")
+    return nn.Dropout(p)
+
+
+# --------------------------------------------------------------------------- branch assembly
+def format_shape(shape: Sequence[int]) -> str:
+    """``(N, 16, 8, 8)``: a shape with the batch dimension written as N."""
+    return "(" + ", ".join(["N", *(str(s) for s in shape[1:])]) + ")"
+
+
+def build_branch(layers: Sequence[LayerSpec], example: torch.Tensor, num_classes: int, *,
+                 exit_name: str, path: str) -> nn.Sequential:
+    """An nn.Sequential of ``layers`` fed by tensors like ``example``, ending in (N, num_classes) logits.
+
+    Sizes are inferred by running ``example`` through each layer as it is built (in eval mode, no grad).
+    ``path`` is the YAML path of the branch list, used in ScheduleErrors.
+    """
+    last_linear = max((i for i, l in enumerate(layers) if l.type == "linear"), default=-1)
+    modules: List[nn.Module] = []
+    x = example
+    with torch.no_grad():
+        for i, spec in enumerate(layers):
+            options = dict(spec.options)
+            if i == last_linear and options.get("out_features") is None:
+                options["out_features"] = num_classes
+            layer = _build_layer(spec.type, options, x, exit_name, i, f"{path}[{i}]")
+            layer.to(device=example.device)
+            layer.eval()
+            x = _run_layer(layer, x, spec.type, exit_name, i, f"{path}[{i}]")
+            modules.append(layer)
+    if x.dim() != 2 or x.shape[1] != num_classes:
+        raise ScheduleError(f"exit {exit_name!r}: the branch ends with shape {format_shape(x.shape)}, but an "
+                            f"exit must give (N, {num_classes}) logits; end it with `flatten` and `linear`",
+                            path=path)
+    return nn.Sequential(*modules)
+
+
+def _build_layer(layer_type: str, options: Dict[str, Any], x: torch.Tensor, exit_name: str, index: int,
+                 path: str) -> nn.Module:
+    builder: Callable[..., nn.Module] = BRANCH_LAYERS.get(layer_type)
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    try:
+        return builder(tuple(x.shape), **args)
+    except (BranchShapeError, ValueError, TypeError) as err:
+        raise ScheduleError(f"exit {exit_name!r}: layer {index} ({layer_type}) {_first_line(err)}",
+                            path=path) from None
+
+
+def _run_layer(layer: nn.Module, x: torch.Tensor, layer_type: str, exit_name: str, index: int,
+               path: str) -> torch.Tensor:
+    try:
+        return layer(x)
+    except RuntimeError as err:
+        raise ScheduleError(f"exit {exit_name!r}: layer {index} ({layer_type}) cannot take an input of shape "
+                            f"{format_shape(x.shape)}: {_first_line(err)}", path=path) from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

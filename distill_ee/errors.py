@@ -1,0 +1,58 @@
+"""User-facing error types: each is one clear message that the CLI prints without a traceback."""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+
+class DistillEEError(Exception):
+    """Base of every error caused by user input (schedule, data, checkpoint, flags)."""
+
+
+class ScheduleError(DistillEEError):
+    """A schedule problem, located by file, line and YAML path, with what would be valid."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Optional[str] = None,
+        line: Optional[int] = None,
+        path: str = "",
+        valid: Optional[Iterable[str]] = None,
+        suggestions: Optional[Iterable[str]] = None,
+    ):
+        self.message = message
+        self.file = file
+        self.line = line
+        self.path = path
+        self.valid = list(valid) if valid is not None else None
+        self.suggestions = list(suggestions) if suggestions else []
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        """``file:line: path: message; did you mean X? (valid: ...)``."""
+        where = self.file or "<schedule>"
+        if self.line is not None:
+            where += f":{self.line}"
+        text = f"{where}: "
+        if self.path:
+            text += f"{self.path}: "
+        text += self.message
+        if self.suggestions:
+            text += f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?"
+        if self.valid is not None:
+            shown = self.valid if len(self.valid) <= 25 else self.valid[:25] + ["..."]
+            text += f" (valid: {', '.join(str(v) for v in shown) or 'none'})"
+        return text
+
+
+class CheckpointError(DistillEEError):
+    """A checkpoint that cannot be loaded safely or does not fit the model."""
+
+
+class DataError(DistillEEError):
+    """A dataset directory that is missing or not in the expected layout."""
+
+
+class ConfigError(DistillEEError):
+    """A bad command-line value or combination of flags."""

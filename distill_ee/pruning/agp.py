@@ -1,0 +1,183 @@
+"""Automated Gradual Pruning (AGP): the sparsity target follows a cubic schedule over the policy's epochs.
+
+Zhu and Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model compression",
+2017. With ``s_i``/``s_f`` the initial/final sparsity, ``t0`` the policy's starting epoch and ``n`` its
+frequency, the target at epoch ``t`` is::
+
+    span   = ((ending_epoch - t0 - 1) // n) * n        # the last pruning epoch is t0 + span
+    target = s_f + (s_i - s_f) * (1 - (t - t0) / span) ** 3
+
+exactly as Distiller's ``AutomatedGradualPrunerBase.compute_target_sparsity``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+
+from ..errors import ScheduleError
+from ..registry import PRUNERS
+from .level import level_mask
+from .masks import ParameterMasker
+from .pruner import Pruner, check_fraction, check_weights
+from .ranked import L1RankedStructureParameterPruner, L2RankedStructureParameterPruner, RankedStructurePruner
+
+
+def agp_target_sparsity(
+    initial_sparsity: float,
+    final_sparsity: float,
+    current_epoch: int,
+    starting_epoch: int,
+    ending_epoch: int,
+    frequency: Optional[int] = 1,
+) -> float:
+    """The AGP sparsity target at ``current_epoch`` (a frequency of None counts as 1)."""
+    freq = frequency or 1
+    span = ((ending_epoch - starting_epoch - 1) // freq) * freq
+    if span <= 0:
+        raise ScheduleError(
+            "AGP needs at least two pruning epochs: ending_epoch - starting_epoch must exceed the frequency "
+            f"(got starting_epoch={starting_epoch}, ending_epoch={ending_epoch}, frequency={frequency})"
+        )
+    progress = min(max((current_epoch - starting_epoch) / span, 0.0), 1.0)
+    return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - progress) ** 3
+
+
+class AutomatedGradualPrunerBase(Pruner):
+    """Prunes to the AGP target of the current epoch; subclasses say how a target becomes a mask."""
+
+    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float):
+        super().__init__(name)
+        owner = f"{type(self).__name__} {name!r}"
+        self.initial_sparsity = check_fraction(owner, "initial_sparsity", initial_sparsity)
+        self.final_sparsity = check_fraction(owner, "final_sparsity", final_sparsity)
+        if self.final_sparsity <= self.initial_sparsity:
+            raise ScheduleError(f"{owner}: final_sparsity must be greater than initial_sparsity")
+
+    def compute_target_sparsity(self, meta: Dict[str, Any]) -> float:
+        """The target sparsity for the epoch and schedule in ``meta``."""
+        if meta.get("starting_epoch") is None or meta.get("ending_epoch") is None:
+            raise ScheduleError(f"{self!r}: an AGP pruner needs a policy with starting_epoch and ending_epoch")
+        return agp_target_sparsity(
+            self.initial_sparsity,
+            self.final_sparsity,
+            meta["current_epoch"],
+            meta["starting_epoch"],
+            meta["ending_epoch"],
+            meta.get("frequency"),
+        )
+
+    def set_param_mask(
+        self,
+        param: torch.Tensor,
+        param_name: str,
+        zeros_mask_dict: Dict[str, ParameterMasker],
+        meta: Dict[str, Any],
+    ) -> None:
+        """Mask ``param`` to the current AGP target."""
+        if not self.handles(param_name):
+            return
+        target = self.compute_target_sparsity(meta)
+        self.set_param_mask_by_sparsity_target(param, param_name, zeros_mask_dict, target, meta.get("model"))
+
+    def set_param_mask_by_sparsity_target(
+        self,
+        param: torch.Tensor,
+        param_name: str,
+        zeros_mask_dict: Dict[str, ParameterMasker],
+        target_sparsity: float,
+        model: Optional[torch.nn.Module] = None,
+    ) -> None:
+        """Mask ``param`` to ``target_sparsity``."""
+        raise NotImplementedError
+
+
+@PRUNERS.register()
+class AutomatedGradualPruner(AutomatedGradualPrunerBase):
+    """Element-wise AGP: prunes the smallest-magnitude elements of each named weight to the target."""
+
+    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, weights: Sequence[str]):
+        super().__init__(name, initial_sparsity, final_sparsity)
+        self.params_names = check_weights(f"AutomatedGradualPruner {name!r}", weights)
+
+    def handles(self, param_name: str) -> bool:
+        """True when ``param_name`` is one of the pruner's ``weights``."""
+        return param_name in self.params_names
+
+    def set_param_mask_by_sparsity_target(
+        self,
+        param: torch.Tensor,
+        param_name: str,
+        zeros_mask_dict: Dict[str, ParameterMasker],
+        target_sparsity: float,
+        model: Optional[torch.nn.Module] = None,
+    ) -> None:
+        """Mask the smallest elements of ``param`` so that it reaches ``target_sparsity``."""
+        zeros_mask_dict[param_name].mask = level_mask(param, target_sparsity)
+
+
+class StructuredAGP(AutomatedGradualPrunerBase):
+    """Structure AGP: a ranked structure pruner prunes whole groups to the AGP target."""
+
+    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, pruner: RankedStructurePruner):
+        super().__init__(name, initial_sparsity, final_sparsity)
+        self.pruner = pruner
+
+    def handles(self, param_name: str) -> bool:
+        """True when ``param_name`` is one of the pruner's ``weights``."""
+        return self.pruner.handles(param_name)
+
+    def set_param_mask_by_sparsity_target(
+        self,
+        param: torch.Tensor,
+        param_name: str,
+        zeros_mask_dict: Dict[str, ParameterMasker],
+        target_sparsity: float,
+        model: Optional[torch.nn.Module] = None,
+    ) -> None:
+        """Prune the ``target_sparsity`` fraction of the groups of ``param``."""
+        self.pruner.prune_to_target_sparsity(param, param_name, zeros_mask_dict, target_sparsity, model)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The state of the inner ranked pruner."""
+        return self.pruner.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the inner ranked pruner."""
+        self.pruner.load_state_dict(state)
+
+
+@PRUNERS.register()
+class L1RankedStructureParameterPruner_AGP(StructuredAGP):
+    """AGP over groups ranked by mean absolute value."""
+
+    def __init__(
+        self,
+        name: str,
+        initial_sparsity: float,
+        final_sparsity: float,
+        group_type: str,
+        weights: Sequence[str],
+        group_dependency: Optional[str] = None,
+        kwargs: Optional[Dict[str, Any]] = None,
+    ):
+        ranked = L1RankedStructureParameterPruner(name, group_type, 0, weights, group_dependency, kwargs)
+        super().__init__(name, initial_sparsity, final_sparsity, ranked)
+
+
+@PRUNERS.register()
+class L2RankedStructureParameterPruner_AGP(StructuredAGP):
+    """AGP over groups ranked by size-normalised L2 norm."""
+
+    def __init__(
+        self,
+        name: str,
+        initial_sparsity: float,
+        final_sparsity: float,
+        group_type: str,
+        weights: Sequence[str],
+        group_dependency: Optional[str] = None,
+        kwargs: Optional[Dict[str, Any]] = None,
+    ):
+        ranked = L2RankedStructureParameterPruner(name, group_type, 0, weights, group_dependency, kwargs)
+        super().__init__(name, initial_sparsity, final_sparsity, ranked)

@@ -1,0 +1,199 @@
+"""CompressionScheduler: maps epochs to policies and calls their hooks from the user's training loop.
+
+The training loop calls, in this order (Distiller's protocol)::
+
+    scheduler.on_epoch_begin(epoch)
+    for i, (x, y) in enumerate(loader):
+        scheduler.on_minibatch_begin(epoch, i, steps)
+        loss = criterion(model(x), y)
+        loss = scheduler.before_backward_pass(epoch, i, steps, loss, target=y)
+        optimizer.zero_grad(); loss.backward()
+        scheduler.before_parameter_optimization(epoch, i, steps)
+        optimizer.step()
+        scheduler.on_minibatch_end(epoch, i, steps)
+    scheduler.on_epoch_end(epoch, metrics={"min": val_loss, "max": val_top1})
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .policies.base import HookContext, LossComponent, Policy, PolicyLoss
+from .pruning.masks import ParameterMasker, apply_masks, create_masks
+
+
+class ScheduledPolicy:
+    """A policy with the epochs in which it is due."""
+
+    def __init__(self, policy: Policy, epochs: List[int], starting_epoch: int, ending_epoch: int,
+                 frequency: Optional[int]):
+        self.policy = policy
+        self.epochs = set(epochs)
+        policy.starting_epoch = starting_epoch
+        policy.ending_epoch = ending_epoch
+        policy.frequency = frequency
+
+
+class CompressionScheduler:
+    """Runs the scheduled policies at the hooks of a standard training loop and owns the pruning masks."""
+
+    def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduled: List[ScheduledPolicy] = []
+        self.zeros_mask_dict: Dict[str, ParameterMasker] = create_masks(model)
+        self._params: Dict[str, torch.Tensor] = dict(model.named_parameters())
+        self._due_epoch: Optional[int] = None
+        self._due_minibatch: List[Policy] = []
+
+    # ----------------------------------------------------------------- setup
+    def add_policy(self, policy: Policy, epochs: Optional[Iterable[int]] = None, starting_epoch: int = 0,
+                   ending_epoch: int = 1, frequency: int = 1) -> None:
+        """Schedule ``policy`` on ``epochs`` or on ``range(starting_epoch, ending_epoch, frequency)``."""
+        if epochs is not None:
+            epochs = sorted(set(int(e) for e in epochs))
+            sp = ScheduledPolicy(policy, epochs, epochs[0], epochs[-1] + 1, None)
+        else:
+            sp = ScheduledPolicy(policy, list(range(starting_epoch, ending_epoch, frequency)),
+                                 starting_epoch, ending_epoch, frequency)
+        self.scheduled.append(sp)
+        self._due_epoch = None
+
+    def refresh_parameters(self) -> None:
+        """Re-read the model's parameters (after exits were attached or layers were thinned)."""
+        self._params = dict(self.model.named_parameters())
+        for name in self._params:
+            self.zeros_mask_dict.setdefault(name, ParameterMasker(name))
+        for name in [n for n in self.zeros_mask_dict if n not in self._params]:
+            del self.zeros_mask_dict[name]
+
+    @property
+    def masks(self) -> Dict[str, ParameterMasker]:
+        """The masks by parameter name (Distiller calls this ``zeros_mask_dict``)."""
+        return self.zeros_mask_dict
+
+    @property
+    def policies(self) -> List[Policy]:
+        """All scheduled policies in declaration order."""
+        return [sp.policy for sp in self.scheduled]
+
+    def policies_for(self, epoch: int) -> List[Policy]:
+        """The policies due in ``epoch``, in declaration order."""
+        return [sp.policy for sp in self.scheduled if epoch in sp.epochs]
+
+    def find(self, kind: str) -> List[Policy]:
+        """Scheduled policies of one kind (``pruner``, ``early_exit`` ...)."""
+        return [p for p in self.policies if p.kind == kind]
+
+    # ----------------------------------------------------------------- hooks
+    def _ctx(self, epoch: int, optimizer: Optional[torch.optim.Optimizer], **kw: Any) -> HookContext:
+        return HookContext(epoch=epoch, model=self.model, optimizer=optimizer or self.optimizer,
+                           masks=self.zeros_mask_dict, **kw)
+
+    def on_epoch_begin(self, epoch: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Start of an epoch: due policies may (re)compute masks, attach behaviour, change the LR."""
+        ctx = self._ctx(epoch, optimizer)
+        for policy in self.policies_for(epoch):
+            policy.on_epoch_begin(ctx)
+
+    def _due_now(self, epoch: int) -> List[Policy]:
+        """Due policies that take minibatch hooks, cached per epoch."""
+        if self._due_epoch != epoch:
+            self._due_epoch = epoch
+            self._due_minibatch = [p for p in self.policies_for(epoch) if p.needs_minibatch_hooks]
+        return self._due_minibatch
+
+    def on_minibatch_begin(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                           optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Before the forward pass: due policies run, then every mask is applied."""
+        due = self._due_now(epoch)
+        if due:
+            ctx = self._ctx(epoch, optimizer, minibatch_id=minibatch_id,
+                            minibatches_per_epoch=minibatches_per_epoch)
+            for policy in due:
+                policy.on_minibatch_begin(ctx)
+        apply_masks(self._params, self.zeros_mask_dict, is_forward=True)
+
+    def before_backward_pass(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                             loss: torch.Tensor, optimizer: Optional[torch.optim.Optimizer] = None,
+                             return_loss_components: bool = False, *,
+                             target: Optional[torch.Tensor] = None) -> Union[torch.Tensor, PolicyLoss]:
+        """Let due policies add terms to the loss (exit losses, regularizers); returns the new loss."""
+        overall = loss
+        components: List[LossComponent] = []
+        for policy in self._due_now(epoch):
+            ctx = self._ctx(epoch, optimizer, minibatch_id=minibatch_id,
+                            minibatches_per_epoch=minibatches_per_epoch, loss=overall, target=target)
+            result = policy.before_backward_pass(ctx)
+            if result is not None:
+                overall = result.overall_loss
+                components.extend(result.loss_components)
+        if return_loss_components:
+            return PolicyLoss(overall, components)
+        return overall
+
+    def before_parameter_optimization(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                                      optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """After backward, before ``optimizer.step()``."""
+        due = self._due_now(epoch)
+        if due:
+            ctx = self._ctx(epoch, optimizer, minibatch_id=minibatch_id,
+                            minibatches_per_epoch=minibatches_per_epoch)
+            for policy in due:
+                policy.before_parameter_optimization(ctx)
+
+    def on_minibatch_end(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                         optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """After ``optimizer.step()``: masks are re-applied (momentum and decay move pruned weights)."""
+        apply_masks(self._params, self.zeros_mask_dict, is_forward=False)
+        due = self._due_now(epoch)
+        if due:
+            ctx = self._ctx(epoch, optimizer, minibatch_id=minibatch_id,
+                            minibatches_per_epoch=minibatches_per_epoch)
+            for policy in due:
+                policy.on_minibatch_end(ctx)
+
+    def on_epoch_end(self, epoch: int, optimizer: Optional[torch.optim.Optimizer] = None,
+                     metrics: Optional[Dict[str, float]] = None) -> None:
+        """End of an epoch; ``metrics`` (e.g. ``{'min': val_loss, 'max': val_top1}``) reach LR policies."""
+        ctx = self._ctx(epoch, optimizer, metrics=metrics or {})
+        for policy in self.policies_for(epoch):
+            policy.on_epoch_end(ctx)
+
+    def apply_mask(self, is_forward: bool = True) -> None:
+        """Apply every set mask to its parameter now."""
+        apply_masks(self._params, self.zeros_mask_dict, is_forward=is_forward)
+
+    # ----------------------------------------------------------------- state
+    def _policy_keys(self) -> List[str]:
+        return [f"{i}:{p.kind}:{p.name}" for i, p in enumerate(self.policies)]
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Masks and every policy's state, keyed by position, kind and instance name."""
+        return {
+            "masks": {n: m.state_dict() for n, m in self.zeros_mask_dict.items() if m.mask is not None},
+            "policies": {k: p.state_dict() for k, p in zip(self._policy_keys(), self.policies)},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any], strict: bool = True) -> None:
+        """Restore masks and policy states; a different set of policies is a CheckpointError when strict."""
+        saved = state.get("policies", {})
+        keys = self._policy_keys()
+        if strict and set(saved) != set(keys):
+            raise CheckpointError(
+                "the checkpoint's compression schedule does not match this one: "
+                f"checkpoint has {sorted(saved) or 'no policies'}, schedule has {keys or 'no policies'}")
+        for key, policy in zip(keys, self.policies):
+            if key in saved:
+                policy.load_state_dict(saved[key])
+        self.refresh_parameters()
+        for name, mstate in state.get("masks", {}).items():
+            if name not in self.zeros_mask_dict:
+                if strict:
+                    raise CheckpointError(f"the checkpoint has a mask for {name!r}, which this model lacks")
+                continue
+            self.zeros_mask_dict[name].load_state_dict(mstate)
+        self.apply_mask(is_forward=True)
