@@ -5,10 +5,12 @@ import difflib
 import fnmatch
 from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
 
+from .errors import DistillEEError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(LookupError):
+class UnknownNameError(DistillEEError, LookupError):
     """A name that is not registered; carries close names and the full list of valid ones."""
 
     def __init__(self, kind: str, name: str, valid: List[str]):

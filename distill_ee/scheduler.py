@@ -196,4 +196,7 @@ class CompressionScheduler:
                     raise CheckpointError(f"the checkpoint has a mask for {name!r}, which this model lacks")
                 continue
             self.zeros_mask_dict[name].load_state_dict(mstate)
-        self.apply_mask(is_forward=True)
+        for name, masker in self.zeros_mask_dict.items():
+            # double-copy masks keep their unmasked weights; they are masked at the next forward pass
+            if masker.mask is not None and not masker.use_double_copies:
+                masker.apply_mask(self._params[name])

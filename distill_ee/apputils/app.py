@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, DistillEEError
+from ..policies.early_exit import rebuild_exits
 from ..schedule import load_schedule, read_schedule
 from ..scheduler import CompressionScheduler
-from ..summaries import compute_table, model_table, params_nnz, sparsity_table, total_macs
+from ..summaries import compute_table, model_table, sparsity_table, total_sparsity
 from .args import parse_args
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import dataset_info, load_dataset, make_loaders
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = args.dataset or "mnist5k"
     if args.compress:
         read_schedule(args.compress)  # validate structure before any work
-    info = dataset_info(dataset)
+    info = dataset_info(dataset, args.data)
     model = create_model(args.arch, num_classes=info.num_classes, in_channels=info.input_shape[0],
                          pretrained=args.pretrained)
     example = torch.zeros(1, *info.input_shape)
@@ -85,11 +86,14 @@ def run(args: argparse.Namespace) -> int:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = _make_scheduler(args, model, optimizer, example.to(device), run_dir)
-    start_epoch, best = _resume(args, model, optimizer, scheduler)
+    ckpt = load_checkpoint(args.resume_from) if args.resume_from else None
+    exits = _restore_structure(args, ckpt, model, scheduler, device)
+    start_epoch, best = _resume(args, ckpt, model, optimizer, scheduler)
     criterion = nn.CrossEntropyLoss().to(device)
     if not args.evaluate:
         best = _train(args, model, optimizer, scheduler, criterion, loaders, device, run_dir, start_epoch, best)
-    summary = final_report(args, dataset, model, scheduler, loaders, criterion, device, example, run_dir)
+    summary = final_report(args, dataset, model, scheduler, loaders, criterion, device, example, run_dir,
+                           exits=exits)
     run_dir.write_json("summary.json", summary)
     log.info("Results in %s", run_dir.path)
     return 0
@@ -123,25 +127,42 @@ def _make_scheduler(args: argparse.Namespace, model: nn.Module, optimizer: torch
     return scheduler
 
 
-def _resume(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Optional[CompressionScheduler]) -> tuple:
-    if not args.resume_from:
-        return 0, None
-    ckpt = load_checkpoint(args.resume_from)
+def _restore_structure(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], model: nn.Module,
+                       scheduler: Optional[CompressionScheduler], device: torch.device) -> Any:
+    """Give the model the shape the checkpoint was saved with: exits re-attached when no schedule has them."""
+    if ckpt is None:
+        return None
     if ckpt.get("arch") != args.arch:
         raise CheckpointError(f"{args.resume_from}: checkpoint is for --arch {ckpt.get('arch')!r}, "
                               f"not {args.arch!r}")
+    has_exits = bool(scheduler and scheduler.find("early_exit"))
+    if "early_exit" in ckpt and not has_exits:
+        policy = rebuild_exits(model, ckpt["early_exit"])
+        model.to(device)
+        log.info("Rebuilt early exits %s from the checkpoint", policy.exit_names)
+        return policy
+    return None
+
+
+def _resume(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], model: nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: Optional[CompressionScheduler]) -> tuple:
+    if ckpt is None:
+        return 0, None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{args.resume_from}: weights do not fit this model: "
                               f"{str(exc).splitlines()[0]}") from None
     if scheduler is not None and "compression_sched" in ckpt:
-        scheduler.load_state_dict(ckpt["compression_sched"], strict=not args.reset_optimizer)
-    if args.reset_optimizer:
+        scheduler.load_state_dict(ckpt["compression_sched"], strict=not (args.reset_optimizer or args.evaluate))
+    if args.reset_optimizer or args.evaluate:
         return 0, None
     if "optimizer" in ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{args.resume_from}: optimizer state does not fit ({exc}); "
+                                  "use --reset-optimizer") from None
     if "rng_state" in ckpt:
         torch.set_rng_state(ckpt["rng_state"])
     log.info("Resumed from %s at epoch %d", args.resume_from, ckpt["epoch"] + 1)
@@ -154,6 +175,7 @@ def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Op
     train_loader, valid_loader, _ = loaders
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
+        _reseed_order(train_loader, args.seed, epoch)
         if scheduler:
             scheduler.on_epoch_begin(epoch, optimizer)
         train = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, epoch, device,
@@ -175,6 +197,13 @@ def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Op
     return best
 
 
+def _reseed_order(loader: Any, seed: Optional[int], epoch: int) -> None:
+    """Derive each epoch's shuffling from (seed, epoch), so a resumed run sees the same batches."""
+    generator = getattr(loader, "generator", None)
+    if seed is not None and generator is not None:
+        generator.manual_seed(seed * 1000003 + epoch)
+
+
 def _epoch_row(epoch: int, optimizer: torch.optim.Optimizer, model: nn.Module,
                scheduler: Optional[CompressionScheduler], train: Dict[str, float], valid: Dict[str, float],
                seconds: float) -> Dict[str, Any]:
@@ -183,7 +212,7 @@ def _epoch_row(epoch: int, optimizer: torch.optim.Optimizer, model: nn.Module,
     row.update({f"valid_{k}": v for k, v in valid.items()})
     for policy in (scheduler.find("early_exit") if scheduler else []):
         row.update({f"train_{k}": v for k, v in policy.epoch_metrics().items()})
-    row["sparsity"] = sparsity_table(model, scheduler.masks if scheduler else None)[0][-1]["fine"]
+    row["sparsity"] = total_sparsity(model, scheduler.masks if scheduler else None)
     row["seconds"] = seconds
     return row
 
@@ -196,6 +225,8 @@ def _save(run_dir: RunDir, args: argparse.Namespace, epoch: int, model: nn.Modul
              "rng_state": torch.get_rng_state()}
     if scheduler is not None:
         state["compression_sched"] = scheduler.state_dict()
+        for policy in scheduler.find("early_exit")[:1]:
+            state["early_exit"] = policy.state_dict()
     save_checkpoint(run_dir.file("checkpoint.pth.tar"), state)
     if is_best:
         save_checkpoint(run_dir.file("best.pth.tar"), state)

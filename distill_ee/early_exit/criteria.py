@@ -11,7 +11,7 @@ shared along the exits of one forward pass, shrunk together with the batch).
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -170,8 +170,21 @@ class PatienceCriterion(ExitCriterion):
         raise NotImplementedError("the patience criterion is not calibrated by confidence")
 
 
-def get_criterion(criterion: "str | ExitCriterion") -> ExitCriterion:
+CriterionArg = Union[str, ExitCriterion, Sequence[Union[str, ExitCriterion]]]
+
+
+def get_criterion(criterion: Union[str, ExitCriterion]) -> ExitCriterion:
     """An ExitCriterion instance from a registered name (or the instance itself)."""
     if isinstance(criterion, ExitCriterion):
         return criterion
     return EXIT_CRITERIA.get(criterion)()
+
+
+def criteria_list(criteria: CriterionArg, count: int) -> List[ExitCriterion]:
+    """One criterion per exit from a single criterion (shared by all) or a sequence of ``count``."""
+    if isinstance(criteria, (str, ExitCriterion)):
+        return [get_criterion(criteria)] * count
+    items = [get_criterion(c) for c in criteria]
+    if len(items) != count:
+        raise ValueError(f"need {count} criteria (one per exit), got {len(items)}")
+    return items

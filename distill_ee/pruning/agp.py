@@ -52,7 +52,7 @@ class AutomatedGradualPrunerBase(Pruner):
         self.initial_sparsity = check_fraction(owner, "initial_sparsity", initial_sparsity)
         self.final_sparsity = check_fraction(owner, "final_sparsity", final_sparsity)
         if self.final_sparsity <= self.initial_sparsity:
-            raise ScheduleError(f"{owner}: final_sparsity must be greater than initial_sparsity")
+            raise ScheduleError(f"{owner}: final_sparsity must be greater than initial_sparsity", path="final_sparsity")
 
     def compute_target_sparsity(self, meta: Dict[str, Any]) -> float:
         """The target sparsity for the epoch and schedule in ``meta``."""

@@ -68,21 +68,21 @@ def num_to_prune(count: int, fraction: float) -> int:
 def check_number(owner: str, arg: str, value: Any) -> float:
     """A real number, or a ScheduleError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ScheduleError(f"{owner}: {arg} must be a number, got {value!r}")
+        raise ScheduleError(f"{owner}: {arg} must be a number, got {value!r}", path=_top(arg))
     return float(value)
 
 
 def check_number_map(owner: str, arg: str, values: Any) -> Dict[str, float]:
     """A ``{weight name: number}`` mapping, or a ScheduleError naming the argument."""
     if not isinstance(values, Mapping) or not values:
-        raise ScheduleError(f"{owner}: {arg!r} must be a non-empty mapping of weight names to numbers")
+        raise ScheduleError(f"{owner}: {arg!r} must be a non-empty mapping of weight names to numbers", path=arg)
     return {str(key): check_number(owner, f"{arg}[{key!r}]", value) for key, value in values.items()}
 
 
 def check_fraction(owner: str, arg: str, value: Any) -> float:
     """A number in [0, 1], or a ScheduleError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ScheduleError(f"{owner}: {arg} must be a fraction between 0 and 1, got {value!r}")
+        raise ScheduleError(f"{owner}: {arg} must be a fraction between 0 and 1, got {value!r}", path=_top(arg))
     return float(value)
 
 
@@ -99,5 +99,12 @@ def check_weights(owner: str, weights: Any) -> List[str]:
     if isinstance(weights, str):
         weights = [weights]
     if not isinstance(weights, (list, tuple)) or not weights or not all(isinstance(w, str) for w in weights):
-        raise ScheduleError(f"{owner}: 'weights' must be a non-empty list of weight names, got {weights!r}")
+        raise ScheduleError(
+            f"{owner}: 'weights' must be a non-empty list of weight names, got {weights!r}", path="weights"
+        )
     return list(weights)
+
+
+def _top(arg: str) -> str:
+    """The argument's own name in an error path: ``levels`` for ``levels['fc.weight']``."""
+    return arg.split("[", 1)[0]

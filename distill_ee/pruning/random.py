@@ -62,11 +62,13 @@ class RandomLevelStructureParameterPruner(L1RankedStructureParameterPruner):
     ):
         owner = f"RandomLevelStructureParameterPruner {name!r}"
         if not isinstance(sparsity_range, (list, tuple)) or len(sparsity_range) != 2:
-            raise ScheduleError(f"{owner}: 'sparsity_range' must be a pair [low, high], got {sparsity_range!r}")
+            raise ScheduleError(
+                f"{owner}: 'sparsity_range' must be a pair [low, high], got {sparsity_range!r}", path="sparsity_range"
+            )
         low = check_fraction(owner, "sparsity_range[0]", sparsity_range[0])
         high = check_fraction(owner, "sparsity_range[1]", sparsity_range[1])
         if low > high:
-            raise ScheduleError(f"{owner}: sparsity_range must be [low, high] with low <= high")
+            raise ScheduleError(f"{owner}: sparsity_range must be [low, high] with low <= high", path="sparsity_range")
         self.sparsity_range = (low, high)
         super().__init__(name, group_type, 0, weights, group_dependency, kwargs)
 

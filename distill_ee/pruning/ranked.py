@@ -42,11 +42,21 @@ class RankedStructurePruner(Pruner):
         super().__init__(name)
         owner = f"{type(self).__name__} {name!r}"
         if group_type not in RANKED_GROUP_TYPES:
-            raise ScheduleError(f"{owner}: group_type {group_type!r} cannot be ranked", valid=sorted(RANKED_GROUP_TYPES))
+            raise ScheduleError(
+                f"{owner}: group_type {group_type!r} cannot be ranked",
+                path="group_type",
+                valid=sorted(RANKED_GROUP_TYPES),
+            )
         if group_dependency is not None and group_dependency not in GROUP_DEPENDENCIES:
-            raise ScheduleError(f"{owner}: unknown group_dependency {group_dependency!r}", valid=GROUP_DEPENDENCIES)
+            raise ScheduleError(
+                f"{owner}: unknown group_dependency {group_dependency!r}",
+                path="group_dependency",
+                valid=GROUP_DEPENDENCIES,
+            )
         if kwargs:
-            raise ScheduleError(f"{owner}: 'kwargs' is only used by group_type 'Blocks', which is not supported")
+            raise ScheduleError(
+                f"{owner}: 'kwargs' is only used by group_type 'Blocks', which is not supported", path="kwargs"
+            )
         self.group_type = group_type
         self.tensor_group_type = RANKED_GROUP_TYPES[group_type]
         self.desired_sparsity = check_fraction(owner, "desired_sparsity", desired_sparsity)

@@ -57,7 +57,7 @@ class SplicingPruner(Pruner):
         self.hi_thresh_mult = check_number(owner, "hi_thresh_mult", hi_thresh_mult)
         self.sensitivity_multiplier = check_number(owner, "sensitivity_multiplier", sensitivity_multiplier)
         if self.low_thresh_mult > self.hi_thresh_mult:
-            raise ScheduleError(f"{owner}: low_thresh_mult must not exceed hi_thresh_mult")
+            raise ScheduleError(f"{owner}: low_thresh_mult must not exceed hi_thresh_mult", path="low_thresh_mult")
         self.magnitude_stats: Dict[str, Tuple[float, float]] = {}
 
     def handles(self, param_name: str) -> bool:

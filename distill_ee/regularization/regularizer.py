@@ -32,6 +32,7 @@ class Regularizer:
         if threshold_criteria not in THRESHOLD_CRITERIA:
             raise ScheduleError(
                 f"{type(self).__name__} {name!r}: unknown threshold_criteria {threshold_criteria!r}",
+                path="threshold_criteria",
                 valid=[c for c in THRESHOLD_CRITERIA if c],
             )
         self.name = name

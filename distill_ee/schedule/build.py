@@ -37,9 +37,20 @@ def build_scheduler(schedule: Schedule, model: nn.Module, optimizer: Optional[to
             built[(section, name)] = _construct(schedule, spec, model, optimizer, param_names)
     for pspec in schedule.policies:
         component = built[(_section_of(pspec.kind), pspec.instance_name)]
-        policy = _make_policy(schedule, pspec, component, param_names)
+        try:
+            policy = _make_policy(schedule, pspec, component, param_names)
+        except ScheduleError as exc:
+            if exc.file is not None:
+                raise
+            raise _relocate(schedule, pspec.path + (pspec.kind, "args"), exc) from None
         scheduler.add_policy(policy, epochs=pspec.epochs, starting_epoch=pspec.starting_epoch,
                              ending_epoch=pspec.ending_epoch, frequency=pspec.frequency)
+        validate = getattr(policy, "validate_schedule", None)
+        if validate is not None:
+            try:
+                validate()
+            except ScheduleError as exc:
+                raise _relocate(schedule, pspec.path, exc) from None
     return scheduler
 
 

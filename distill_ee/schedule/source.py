@@ -43,6 +43,8 @@ def format_path(path: Sequence[PathKey]) -> str:
     for key in path:
         if isinstance(key, int):
             out += f"[{key}]"
+        elif "." in str(key) or " " in str(key):
+            out += f"[{str(key)!r}]"
         else:
             out += ("." if out else "") + str(key)
     return out

@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..components import load_builtin_components
 from ..errors import ScheduleError
+from ..policies.pruning import PRUNING_POLICY_ARGS
 from ..registry import (EARLY_EXITS, EXTENSIONS, LR_SCHEDULERS, PRUNERS, QUANTIZERS, REGULARIZERS, Registry,
                         UnknownNameError, suggest)
 from .source import LocatedDict, ScheduleSource, YamlPath, parse_yaml
@@ -23,8 +24,7 @@ TOP_LEVEL = ["version", *SECTIONS, "policies"]
 POLICY_KINDS = {kind: section for section, (kind, _) in SECTIONS.items()}
 EPOCH_KEYS = ["epochs", "starting_epoch", "ending_epoch", "frequency"]
 POLICY_ARGS = {
-    "pruner": ["levels", "keep_mask", "mini_batch_pruning_frequency", "mask_on_forward_only",
-               "mask_gradients", "use_double_copies", "fold_batchnorm"],
+    "pruner": list(PRUNING_POLICY_ARGS),
     "regularizer": ["keep_mask"],
 }
 

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torchvision import transforms
 
 from distill_ee.apputils.datasets.base import (
     DatasetInfo,
@@ -85,8 +84,10 @@ def read_label_names(path: str) -> List[str]:
     return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
 
 
-def train_augmentation() -> transforms.Compose:
+def train_augmentation() -> Callable[[torch.Tensor], torch.Tensor]:
     """Random 32x32 crop of the image padded by 4, then a random horizontal flip."""
+    from torchvision import transforms  # importing torchvision takes seconds; only CIFAR-10 needs it
+
     return transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
 
 

@@ -3,24 +3,27 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Callable, List, Optional, Sequence
-
-from torchvision import transforms
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.vision import StandardTransform
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 from distill_ee.apputils.datasets.base import DatasetInfo, DataSplits, DatasetSource, check_valid_size
 from distill_ee.apputils.datasets.splits import stratified_split
 from distill_ee.errors import ConfigError, DataError
 from distill_ee.registry import DATASETS
 
+if TYPE_CHECKING:
+    from torchvision.datasets import ImageFolder
+
+# torchvision is imported inside the functions below: importing it takes seconds; only these datasets use it.
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_SIZE = 224
 
 
-def train_transform(size: int) -> transforms.Compose:
+def train_transform(size: int) -> Callable:
     """Random resized crop to ``size``, random horizontal flip, ImageNet normalisation."""
+    from torchvision import transforms
+
     return transforms.Compose(
         [
             transforms.RandomResizedCrop(size),
@@ -31,8 +34,10 @@ def train_transform(size: int) -> transforms.Compose:
     )
 
 
-def eval_transform(size: int) -> transforms.Compose:
+def eval_transform(size: int) -> Callable:
     """Resize to 256/224 of ``size`` (256 for 224), center crop to ``size``, ImageNet normalisation."""
+    from torchvision import transforms
+
     return transforms.Compose(
         [
             transforms.Resize(round(size * 256 / 224)),
@@ -50,6 +55,8 @@ def class_folders(folder: str) -> List[str]:
 
 def subset(folder: ImageFolder, indices: Sequence[int], transform: Callable) -> ImageFolder:
     """A copy of ``folder`` restricted to ``indices`` and using ``transform``, without rescanning the disk."""
+    from torchvision.datasets.vision import StandardTransform
+
     part = copy.copy(folder)
     part.samples = [folder.samples[i] for i in indices]
     part.imgs = part.samples
@@ -131,6 +138,8 @@ class ImageFolderSource(DatasetSource):
 
     def scan(self, folder: str, data_dir: str) -> ImageFolder:
         """The ImageFolder of ``folder``; a class folder without images is a DataError."""
+        from torchvision.datasets import ImageFolder
+
         try:
             return ImageFolder(folder)
         except FileNotFoundError as exc:

@@ -11,14 +11,11 @@ from torch import nn
 from distill_ee.errors import ConfigError
 from distill_ee.registry import MODELS
 
-# Auxiliary heads make these return tuples in training mode; a plain classifier returns logits only.
-_EXTRA_KWARGS: Dict[str, Dict[str, Any]] = {
-    "googlenet": {"aux_logits": False},
-    "inception_v3": {"aux_logits": False},
-}
-_INIT_KWARGS: Dict[str, Dict[str, Any]] = {
-    "googlenet": {"init_weights": True},
-    "inception_v3": {"init_weights": True},
+# Auxiliary heads would make these return tuples in training mode; a plain classifier returns logits only
+# (with weights, drop_aux_heads removes them after loading, as torchvision refuses aux_logits=False then).
+_SCRATCH_KWARGS: Dict[str, Dict[str, Any]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
 }
 
 
@@ -34,14 +31,14 @@ class TorchvisionModel:
         """Build the model; with ``pretrained`` the cached ImageNet weights are loaded first."""
         from torchvision import models
 
-        kwargs = dict(_EXTRA_KWARGS.get(self.name, {}))
         if pretrained:
             weights = cached_weights(self.name)
-            model = models.get_model(self.name, weights=weights, **kwargs)
+            model = models.get_model(self.name, weights=weights)
+            drop_aux_heads(model)
             if num_classes != len(weights.meta["categories"]):
                 replace_head(model, len(weights.meta["categories"]), num_classes)
         else:
-            kwargs.update(_INIT_KWARGS.get(self.name, {}))
+            kwargs = _SCRATCH_KWARGS.get(self.name, {})
             model = models.get_model(self.name, weights=None, num_classes=num_classes, **kwargs)
         if in_channels != 3:
             adapt_first_conv(model, in_channels, keep_weights=pretrained)
@@ -81,6 +78,15 @@ def cached_weights(name: str) -> Any:
             "copy the file there or train without --pretrained"
         )
     return weights
+
+
+def drop_aux_heads(model: nn.Module) -> None:
+    """Remove GoogLeNet/Inception auxiliary classifiers so training returns plain logits."""
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for attr in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(model, attr):
+                setattr(model, attr, None)
 
 
 def replace_head(model: nn.Module, old_classes: int, num_classes: int) -> None:

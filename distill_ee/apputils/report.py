@@ -1,0 +1,123 @@
+"""The sample app's final report: test accuracy, sparsity, MACs and per-exit statistics -> summary.json."""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+from tabulate import tabulate
+from torch import nn
+
+from ..early_exit.stats import expected_macs, overall_top1
+from ..scheduler import CompressionScheduler
+from ..summaries import compute_table, params_nnz, sparsity_table, total_macs, total_sparsity
+from .run_dir import RunDir
+from .train import evaluate
+
+log = logging.getLogger("distill_ee")
+
+
+def exit_policy(scheduler: Optional[CompressionScheduler], standalone: Any = None) -> Any:
+    """The run's EarlyExit policy, from the schedule or rebuilt from a checkpoint; None without exits."""
+    if standalone is not None:
+        return standalone
+    found = scheduler.find("early_exit") if scheduler else []
+    return found[0] if found else None
+
+
+def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
+                 scheduler: Optional[CompressionScheduler], loaders: tuple, criterion: nn.Module,
+                 device: torch.device, example: torch.Tensor, run_dir: RunDir,
+                 exits: Any = None) -> Dict[str, Any]:
+    """Evaluate on the test split and assemble the summary (and log the tables)."""
+    _, valid_loader, test_loader = loaders
+    masks = scheduler.masks if scheduler else None
+    example = example.to(device)
+    test = evaluate(model, test_loader, criterion, device, desc="Test", print_freq=args.print_freq)
+    dense, effective = total_macs(model, example, masks)
+    total, nnz = params_nnz(model, masks)
+    log.info("\n%s", sparsity_table(model, masks)[1])
+    log.info("\n%s", compute_table(model, example, masks)[1])
+    summary: Dict[str, Any] = {
+        "arch": args.arch, "dataset": dataset,
+        "top1": test["top1"], "top5": test["top5"], "top1_final_exit": test["top1"],
+        "sparsity": total_sparsity(model, masks), "params": total, "params_nnz": nnz,
+        "macs_dense": dense, "macs_effective": effective, "macs_expected": float(dense),
+        "exits": [{"name": "final", "threshold": None, "taken_pct": 100.0, "top1_taken": test["top1"],
+                   "top1_if_all_exit_here": test["top1"], "macs": dense}],
+    }
+    policy = exit_policy(scheduler, exits)
+    if policy is not None:
+        summary.update(_exit_summary(policy, test_loader, valid_loader, masks, dense))
+        _log_exits(summary["exits"])
+        if not args.no_timing:
+            timing = measure_speed(model, policy, test_loader, device)
+            if args.deterministic:
+                run_dir.write_json("timing.json", timing)
+            else:
+                summary["timing"] = timing
+            log.info("Wall-clock speedup of real early exit over the backbone: %s",
+                     ", ".join(f"batch {b}: {v['speedup']:.2f}x" for b, v in timing.items()))
+    log.info("Test: top1 %.2f (final exit %.2f) top5 %.2f | sparsity %.2f%% | MACs dense %d expected %.0f",
+             summary["top1"], summary["top1_final_exit"], summary["top5"], summary["sparsity"],
+             summary["macs_dense"], summary["macs_expected"])
+    return summary
+
+
+def _exit_summary(policy: Any, test_loader: Any, valid_loader: Any, masks: Any, dense: int) -> Dict[str, Any]:
+    rows = policy.evaluate(test_loader, masks)
+    effective_rows = policy.evaluate(test_loader, masks, effective=True)
+    for row, eff in zip(rows, effective_rows):
+        row["macs_effective"] = eff["macs"]
+    out: Dict[str, Any] = {
+        "top1": overall_top1(rows),
+        "macs_expected": expected_macs(rows),
+        "macs_expected_effective": expected_macs(effective_rows),
+        "theoretical_speedup": dense / max(expected_macs(rows), 1.0),
+        "criteria": list(policy.criteria),
+        "exits": rows,
+    }
+    if valid_loader is not None:
+        valid_rows = policy.evaluate(valid_loader, masks)
+        out["valid_top1"] = overall_top1(valid_rows)
+        out["valid_exits"] = valid_rows
+    return out
+
+
+def _log_exits(rows: List[Dict[str, Any]]) -> None:
+    table = [[r["name"], r["threshold"], f"{r['taken_pct']:.2f}",
+              "-" if r["top1_taken"] is None else f"{r['top1_taken']:.2f}", f"{r['top1_if_all_exit_here']:.2f}",
+              r["macs"], r.get("macs_effective", "")] for r in rows]
+    log.info("Early exits on the test split:\n%s", tabulate(
+        table, headers=["exit", "threshold", "taken %", "top1 taken", "top1 if all exit here", "MACs",
+                        "MACs (sparse)"], tablefmt="psql"))
+
+
+@torch.inference_mode()
+def measure_speed(model: nn.Module, policy: Any, loader: Any, device: torch.device,
+                  batch_sizes: tuple = (256, 1), max_single: int = 300, repeats: int = 3) -> Dict[str, Any]:
+    """Wall-clock time of the backbone vs. real early exit on the test inputs, per batch size."""
+    inputs = torch.cat([x for x, _ in loader]).to(device)
+    multi = policy.multi_exit_model().eval()
+    model.eval()
+    out: Dict[str, Any] = {}
+    for bs in batch_sizes:
+        data = inputs[:max_single] if bs == 1 else inputs
+        batches = list(torch.split(data, bs))
+        backbone = _best_time(lambda: [model(b) for b in batches], repeats)
+        early = _best_time(lambda: [multi(b) for b in batches], repeats)
+        out[str(bs)] = {"samples": int(data.shape[0]), "backbone_s": backbone, "early_exit_s": early,
+                        "speedup": backbone / early}
+    return out
+
+
+def _best_time(fn: Any, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best

@@ -1,0 +1,108 @@
+"""TorchScript export of a MultiExitModel: one file per stage and branch plus a JSON manifest.
+
+The directory holds ``stage0.pt .. stageK.pt``, ``branch0.pt .. branch{K-1}.pt`` and ``manifest.json`` (exit
+names, criteria, thresholds and the slot plan that wires the stages). ``load_exported`` rebuilds a
+MultiExitModel around the loaded modules, so the exported model keeps real early exit (shrinking batch,
+batch-1 fast path) and needs neither the model's Python class nor the schedule.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .attach import eval_mode, example_input
+from .multi_exit import MultiExitModel
+from .staging import StagePlan
+
+MANIFEST = "manifest.json"
+FORMAT = "distill_ee.multi_exit"
+FORMAT_VERSION = 1
+
+
+def export_torchscript(multi: MultiExitModel, directory: Union[str, Path]) -> List[Path]:
+    """Write every stage and branch of ``multi`` as TorchScript plus the manifest; returns the written paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    stage_args, branch_args = _example_arguments(multi)
+    written: List[Path] = []
+    files: Dict[str, List[str]] = {"stages": [], "branches": []}
+    methods: List[str] = []
+    with eval_mode(multi):
+        for kind, modules, args in (("stage", multi.stages, stage_args), ("branch", multi.branches, branch_args)):
+            key = "stages" if kind == "stage" else "branches"
+            for k, (module, example) in enumerate(zip(modules, args)):
+                scripted, how = _to_torchscript(module, example)
+                path = directory / f"{kind}{k}.pt"
+                scripted.save(str(path))
+                files[key].append(path.name)
+                methods.append(f"{path.name}: {how}")
+                written.append(path)
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION, **multi.describe(), **files, "torchscript": methods}
+    written.append(_write_json(directory / MANIFEST, manifest))
+    return written
+
+
+def load_exported(directory: Union[str, Path]) -> MultiExitModel:
+    """A MultiExitModel (in eval mode) running the TorchScript files written by ``export_torchscript``."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{directory}: no readable {MANIFEST} ({err})") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{directory}: not a multi-exit export of version {FORMAT_VERSION}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        stages = [torch.jit.load(str(directory / f), map_location="cpu") for f in manifest["stages"]]
+        branches = [torch.jit.load(str(directory / f), map_location="cpu") for f in manifest["branches"]]
+    multi = MultiExitModel(stages, branches, StagePlan.from_dict(manifest["plan"]),
+                           exit_names=manifest["exit_names"], final_name=manifest["final_name"],
+                           criteria=manifest["criteria"], thresholds=manifest["thresholds"],
+                           input_shape=manifest["input_shape"], num_classes=manifest["num_classes"])
+    return multi.eval()
+
+
+def _example_arguments(multi: MultiExitModel) -> tuple:
+    """The arguments each stage and branch receives on a small dummy batch."""
+    plan = multi.plan
+    env: List[Any] = [None] * plan.num_slots
+    env[0] = example_input(multi, multi.input_shape, batch=2)
+    stage_args, branch_args = [], []
+    with eval_mode(multi), torch.no_grad():
+        for k, stage in enumerate(multi.stages):
+            args = tuple(env[i] for i in plan.inputs[k])
+            stage_args.append(args)
+            for slot, value in zip(plan.outputs[k], stage(*args)):
+                env[slot] = value
+            if k < plan.num_exits:
+                branch_args.append((env[plan.attach[k]],))
+    return stage_args, branch_args
+
+
+def _to_torchscript(module: nn.Module, example: Sequence[Any]) -> tuple:
+    """``torch.jit.script`` when the module is scriptable, else ``torch.jit.trace`` on ``example``."""
+    with warnings.catch_warnings():
+        # torch.jit warns that it is deprecated and about GraphModule internals it does not script
+        warnings.simplefilter("ignore")
+        try:
+            return torch.jit.script(module), "script"
+        except Exception:  # scripting fails on many Python constructs; tracing covers the rest
+            with torch.no_grad():
+                return torch.jit.trace(module, tuple(example), check_trace=False), "trace"
+
+
+def _write_json(path: Path, data: Dict[str, Any]) -> Path:
+    """Write ``data`` atomically (temporary file, then rename)."""
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+    return path

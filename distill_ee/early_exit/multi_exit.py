@@ -1,0 +1,239 @@
+"""MultiExitModel: a backbone cut into stages with an exit branch after each, for real early-exit inference.
+
+``forward(x)`` really skips work: after each exit the samples that leave are written to the output and only
+the others go on — every value the later stages still need is shrunk once with ``index_select`` and the next
+stage runs on the smaller batch; it stops as soon as no sample is left. Batch size 1 takes a fast path with
+no indexing at all. ``simulate(x)`` runs every stage and branch on every sample (for calibration and
+statistics); ``decide(simulate(x))`` gives the same predictions and exits as ``forward(x)``.
+
+Decisions never see labels. The stages and branches share modules and parameters with the model they were
+cut from; in eval mode both paths run under ``torch.inference_mode``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..errors import DistillEEError
+from .attach import ExitSet
+from .criteria import CriterionArg, State, criteria_list
+from .decisions import decide_exits
+from .staging import StagePlan, split_model
+
+ThresholdArg = Union[None, Sequence[Optional[float]], Mapping[str, Optional[float]]]
+
+
+class MultiExitModel(nn.Module):
+    """Stages + exit branches + per-exit criteria and thresholds; ``forward`` returns (logits, exit index)."""
+
+    def __init__(self, stages: Sequence[nn.Module], branches: Sequence[nn.Module], plan: StagePlan, *,
+                 exit_names: Sequence[str], final_name: str = "final", criteria: CriterionArg = "entropy",
+                 thresholds: ThresholdArg = None, input_shape: Sequence[int] = (), num_classes: int = 0):
+        super().__init__()
+        if len(stages) != len(branches) + 1 or plan.num_exits != len(branches) or len(exit_names) != len(branches):
+            raise DistillEEError(f"a multi-exit model needs one stage per exit plus one, got {len(stages)} stages, "
+                                 f"{len(branches)} branches and {len(exit_names)} exit names")
+        self.stages = nn.ModuleList(stages)
+        self.branches = nn.ModuleList(branches)
+        self.plan = plan
+        self.exit_names = list(exit_names)
+        self.final_name = final_name
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.num_classes = int(num_classes)
+        self.criteria = criteria_list(criteria, len(branches))
+        self._thresholds: List[Optional[float]] = [None] * len(branches)
+        self.set_thresholds(thresholds if thresholds is not None else self._thresholds)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_model(cls, model: nn.Module, exits: ExitSet, criterion: CriterionArg = "entropy",
+                   thresholds: ThresholdArg = None, stages: Optional[Sequence[str]] = None) -> "MultiExitModel":
+        """Cut ``model`` at the attach points of ``exits`` (torch.fx, or the ``stages`` child list)."""
+        modules, plan = split_model(model, exits.attach, exits.input_shape, stages)
+        return cls(modules, exits.branch_list(), plan, exit_names=exits.names, final_name=exits.final_name,
+                   criteria=criterion, thresholds=thresholds, input_shape=exits.input_shape,
+                   num_classes=exits.num_classes)
+
+    # ----------------------------------------------------------------- settings
+    @property
+    def num_exits(self) -> int:
+        """Number of early exits (the final classifier not counted)."""
+        return len(self.branches)
+
+    @property
+    def output_names(self) -> List[str]:
+        """Exit names followed by the final classifier's name (the order of ``simulate``'s outputs)."""
+        return [*self.exit_names, self.final_name]
+
+    @property
+    def thresholds(self) -> List[Optional[float]]:
+        """Per-exit thresholds (None: the exit is never taken and, if stateless, its branch is skipped)."""
+        return list(self._thresholds)
+
+    def set_thresholds(self, thresholds: ThresholdArg) -> None:
+        """Replace thresholds: a list in exit order, or a mapping exit name -> threshold (others kept)."""
+        if thresholds is None:
+            return
+        if isinstance(thresholds, Mapping):
+            unknown = [n for n in thresholds if n not in self.exit_names]
+            if unknown:
+                raise DistillEEError(f"no exit named {unknown[0]!r} (exits: {', '.join(self.exit_names)})")
+            new = [thresholds.get(n, t) for n, t in zip(self.exit_names, self._thresholds)]
+        else:
+            new = list(thresholds)
+            if len(new) == self.num_exits + 1 and new[-1] is None:
+                new = new[:-1]
+            if len(new) != self.num_exits:
+                raise DistillEEError(f"need {self.num_exits} thresholds (one per exit), got {len(new)}")
+        self._thresholds = [None if t is None else float(t) for t in new]
+        # a stateless exit without threshold is skipped entirely; a stateful one still updates its state
+        self._active = [t is not None or c.stateful for t, c in zip(self._thresholds, self.criteria)]
+        self._limits = [float("inf") if t is None else t for t in self._thresholds]
+
+    # ----------------------------------------------------------------- simulated inference
+    def simulate(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Logits of every exit for every sample, the final classifier's last."""
+        if self.training:
+            return self._simulate(x)
+        with torch.inference_mode():
+            return self._simulate(x)
+
+    def _simulate(self, x: torch.Tensor) -> List[torch.Tensor]:
+        plan = self.plan
+        env: List[Any] = [None] * plan.num_slots
+        env[0] = x
+        logits: List[torch.Tensor] = []
+        for k, stage in enumerate(self.stages):
+            outs = stage(*[env[i] for i in plan.inputs[k]])
+            for slot, value in zip(plan.outputs[k], outs):
+                env[slot] = value
+            if k < plan.num_exits:
+                logits.append(self.branches[k](env[plan.attach[k]]))
+        logits.append(env[plan.result])
+        return logits
+
+    def decide(self, exit_logits: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(chosen logits, exit index) per sample from ``simulate``'s output, by this model's criteria."""
+        return decide_exits(exit_logits, self.criteria, self._thresholds)
+
+    # ----------------------------------------------------------------- real early exit
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Real early exit: (logits from the exit each sample took, that exit's index; final = num_exits)."""
+        if self.training:
+            return self._real(x)
+        with torch.inference_mode():
+            return self._real(x)
+
+    def _real(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[0] == 1:
+            return self._real_single(x)
+        plan, stages, branches = self.plan, self._stage_calls(), self.branches
+        env: List[Any] = [None] * plan.num_slots
+        env[0] = x
+        n = live = x.shape[0]
+        state: State = {}
+        out: Optional[torch.Tensor] = None
+        exit_index = torch.empty(0)
+        alive: Optional[torch.Tensor] = None  # original rows of the live samples; None while all are live
+        for k in range(plan.num_exits):
+            outs = stages[k](*[env[i] for i in plan.inputs[k]])
+            for slot, value in zip(plan.outputs[k], outs):
+                env[slot] = value
+            if self._active[k]:
+                logits = branches[k](env[plan.attach[k]])
+                mask = self.criteria[k].exit_mask(logits, self._limits[k], state)
+                rows = mask.nonzero().squeeze(1)
+                leaving = rows.shape[0]
+                if leaving:
+                    if leaving == n:  # everyone leaves at the first exit that fires: nothing to merge
+                        return logits, torch.full((n,), k, dtype=torch.long, device=logits.device)
+                    if out is None:
+                        out = logits.new_empty((n, logits.shape[1]))
+                        exit_index = torch.full((n,), plan.num_exits, dtype=torch.long, device=logits.device)
+                    if leaving == live:
+                        _write(out, exit_index, alive, None, logits, k)
+                        return out, exit_index
+                    keep = (~mask).nonzero().squeeze(1)
+                    _write(out, exit_index, alive, rows, logits, k)
+                    alive = keep if alive is None else alive.index_select(0, keep)
+                    _shrink(env, plan.carry[k], keep)
+                    for key in state:
+                        state[key] = state[key].index_select(0, keep)
+                    live -= leaving
+            for slot in plan.free[k]:
+                env[slot] = None
+        last = plan.num_exits
+        outs = stages[last](*[env[i] for i in plan.inputs[last]])
+        final = outs[0]
+        if out is None:
+            return final, torch.full((n,), last, dtype=torch.long, device=final.device)
+        out.index_copy_(0, alive, final)  # type: ignore[arg-type]
+        return out, exit_index
+
+    def _real_single(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One sample: plain early return at the first exit that fires, no indexing."""
+        plan, stages, branches = self.plan, self._stage_calls(), self.branches
+        env: List[Any] = [None] * plan.num_slots
+        env[0] = x
+        state: State = {}
+        for k in range(plan.num_exits):
+            outs = stages[k](*[env[i] for i in plan.inputs[k]])
+            for slot, value in zip(plan.outputs[k], outs):
+                env[slot] = value
+            if self._active[k]:
+                logits = branches[k](env[plan.attach[k]])
+                if bool(self.criteria[k].exit_mask(logits, self._limits[k], state)):
+                    return logits, torch.full((1,), k, dtype=torch.long, device=logits.device)
+        last = plan.num_exits
+        final = stages[last](*[env[i] for i in plan.inputs[last]])[0]
+        return final, torch.full((1,), last, dtype=torch.long, device=final.device)
+
+    def _stage_calls(self) -> List[Any]:
+        """The stages' ``forward`` methods: calling them directly skips the per-call wrapper of GraphModule
+        and nn.Module (the layers inside still run their own hooks)."""
+        return [stage.forward for stage in self.stages]
+
+    # ----------------------------------------------------------------- description
+    def describe(self) -> Dict[str, Any]:
+        """Plain-python description (names, criteria, thresholds, plan) used by the exporter."""
+        return {"exit_names": list(self.exit_names), "final_name": self.final_name,
+                "criteria": [c.name for c in self.criteria], "thresholds": self.thresholds,
+                "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "plan": self.plan.to_dict()}
+
+    def extra_repr(self) -> str:
+        return (f"exits={self.exit_names}, criteria={[c.name for c in self.criteria]}, "
+                f"thresholds={self._thresholds}")
+
+
+def _write(out: torch.Tensor, exit_index: torch.Tensor, alive: Optional[torch.Tensor],
+           rows: Optional[torch.Tensor], logits: torch.Tensor, k: int) -> None:
+    """Store the leaving samples' logits and exit index at their original rows.
+
+    ``rows`` selects the leaving samples among the live ones (None: all live samples leave); ``alive``
+    maps live samples to original rows (None: identity).
+    """
+    if rows is not None:
+        logits = logits.index_select(0, rows)
+        dest = rows if alive is None else alive.index_select(0, rows)
+    else:
+        dest = alive
+    if dest is None:
+        out.copy_(logits)
+        exit_index.fill_(k)
+    else:
+        out.index_copy_(0, dest, logits)
+        exit_index.index_fill_(0, dest, k)
+
+
+def _shrink(env: List[Any], slots: Sequence[int], keep: torch.Tensor) -> None:
+    """Keep rows ``keep`` of every carried batched value (a tensor held in two slots is selected once)."""
+    done: Dict[int, torch.Tensor] = {}
+    for slot in slots:
+        value = env[slot]
+        key = id(value)
+        if key not in done:
+            done[key] = value.index_select(0, keep)
+        env[slot] = done[key]

@@ -1,0 +1,323 @@
+"""Early-exit specifications: a schedule's ``early_exits`` instance, validated, as plain dataclasses.
+
+The schedule loader hands over one instance as a plain dict (without ``class``)::
+
+    criterion: entropy            # default criterion of every exit (entropy, max_prob, margin, patience)
+    patience: 2                   # the patience criterion's default threshold
+    final_loss_weight: auto       # number, or auto = 1 - sum of the exits' weights (Distiller)
+    final_name: final
+    stages: [features, classifier]  # optional: cut points for models torch.fx cannot trace
+    exits:                        # ordered: first exit = shallowest
+      exit1: {attach: conv1, branch: [...], loss_weight: 0.3, threshold: 0.5, criterion: entropy}
+
+Errors are ScheduleErrors whose ``path`` is relative to the instance (``exits.exit1.branch[2].out_features``).
+"""
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from torch import nn
+
+from ..errors import ScheduleError
+from ..registry import EXIT_CRITERIA, UnknownNameError, suggest
+from .branch import LayerSpec, parse_layer
+from .criteria import get_criterion
+
+INSTANCE_KEYS = ("criterion", "patience", "final_loss_weight", "final_name", "stages", "exits")
+EXIT_KEYS = ("attach", "branch", "loss_weight", "threshold", "criterion")
+RAMP_KEYS = ("start", "end")
+DEFAULT_CRITERION = "entropy"
+DEFAULT_FINAL_NAME = "final"
+DEFAULT_LOSS_WEIGHT = 1.0
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class LossWeight:
+    """An exit's loss weight: constant, or linear from ``start`` to ``end`` over the policy's due epochs."""
+
+    start: float
+    end: float
+
+    @property
+    def constant(self) -> bool:
+        """True when the weight does not change over epochs."""
+        return self.start == self.end
+
+    def at(self, epoch: int, starting_epoch: Optional[int] = None, ending_epoch: Optional[int] = None,
+           frequency: Optional[int] = None) -> float:
+        """The weight in ``epoch``: ``start`` at the first due epoch, ``end`` at the last one (ending is
+        exclusive, as in the scheduler's ``range(starting_epoch, ending_epoch, frequency)``)."""
+        if self.constant or starting_epoch is None or ending_epoch is None:
+            return self.start
+        step = max(1, frequency or 1)
+        last = starting_epoch + max(0, (ending_epoch - 1 - starting_epoch) // step) * step
+        if last <= starting_epoch:
+            return self.end
+        frac = min(1.0, max(0.0, (epoch - starting_epoch) / (last - starting_epoch)))
+        return self.start + (self.end - self.start) * frac
+
+    def to_config(self) -> Union[float, Dict[str, float]]:
+        """A number, or ``{start, end}``."""
+        return self.start if self.constant else {"start": self.start, "end": self.end}
+
+
+@dataclass
+class ExitSpec:
+    """One side exit: where it attaches, its branch layers, loss weight, threshold and criterion."""
+
+    name: str
+    attach: str
+    branch: List[LayerSpec]
+    loss_weight: LossWeight = LossWeight(DEFAULT_LOSS_WEIGHT, DEFAULT_LOSS_WEIGHT)
+    threshold: Optional[float] = None
+    criterion: Optional[str] = None
+
+    def to_config(self) -> Dict[str, Any]:
+        """Plain-python form accepted by ``parse_early_exit_config``."""
+        out: Dict[str, Any] = {"attach": self.attach, "branch": [l.to_config() for l in self.branch],
+                               "loss_weight": self.loss_weight.to_config()}
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        if self.criterion is not None:
+            out["criterion"] = self.criterion
+        return out
+
+
+@dataclass
+class EarlyExitSpec:
+    """A validated ``early_exits`` instance: ordered exits plus instance-wide settings."""
+
+    exits: List[ExitSpec]
+    criterion: str = DEFAULT_CRITERION
+    patience: Optional[int] = None
+    final_loss_weight: Union[float, str] = 1.0
+    final_name: str = DEFAULT_FINAL_NAME
+    stages: Optional[List[str]] = None
+
+    @property
+    def names(self) -> List[str]:
+        """Exit names in depth order (the final classifier excluded)."""
+        return [e.name for e in self.exits]
+
+    def criteria(self) -> List[str]:
+        """The criterion name of every exit (per-exit override, else the instance default)."""
+        return [e.criterion or self.criterion for e in self.exits]
+
+    def thresholds(self) -> List[Optional[float]]:
+        """Every exit's threshold; patience exits default to ``patience``."""
+        out: List[Optional[float]] = []
+        for e, crit in zip(self.exits, self.criteria()):
+            default = self.patience if crit == "patience" else None
+            out.append(e.threshold if e.threshold is not None else default)
+        return out
+
+    def exit_weights(self, epoch: int, starting_epoch: Optional[int] = None, ending_epoch: Optional[int] = None,
+                     frequency: Optional[int] = None) -> List[float]:
+        """Every exit's loss weight in ``epoch``."""
+        return [e.loss_weight.at(epoch, starting_epoch, ending_epoch, frequency) for e in self.exits]
+
+    def final_weight(self, exit_weights: Sequence[float]) -> float:
+        """The final classifier's weight given the exits' current weights (``auto`` = 1 - their sum)."""
+        if self.final_loss_weight == AUTO:
+            return 1.0 - float(sum(exit_weights))
+        return float(self.final_loss_weight)
+
+    def to_config(self) -> Dict[str, Any]:
+        """Plain-python form (numbers, strings, lists, dicts) that parses back to an equal spec."""
+        out: Dict[str, Any] = {"criterion": self.criterion, "final_loss_weight": self.final_loss_weight,
+                               "final_name": self.final_name,
+                               "exits": {e.name: e.to_config() for e in self.exits}}
+        if self.patience is not None:
+            out["patience"] = self.patience
+        if self.stages is not None:
+            out["stages"] = list(self.stages)
+        return out
+
+
+# --------------------------------------------------------------------------- parsing
+def parse_early_exit_config(config: Mapping[str, Any]) -> EarlyExitSpec:
+    """Validate an ``early_exits`` instance dict (``class`` already removed) into an EarlyExitSpec."""
+    config = _mapping(config, "", "the early-exit instance")
+    _check_keys(config, INSTANCE_KEYS + ("class",), "")
+    criterion = _criterion_name(config.get("criterion", DEFAULT_CRITERION), "criterion")
+    final_name = config.get("final_name", DEFAULT_FINAL_NAME)
+    if not isinstance(final_name, str) or not final_name:
+        raise ScheduleError(f"final_name must be a non-empty name, got {final_name!r}", path="final_name")
+    if "exits" not in config:
+        raise ScheduleError("an early-exit instance needs `exits` (name -> {attach, branch, ...})", path="")
+    exits_raw = _mapping(config["exits"], "exits", "`exits`")
+    if not exits_raw:
+        raise ScheduleError("`exits` is empty; give at least one exit", path="exits")
+    exits = [_parse_exit(name, raw, final_name) for name, raw in exits_raw.items()]
+    spec = EarlyExitSpec(exits=exits, criterion=criterion, final_name=final_name,
+                         patience=_patience(config, criterion, exits),
+                         final_loss_weight=_final_weight(config.get("final_loss_weight", 1.0)),
+                         stages=_stages(config.get("stages")))
+    _check_thresholds(spec)
+    _check_auto_weight(spec)
+    return spec
+
+
+def _mapping(value: Any, path: str, what: str) -> Dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ScheduleError(f"{what} must be a mapping, got {type(value).__name__}", path=path)
+    return dict(value)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_keys(raw: Mapping[str, Any], valid: Sequence[str], path: str) -> None:
+    for key in raw:
+        if key not in valid:
+            shown = [v for v in valid if v != "class"]
+            raise ScheduleError(f"unknown key {key!r}", path=_join(path, str(key)), valid=shown,
+                                suggestions=suggest(str(key), shown))
+
+
+def _number(value: Any, path: str) -> float:
+    """A float from a YAML scalar (PyYAML reads ``1e-3`` as a string, so numeric strings are accepted)."""
+    if isinstance(value, bool):
+        raise ScheduleError(f"expected a number, got {value!r}", path=path)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ScheduleError(f"expected a number, got {value!r}", path=path)
+
+
+def _criterion_name(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ScheduleError(f"an exit criterion is a name, got {value!r}", path=path, valid=EXIT_CRITERIA.names())
+    try:
+        return EXIT_CRITERIA.canonical(value)
+    except UnknownNameError as err:
+        raise ScheduleError(f"unknown exit criterion {value!r}", path=path, valid=EXIT_CRITERIA.names(),
+                            suggestions=err.suggestions) from None
+
+
+def _exit_name(name: Any, final_name: str) -> str:
+    path = f"exits.{name}"
+    if not isinstance(name, str) or not name:
+        raise ScheduleError(f"exit names must be non-empty strings, got {name!r}", path=path)
+    if "." in name or not name.isidentifier() or keyword.iskeyword(name):
+        raise ScheduleError(f"exit name {name!r} must be an identifier (letters, digits, _)", path=path)
+    if hasattr(nn.ModuleDict(), name):
+        raise ScheduleError(f"exit name {name!r} is reserved by torch; choose another", path=path)
+    if name == final_name:
+        raise ScheduleError(f"exit name {name!r} is the final classifier's name (final_name)", path=path)
+    return name
+
+
+def _parse_exit(name: Any, raw: Any, final_name: str) -> ExitSpec:
+    name = _exit_name(name, final_name)
+    path = f"exits.{name}"
+    raw = _mapping(raw, path, f"exit {name!r}")
+    _check_keys(raw, EXIT_KEYS, path)
+    for key in ("attach", "branch"):
+        if key not in raw:
+            raise ScheduleError(f"exit {name!r} needs `{key}`", path=path)
+    attach = raw["attach"]
+    if not isinstance(attach, str) or not attach:
+        raise ScheduleError(f"`attach` must be a module name, got {attach!r}", path=f"{path}.attach")
+    branch = raw["branch"]
+    if not isinstance(branch, list) or not branch:
+        raise ScheduleError("`branch` must be a non-empty list of layers", path=f"{path}.branch")
+    layers = [parse_layer(layer, f"{path}.branch[{i}]") for i, layer in enumerate(branch)]
+    criterion = raw.get("criterion")
+    if criterion is not None:
+        criterion = _criterion_name(criterion, f"{path}.criterion")
+    threshold = raw.get("threshold")
+    if threshold is not None:
+        threshold = _number(threshold, f"{path}.threshold")
+    return ExitSpec(name=name, attach=attach, branch=layers,
+                    loss_weight=_loss_weight(raw.get("loss_weight", DEFAULT_LOSS_WEIGHT), f"{path}.loss_weight"),
+                    threshold=threshold, criterion=criterion)
+
+
+def _loss_weight(value: Any, path: str) -> LossWeight:
+    if isinstance(value, Mapping):
+        _check_keys(value, RAMP_KEYS, path)
+        missing = [k for k in RAMP_KEYS if k not in value]
+        if missing:
+            raise ScheduleError(f"a ramped loss weight needs `{missing[0]}` ({{start: 0.1, end: 1.0}})", path=path)
+        start, end = (_number(value[k], f"{path}.{k}") for k in RAMP_KEYS)
+    else:
+        start = end = _number(value, path)
+    for v in (start, end):
+        if v < 0:
+            raise ScheduleError(f"loss weights must be >= 0, got {v}", path=path)
+    return LossWeight(start, end)
+
+
+def _final_weight(value: Any) -> Union[float, str]:
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, str) and not _numeric(value):
+        raise ScheduleError(f"final_loss_weight is a number or `auto`, got {value!r}", path="final_loss_weight",
+                            suggestions=suggest(value, [AUTO]))
+    weight = _number(value, "final_loss_weight")
+    if weight < 0:
+        raise ScheduleError(f"final_loss_weight must be >= 0, got {weight}", path="final_loss_weight")
+    return weight
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _patience(config: Mapping[str, Any], criterion: str, exits: List[ExitSpec]) -> Optional[int]:
+    uses = criterion == "patience" or any(e.criterion == "patience" for e in exits)
+    if "patience" not in config:
+        needed = [e.name for e in exits if (e.criterion or criterion) == "patience" and e.threshold is None]
+        if needed:
+            raise ScheduleError(f"the patience criterion needs `patience: k` (exit {needed[0]!r} has no threshold)",
+                                path="")
+        return None
+    if not uses:
+        raise ScheduleError("`patience` applies only to the patience criterion", path="patience",
+                            valid=["patience"])
+    value = config["patience"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ScheduleError(f"patience must be an integer >= 1, got {value!r}", path="patience")
+    return value
+
+
+def _stages(value: Any) -> Optional[List[str]]:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ScheduleError("`stages` must be a non-empty list of top-level module names", path="stages")
+    return list(value)
+
+
+def _check_thresholds(spec: EarlyExitSpec) -> None:
+    for e, crit, thr in zip(spec.exits, spec.criteria(), spec.thresholds()):
+        if thr is None:
+            continue
+        problem = get_criterion(crit).check_threshold(thr)
+        if problem:
+            where = f"exits.{e.name}.threshold" if e.threshold is not None else "patience"
+            raise ScheduleError(f"the {crit} threshold must be {problem}, got {thr!r}", path=where)
+
+
+def _check_auto_weight(spec: EarlyExitSpec) -> None:
+    if spec.final_loss_weight != AUTO:
+        return
+    for label, total in (("start", sum(e.loss_weight.start for e in spec.exits)),
+                         ("end", sum(e.loss_weight.end for e in spec.exits))):
+        if total > 1.0 + 1e-9:
+            raise ScheduleError(f"final_loss_weight `auto` is 1 - sum of the exits' loss weights, but they sum to "
+                                f"{total:g} (ramp {label}); lower them or give a number",
+                                path="final_loss_weight")

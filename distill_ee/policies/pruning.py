@@ -1,0 +1,199 @@
+"""PruningPolicy: runs a pruner at the epochs (and minibatches) the schedule gives it (Distiller semantics).
+
+Lifecycle, with the scheduler applying every set mask at each minibatch begin (after the policies'
+``on_minibatch_begin``) and end (after ``optimizer.step()``, before the policies' ``on_minibatch_end``;
+forward-only masks are skipped there)::
+
+    on_epoch_begin          masks of every weight the pruner handles are recomputed and applied
+      on_minibatch_begin    with mini_batch_pruning_frequency N: masks recomputed every N minibatches
+      before_parameter_optimization   with use_double_copies: the unmasked weights are restored, so the
+                            optimizer updates them with gradients computed on the masked weights
+      on_minibatch_end      with discard_masks_at_minibatch_end: the masks are dropped
+    on_epoch_end            after the last epoch: with keep_mask the masks become permanent (no double
+                            copies, masking also after each step); gradient masking is removed
+
+Policy ``args`` (Distiller's names): ``levels`` (replaces a level pruner's levels), ``keep_mask``,
+``mini_batch_pruning_frequency``, ``mask_on_forward_only``, ``mask_gradients`` (requires
+``mask_on_forward_only``), ``use_double_copies``, ``discard_masks_at_minibatch_end``.
+
+The scheduler sets ``starting_epoch``, ``ending_epoch`` (exclusive) and ``frequency`` before the first hook.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import torch
+
+from ..errors import ScheduleError
+from ..pruning.agp import AutomatedGradualPrunerBase
+from ..pruning.masks import ParameterMasker
+from ..pruning.pruner import Pruner, check_fraction_map
+from .base import HookContext, Policy
+
+PRUNING_POLICY_ARGS = (
+    "levels",
+    "keep_mask",
+    "mini_batch_pruning_frequency",
+    "mask_on_forward_only",
+    "mask_gradients",
+    "use_double_copies",
+    "discard_masks_at_minibatch_end",
+)
+
+
+class PruningPolicy(Policy):
+    """Schedules a pruner: computes the masks of the weights it handles and sets how they are applied."""
+
+    kind = "pruner"
+
+    def __init__(self, pruner: Pruner, pruner_args: Optional[Dict[str, Any]] = None, name: str = ""):
+        super().__init__(name)
+        args = dict(pruner_args or {})
+        unknown = sorted(set(args) - set(PRUNING_POLICY_ARGS))
+        if unknown:
+            raise ScheduleError(
+                f"unknown pruning policy argument {unknown[0]!r}", path=unknown[0], valid=PRUNING_POLICY_ARGS
+            )
+        self.pruner = pruner
+        self.levels = None
+        if args.get("levels") is not None:
+            self.levels = check_fraction_map("pruning policy", "levels", args["levels"])
+        self.keep_mask = _flag(args, "keep_mask")
+        self.mini_batch_pruning_frequency = _count(args, "mini_batch_pruning_frequency")
+        self.mask_on_forward_only = _flag(args, "mask_on_forward_only")
+        self.mask_gradients = _flag(args, "mask_gradients")
+        self.use_double_copies = _flag(args, "use_double_copies")
+        self.discard_masks_at_minibatch_end = _flag(args, "discard_masks_at_minibatch_end")
+        if self.mask_gradients and not self.mask_on_forward_only:
+            raise ScheduleError(
+                "pruning policy: mask_gradients needs mask_on_forward_only: True "
+                "(masking after the optimizer step already keeps masked weights at zero)",
+                path="mask_gradients",
+            )
+        self.starting_epoch: Optional[int] = None
+        self.ending_epoch: Optional[int] = None
+        self.frequency: Optional[int] = None
+        self.is_initialized = False
+        self.is_last_epoch = False
+
+    def validate_schedule(self) -> None:
+        """Raise ScheduleError now if the pruner cannot run on the epochs the scheduler gave this policy."""
+        if isinstance(self.pruner, AutomatedGradualPrunerBase) and self.starting_epoch is not None:
+            meta = {"current_epoch": self.starting_epoch, "starting_epoch": self.starting_epoch,
+                    "ending_epoch": self.ending_epoch, "frequency": self.frequency}
+            self.pruner.compute_target_sparsity(meta)
+
+    def _handled(self, ctx: HookContext) -> Iterator[Tuple[str, torch.nn.Parameter, ParameterMasker]]:
+        for param_name, param in ctx.model.named_parameters():
+            if param_name in ctx.masks and self.pruner.handles(param_name):
+                yield param_name, param, ctx.masks[param_name]
+
+    def _meta(self, ctx: HookContext) -> Dict[str, Any]:
+        return {
+            "current_epoch": ctx.epoch,
+            "starting_epoch": self.starting_epoch,
+            "ending_epoch": self.ending_epoch,
+            "frequency": self.frequency,
+            "model": ctx.model,
+        }
+
+    def _configure(self, masker: ParameterMasker) -> None:
+        masker.use_double_copies = self.use_double_copies
+        masker.mask_on_forward_only = self.mask_on_forward_only
+        masker.mask_gradients = self.mask_gradients
+
+    def on_epoch_begin(self, ctx: HookContext) -> None:
+        """Recompute the masks of every handled weight and apply them."""
+        self.is_last_epoch = ctx.epoch == last_due_epoch(self.starting_epoch, self.ending_epoch, self.frequency)
+        if self.levels is not None:
+            self.pruner.levels = self.levels
+        meta = self._meta(ctx)
+        for param_name, param, masker in self._handled(ctx):
+            if not self.is_initialized:
+                self._configure(masker)
+            masker.ensure_gradient_hook(param)
+            self.pruner.set_param_mask(param, param_name, ctx.masks, meta)
+            # With double copies only the scheduler's forward masking may mask: it keeps the unmasked copy
+            # that before_parameter_optimization restores.
+            if not masker.use_double_copies:
+                masker.apply_mask(param)
+        self.is_initialized = True
+
+    def on_minibatch_begin(self, ctx: HookContext) -> None:
+        """With ``mini_batch_pruning_frequency``, recompute the masks every that many minibatches."""
+        freq = self.mini_batch_pruning_frequency
+        if not freq or not ctx.minibatch_id:
+            return
+        global_minibatch = ctx.epoch * (ctx.minibatches_per_epoch or 0) + ctx.minibatch_id
+        if global_minibatch % freq != 0:
+            return
+        # The scheduler applies every mask right after this hook, so setting the masks is enough.
+        meta = self._meta(ctx)
+        for param_name, param, _ in self._handled(ctx):
+            self.pruner.set_param_mask(param, param_name, ctx.masks, meta)
+
+    def before_parameter_optimization(self, ctx: HookContext) -> None:
+        """With double copies, restore the unmasked weights so the optimizer updates them."""
+        for _, param, masker in self._handled(ctx):
+            masker.revert_weights(param)
+
+    def on_minibatch_end(self, ctx: HookContext) -> None:
+        """With ``discard_masks_at_minibatch_end``, drop the masks of the handled weights."""
+        if not self.discard_masks_at_minibatch_end:
+            return
+        for _, _, masker in self._handled(ctx):
+            masker.mask = None
+
+    def on_epoch_end(self, ctx: HookContext) -> None:
+        """After the policy's last epoch: make masks permanent (``keep_mask``) and stop gradient masking."""
+        if not self.is_last_epoch:
+            return
+        for _, param, masker in self._handled(ctx):
+            if self.keep_mask:
+                masker.use_double_copies = False
+                masker.mask_on_forward_only = False
+                masker.apply_mask(param)
+            masker.mask_gradients = False
+            masker.remove_gradient_hook()
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Progress flags and the pruner's own state."""
+        return {
+            "is_initialized": self.is_initialized,
+            "is_last_epoch": self.is_last_epoch,
+            "pruner": self.pruner.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+        self.is_initialized = bool(state.get("is_initialized", False))
+        self.is_last_epoch = bool(state.get("is_last_epoch", False))
+        self.pruner.load_state_dict(state.get("pruner", {}))
+
+    def __repr__(self) -> str:
+        return f"PruningPolicy({self.name!r}, pruner={self.pruner!r})"
+
+
+def last_due_epoch(
+    starting_epoch: Optional[int], ending_epoch: Optional[int], frequency: Optional[int]
+) -> Optional[int]:
+    """The last epoch in which a policy runs (``ending_epoch`` is exclusive); None when it never ends."""
+    if ending_epoch is None:
+        return None
+    if not frequency or starting_epoch is None:
+        return ending_epoch - 1
+    return starting_epoch + ((ending_epoch - 1 - starting_epoch) // frequency) * frequency
+
+
+def _flag(args: Dict[str, Any], key: str) -> bool:
+    value = args.get(key, False)
+    if not isinstance(value, bool):
+        raise ScheduleError(f"pruning policy: {key} must be true or false, got {value!r}", path=key)
+    return value
+
+
+def _count(args: Dict[str, Any], key: str) -> int:
+    value = args.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ScheduleError(f"pruning policy: {key} must be a whole number >= 0, got {value!r}", path=key)
+    return value

@@ -1,0 +1,21 @@
+"""Thinning: physical removal of pruned filters and channels, recipes to reload thinned checkpoints."""
+from .extensions import ChannelRemover, FilterRemover, StructureRemover
+from .graph import ChannelGroup, Consumer, DependencyGraph, build_dependency_graph
+from .recipe import Recipe, apply_recipe, apply_thinning_recipes, thinning_recipes
+from .remove import remove_channels, remove_filters
+
+__all__ = [
+    "ChannelGroup",
+    "ChannelRemover",
+    "Consumer",
+    "DependencyGraph",
+    "FilterRemover",
+    "Recipe",
+    "StructureRemover",
+    "apply_recipe",
+    "apply_thinning_recipes",
+    "build_dependency_graph",
+    "remove_channels",
+    "remove_filters",
+    "thinning_recipes",
+]

@@ -1,0 +1,178 @@
+"""Thinning recipes: which indices of which tensors a thinning kept, as plain data that checkpoints can hold.
+
+A recipe is a dict of plain Python values and tensors (it loads with ``torch.load(weights_only=True)``)::
+
+    {"modules": {"layer1.0.conv1": {"out_channels": 8}, ...},          # module attributes to set
+     "tensors": {"layer1.0.conv1.weight": [[0, 16, tensor([0, 3, ...])]], # [dim, size before, kept indices]
+                 "layer1.0.bn1.running_mean": [[0, 16, tensor([...])]], ...}}
+
+Applying a recipe replaces each sliced parameter by a new, smaller Parameter (with its gradient), swaps it
+into the optimizer's parameter groups with its state sliced (momentum buffers and the like), slices its
+pruning mask, slices the module buffers and sets the module attributes. The CompressionScheduler owning the
+masks re-reads the parameters afterwards. A model's recipes are kept, in order, in its
+``thinning_recipes`` attribute; a thinned checkpoint is loaded by applying them to a fresh model first.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..pruning.masks import ParameterMasker
+from .owners import refresh_mask_owners
+
+Recipe = Dict[str, Dict[str, Any]]
+#: the model attribute that lists the recipes applied to it (Distiller's name)
+RECIPES_ATTR = "thinning_recipes"
+
+
+def empty_recipe() -> Recipe:
+    """A recipe that changes nothing."""
+    return {"modules": {}, "tensors": {}}
+
+
+def is_empty(recipe: Recipe) -> bool:
+    """True when ``recipe`` slices no tensor."""
+    return not recipe["tensors"]
+
+
+def set_attribute(recipe: Recipe, module: str, attr: str, value: int) -> None:
+    """Record that ``module.attr`` becomes ``value``."""
+    recipe["modules"].setdefault(module, {})[attr] = int(value)
+
+
+def select(recipe: Recipe, tensor: str, dim: int, size: int, keep: torch.Tensor) -> None:
+    """Record that tensor ``tensor`` (a parameter or buffer name) keeps indices ``keep`` of ``dim``."""
+    recipe["tensors"].setdefault(tensor, []).append([int(dim), int(size), keep.detach().to("cpu", torch.long)])
+
+
+def thinning_recipes(model: nn.Module) -> List[Recipe]:
+    """The recipes applied to ``model`` so far, oldest first (what a checkpoint must store)."""
+    return list(getattr(model, RECIPES_ATTR, []))
+
+
+def record_recipe(model: nn.Module, recipe: Recipe) -> None:
+    """Append ``recipe`` to the model's list of applied recipes."""
+    if not isinstance(getattr(model, RECIPES_ATTR, None), list):
+        setattr(model, RECIPES_ATTR, [])
+    getattr(model, RECIPES_ATTR).append(recipe)
+
+
+# --------------------------------------------------------------------------- applying
+@torch.no_grad()
+def apply_recipe(model: nn.Module, recipe: Recipe, masks: Optional[Mapping[str, ParameterMasker]] = None,
+                 optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """Slice every tensor the recipe names and set the module attributes; masks and optimizer state follow."""
+    check_recipe(model, recipe)
+    modules = dict(model.named_modules())
+    for name, selections in recipe["tensors"].items():
+        module_name, _, attr = name.rpartition(".")
+        for dim, size, keep in selections:
+            _select_tensor(modules[module_name], attr, name, int(dim), int(size), keep, masks, optimizer)
+    for module_name, attrs in recipe["modules"].items():
+        for attr, value in attrs.items():
+            setattr(modules[module_name], attr, value)
+
+
+def apply_thinning_recipes(model: nn.Module, recipes: Sequence[Recipe],
+                           optimizer: Optional[torch.optim.Optimizer] = None,
+                           masks: Optional[Mapping[str, ParameterMasker]] = None) -> None:
+    """Thin a freshly built model the way a saved one was, so that the saved ``state_dict`` fits it.
+
+    Call it before ``model.load_state_dict``; pass the optimizer (and the scheduler's masks) already built on
+    the fresh model, so they hold the new parameters. Raises CheckpointError when a recipe does not fit.
+    """
+    if not isinstance(recipes, (list, tuple)):
+        raise CheckpointError(f"thinning recipes must be a list, got {type(recipes).__name__}")
+    for i, recipe in enumerate(recipes):
+        try:
+            apply_recipe(model, recipe, masks, optimizer)
+        except CheckpointError as exc:
+            raise CheckpointError(f"thinning recipe {i + 1} of {len(recipes)}: {exc}") from None
+        record_recipe(model, recipe)
+    refresh_mask_owners(masks)
+
+
+def check_recipe(model: nn.Module, recipe: Any) -> None:
+    """Raise CheckpointError unless ``recipe`` is well formed and fits ``model``'s current shapes."""
+    if not isinstance(recipe, Mapping) or set(recipe) != {"modules", "tensors"}:
+        raise CheckpointError("a thinning recipe is a mapping with 'modules' and 'tensors'")
+    modules = dict(model.named_modules())
+    for module_name in recipe["modules"]:
+        if module_name not in modules:
+            raise CheckpointError(f"the recipe names module {module_name!r}, which the model lacks")
+    for name, selections in recipe["tensors"].items():
+        module_name, _, attr = name.rpartition(".")
+        tensor = getattr(modules.get(module_name), attr, None) if module_name in modules else None
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"the recipe names tensor {name!r}, which the model lacks")
+        shape = list(tensor.shape)
+        for dim, size, keep in selections:
+            _check_selection(name, shape, int(dim), int(size), keep)
+            shape[int(dim)] = keep.numel()
+
+
+def _check_selection(name: str, shape: List[int], dim: int, size: int, keep: Any) -> None:
+    if not isinstance(keep, torch.Tensor) or keep.dim() != 1 or not 0 <= dim < len(shape):
+        raise CheckpointError(f"malformed recipe entry for {name!r}")
+    if shape[dim] not in (size, keep.numel()):
+        raise CheckpointError(f"{name!r} has {shape[dim]} entries in dimension {dim}, but the recipe thins it "
+                              f"from {size} to {keep.numel()}")
+    if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= size):
+        raise CheckpointError(f"the recipe keeps indices of {name!r} outside 0..{size - 1}")
+
+
+def _select_tensor(module: nn.Module, attr: str, name: str, dim: int, size: int, keep: torch.Tensor,
+                   masks: Optional[Mapping[str, ParameterMasker]], optimizer: Optional[torch.optim.Optimizer]) -> None:
+    tensor = getattr(module, attr)
+    if tensor.size(dim) != size:  # already thinned (the recipe was applied before)
+        return
+    keep = keep.to(tensor.device)
+    if not isinstance(tensor, nn.Parameter):
+        setattr(module, attr, tensor.index_select(dim, keep))
+        return
+    new = _select_parameter(module, attr, tensor, dim, keep)
+    if optimizer is not None:
+        _replace_in_optimizer(optimizer, tensor, new, dim, keep)
+    masker = masks.get(name) if masks is not None else None
+    if masker is not None:
+        _select_masker(masker, new, dim, size, keep)
+
+
+def _select_parameter(module: nn.Module, attr: str, param: nn.Parameter, dim: int,
+                      keep: torch.Tensor) -> nn.Parameter:
+    """A new, smaller Parameter (with its gradient) in place of ``param``.
+
+    A new object, not ``param.data`` resized: autograd nodes still alive from the last step keep the old
+    shape of ``param`` and would reject its new gradients.
+    """
+    new = nn.Parameter(param.detach().index_select(dim, keep).clone(), requires_grad=param.requires_grad)
+    if param.grad is not None:
+        new.grad = param.grad.index_select(dim, keep)
+    setattr(module, attr, new)
+    return new
+
+
+def _replace_in_optimizer(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter, dim: int,
+                          keep: torch.Tensor) -> None:
+    """Swap ``old`` for ``new`` in the parameter groups; its state (momentum buffers ...) is sliced likewise."""
+    for group in optimizer.param_groups:
+        group["params"] = [new if p is old else p for p in group["params"]]
+    if old in optimizer.state:
+        state = optimizer.state.pop(old)
+        for key, value in list(state.items()):
+            if isinstance(value, torch.Tensor) and value.shape == old.shape:
+                state[key] = value.index_select(dim, keep.to(value.device))
+        optimizer.state[new] = state
+
+
+def _select_masker(masker: ParameterMasker, param: nn.Parameter, dim: int, size: int, keep: torch.Tensor) -> None:
+    if masker.mask is not None and masker.mask.size(dim) == size:
+        masker.mask = masker.mask.index_select(dim, keep.to(masker.mask.device))
+    if masker.unmasked_copy is not None and masker.unmasked_copy.size(dim) == size:
+        masker.unmasked_copy = masker.unmasked_copy.index_select(dim, keep.to(masker.unmasked_copy.device))
+    if masker._grad_hook is not None:  # the hook sat on the replaced parameter
+        masker.remove_gradient_hook()
+        masker.ensure_gradient_hook(param)

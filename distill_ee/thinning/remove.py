@@ -1,0 +1,204 @@
+"""Physical removal of zero filters and channels (Distiller's ``remove_filters`` and ``remove_channels``).
+
+* ``remove_filters``: a channel goes when it is zero in every layer producing it (all its filters' weights
+  are zero, masks applied). With a residual sum, that means zero in every convolution writing into the sum.
+* ``remove_channels``: a channel goes when every layer reading it ignores it (all its input weights are zero,
+  in every consumer, exit branches included); its producers stop computing it.
+
+Every layer touching a removed channel follows: the producers' weights and biases, the batch norms and
+depthwise convolutions on the way, the consumers' input weights (a linear layer after a flatten loses the
+channel's block of features), the exit branches reading it, the pruning masks and the optimizer state.
+Channels the dependency graph cannot thin (see ``graph.py``) are kept and the reason is logged.
+
+Removing a zero filter is exact unless the dense model turned the zero channel into a constant (a bias, or
+the shift of the following batch norm); that constant is dropped, as in Distiller, and a warning says so.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..pruning.masks import ParameterMasker
+from .graph import CONVS, NORMS, ChannelGroup, build_dependency_graph
+from .owners import refresh_mask_owners
+from .recipe import Recipe, apply_recipe, empty_recipe, is_empty, record_recipe, select, set_attribute
+
+log = logging.getLogger(__name__)
+
+Masks = Optional[Mapping[str, ParameterMasker]]
+#: a removed channel whose dense activation was constant up to this magnitude counts as silent
+SILENT = 1e-6
+
+
+def remove_filters(model: nn.Module, masks: Masks = None, optimizer: Optional[torch.optim.Optimizer] = None, *,
+                   exits: Optional[Mapping[str, str]] = None) -> Recipe:
+    """Remove every channel whose producing filters are all zero; returns the recipe it applied."""
+    return _thin(model, masks, optimizer, exits, "filters")
+
+
+def remove_channels(model: nn.Module, masks: Masks = None, optimizer: Optional[torch.optim.Optimizer] = None, *,
+                    exits: Optional[Mapping[str, str]] = None) -> Recipe:
+    """Remove every channel that all its consumers ignore (zero input weights); returns the recipe applied."""
+    return _thin(model, masks, optimizer, exits, "channels")
+
+
+def _thin(model: nn.Module, masks: Masks, optimizer: Optional[torch.optim.Optimizer],
+          exits: Optional[Mapping[str, str]], kind: str) -> Recipe:
+    graph = build_dependency_graph(model, exits)
+    modules = dict(model.named_modules())
+    weights = _EffectiveWeights(modules, masks)
+    recipe = empty_recipe()
+    constants: List[Tuple[str, float]] = []
+    for group in graph.groups:
+        keep = _kept_channels(group, weights, kind)
+        if keep is None:
+            continue
+        _add_group(recipe, modules, group, keep)
+        if kind == "filters":
+            constants += _dropped_constants(modules, group, keep)
+    if is_empty(recipe):
+        log.info("thinning: no zero %s to remove", kind)
+        return recipe
+    _warn_constants(constants)
+    apply_recipe(model, recipe, masks, optimizer)
+    record_recipe(model, recipe)
+    refresh_mask_owners(masks)
+    log.info("thinning: removed %s; %d tensors changed", kind, len(recipe["tensors"]))
+    return recipe
+
+
+# --------------------------------------------------------------------------- which channels go
+class _EffectiveWeights:
+    """Weights of named layers as the forward pass sees them (pruning masks applied)."""
+
+    def __init__(self, modules: Dict[str, nn.Module], masks: Masks):
+        self.modules = modules
+        self.masks = masks
+
+    def __call__(self, module: str) -> torch.Tensor:
+        weight = self.modules[module].weight.detach()
+        masker = self.masks.get(f"{module}.weight") if self.masks is not None else None
+        if masker is not None and masker.mask is not None:
+            weight = weight * masker.mask.to(weight.device, weight.dtype)
+        return weight
+
+
+def _zero_filters(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    return ~(weight.reshape(channels, -1) != 0).any(dim=1)
+
+
+def _ignored_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    # conv [out, C, kh, kw] and linear-after-flatten [out, C * factor] both view as [out, C, -1]
+    return ~(weight.reshape(weight.size(0), channels, -1) != 0).any(dim=2).any(dim=0)
+
+
+def _kept_channels(group: ChannelGroup, weights: _EffectiveWeights, kind: str) -> Optional[torch.Tensor]:
+    """Indices of the channels to keep, or None when the group keeps all of them (reason logged)."""
+    layers = group.producers if kind == "filters" else [c.module for c in group.consumers]
+    if not layers or group.channels <= 0:
+        return None
+    test = _zero_filters if kind == "filters" else _ignored_channels
+    zeros = {name: test(weights(name), group.channels).cpu() for name in layers}
+    if not any(bool(z.any()) for z in zeros.values()):
+        return None
+    if not group.removable:
+        _log_kept(zeros, kind, f"their channels cannot be thinned: {group.blocked}")
+        return None
+    removable = torch.stack(list(zeros.values())).all(dim=0)
+    _log_partial(zeros, removable, kind)
+    if bool(removable.all()):
+        _log_kept(zeros, kind, "every channel of the layer would go; a layer keeps at least one")
+        return None
+    if not bool(removable.any()):
+        return None
+    return torch.nonzero(~removable).flatten()
+
+
+def _log_kept(zeros: Dict[str, torch.Tensor], kind: str, reason: str) -> None:
+    for name, z in zeros.items():
+        if bool(z.any()):
+            log.warning("thinning: keeping %d zero %s of %r: %s", int(z.sum()), kind, name, reason)
+
+
+def _log_partial(zeros: Dict[str, torch.Tensor], removable: torch.Tensor, kind: str) -> None:
+    if len(zeros) < 2:
+        return
+    for name, z in zeros.items():
+        kept = int((z & ~removable).sum())
+        if kept:
+            others = [n for n in zeros if n != name]
+            what = "added to" if kind == "filters" else "also read by"
+            log.warning("thinning: keeping %d zero %s of %r: its channels are %s %s, where they are not all zero",
+                        kept, kind, name, what, ", ".join(others))
+
+
+# --------------------------------------------------------------------------- recipe of one group
+def _add_group(recipe: Recipe, modules: Dict[str, nn.Module], group: ChannelGroup, keep: torch.Tensor) -> None:
+    n, size = int(keep.numel()), group.channels
+    for name in group.producers:
+        module = modules[name]
+        _select_own(recipe, name, module, ("weight", "bias"), size, keep)
+        set_attribute(recipe, name, "out_channels" if isinstance(module, CONVS) else "out_features", n)
+    for name in group.per_channel:
+        module = modules[name]
+        if isinstance(module, NORMS):
+            _select_own(recipe, name, module, ("weight", "bias", "running_mean", "running_var"), size, keep)
+            set_attribute(recipe, name, "num_features", n)
+        else:  # depthwise convolution: one filter per channel
+            _select_own(recipe, name, module, ("weight", "bias"), size, keep)
+            for attr in ("in_channels", "out_channels", "groups"):
+                set_attribute(recipe, name, attr, n)
+    for consumer in group.consumers:
+        module, f = modules[consumer.module], consumer.factor
+        features = (keep[:, None] * f + torch.arange(f)).flatten()
+        select(recipe, f"{consumer.module}.weight", 1, size * f, features)
+        set_attribute(recipe, consumer.module, "in_channels" if isinstance(module, CONVS) else "in_features", n * f)
+
+
+def _select_own(recipe: Recipe, name: str, module: nn.Module, attrs: Tuple[str, ...], size: int,
+                keep: torch.Tensor) -> None:
+    for attr in attrs:
+        if isinstance(getattr(module, attr, None), torch.Tensor):
+            select(recipe, f"{name}.{attr}", 0, size, keep)
+
+
+# --------------------------------------------------------------------------- exactness
+@torch.no_grad()
+def _dropped_constants(modules: Dict[str, nn.Module], group: ChannelGroup,
+                       keep: torch.Tensor) -> List[Tuple[str, float]]:
+    """Layers whose output on the removed channels was a nonzero constant in the dense model."""
+    gone = torch.ones(group.channels, dtype=torch.bool)
+    gone[keep] = False
+    found = []
+    for name in group.producers + group.per_channel:
+        value = _constant_output(modules[name])
+        if value is not None:
+            worst = float(value.detach().cpu()[gone].abs().max())
+            if worst > SILENT:
+                found.append((name, worst))
+    return found
+
+
+def _constant_output(module: nn.Module) -> Optional[torch.Tensor]:
+    """Per channel, what the layer outputs for an all-zero channel (batch norm: its eval-mode shift)."""
+    if isinstance(module, NORMS):
+        if module.running_mean is None:
+            return module.bias
+        shift = -module.running_mean / torch.sqrt(module.running_var + module.eps)
+        if module.weight is not None:
+            shift = shift * module.weight
+        return shift + module.bias if module.bias is not None else shift
+    return getattr(module, "bias", None)
+
+
+def _warn_constants(constants: List[Tuple[str, float]]) -> None:
+    if not constants:
+        return
+    worst = max(constants, key=lambda c: c[1])
+    names = ", ".join(n for n, _ in constants[:4]) + (" ..." if len(constants) > 4 else "")
+    log.warning("thinning: the removed filters' channels were not zero in the dense model after %s (a constant "
+                "up to %.3g after %r, from a bias or batch-norm shift); thinning drops it, as Distiller does, "
+                "so outputs change slightly until fine-tuned", names, worst[1], worst[0])

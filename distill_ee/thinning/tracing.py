@@ -1,0 +1,52 @@
+"""torch.fx tracing for thinning: the graph of a module plus the node each module call returned."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable, Dict, List, Tuple
+
+import torch
+from torch import fx, nn
+
+from ..errors import DistillEEError
+
+
+class ModuleOutputTracer(fx.Tracer):
+    """An fx tracer that also records the output node of every module call, leaf or not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: Dict[str, List[fx.Node]] = defaultdict(list)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Tuple[Any, ...],
+                    kwargs: Dict[str, Any]) -> Any:
+        """Trace the call as usual and remember which node holds its result."""
+        out = super().call_module(m, forward, args, kwargs)
+        if isinstance(out, fx.Proxy):
+            try:
+                self.outputs[self.path_of_module(m)].append(out.node)
+            except NameError:  # a module that is not part of the traced root
+                pass
+        return out
+
+
+def trace(module: nn.Module) -> Tuple[ModuleOutputTracer, fx.Graph]:
+    """The fx graph of ``module`` and the tracer that recorded its module outputs.
+
+    Tracing runs without autograd, so forward hooks that only act while training (exit branches) stay idle.
+    """
+    tracer = ModuleOutputTracer()
+    try:
+        with torch.no_grad():
+            graph = tracer.trace(module)
+    except Exception as exc:  # fx raises many types for untraceable code
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistillEEError(f"thinning needs a model that torch.fx can trace; tracing "
+                             f"{type(module).__name__} failed: {first}") from None
+    return tracer, graph
+
+
+def unwrap(model: nn.Module) -> Tuple[nn.Module, str]:
+    """The module inside a DataParallel / DistributedDataParallel wrapper and the name prefix it adds."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return model.module, "module."
+    return model, ""

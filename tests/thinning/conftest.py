@@ -1,0 +1,90 @@
+"""Shared fixtures of the thinning tests: a ResNet-20 whose block-entry convs lost half their filters."""
+from types import SimpleNamespace
+from typing import Callable, Dict, List
+
+import pytest
+import torch
+from torch import nn
+
+from distill_ee.apputils.models import create_model
+from distill_ee.pruning import L1RankedStructureParameterPruner
+from distill_ee.scheduler import CompressionScheduler
+
+BLOCK_CONV1 = [f"layer{s}.{b}.conv1.weight" for s in (1, 2, 3) for b in range(3)]
+
+
+def randomize_batch_norms(model: nn.Module, seed: int = 0) -> None:
+    """Give every batch norm trained-looking statistics and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
+                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+
+
+def silence_zero_channels(model: nn.Module, conv_names: List[str]) -> None:
+    """Zero the batch-norm shift and mean of the channels whose filter is zero.
+
+    That is what training with the filter masked from the start leaves: the channel's batch mean is 0, and its
+    shift gets no gradient through the ReLU at exactly 0. It makes the dense model's removed channels exactly
+    zero, so that thinning must reproduce its outputs exactly.
+    """
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for conv_weight in conv_names:
+            conv = conv_weight[: -len(".weight")]
+            bn = modules[conv.replace("conv", "bn")]
+            zero = modules[conv].weight.reshape(bn.num_features, -1).abs().sum(dim=1) == 0
+            bn.bias[zero] = 0.0
+            bn.running_mean[zero] = 0.0
+
+
+@pytest.fixture
+def pruned_resnet() -> Callable[..., Dict[str, object]]:
+    """Factory: resnet20_cifar with 50% of the filters of every layerX.Y.conv1 masked by L1 rank."""
+
+    def make(fraction: float = 0.5, weights: List[str] = BLOCK_CONV1) -> Dict[str, object]:
+        torch.manual_seed(0)
+        model = create_model("resnet20_cifar", 10, 3)
+        randomize_batch_norms(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        scheduler = CompressionScheduler(model, optimizer)
+        pruner = L1RankedStructureParameterPruner("filters", "Filters", fraction, weights)
+        params = dict(model.named_parameters())
+        for name in weights:
+            pruner.set_param_mask(params[name], name, scheduler.masks, {"model": model})
+        scheduler.apply_mask()
+        silence_zero_channels(model, weights)
+        return {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+
+    return make
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    """A fixed batch of four CIFAR-sized images."""
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: CompressionScheduler,
+               x: torch.Tensor) -> float:
+    """One SGD step through the scheduler's masking hooks; returns the loss."""
+    model.train()
+    target = torch.arange(x.size(0)) % 10
+    scheduler.on_minibatch_begin(0, 0, 1)
+    loss = nn.functional.cross_entropy(model(x), target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.on_minibatch_end(0, 0, 1)
+    return loss.item()
+
+
+@pytest.fixture
+def kit() -> SimpleNamespace:
+    """The helpers above, for tests to call (conftest modules are not importable)."""
+    return SimpleNamespace(block_conv1=BLOCK_CONV1, randomize_batch_norms=randomize_batch_norms,
+                           silence_zero_channels=silence_zero_channels, train_step=train_step)
