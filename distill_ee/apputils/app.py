@@ -69,12 +69,12 @@ def run(args: argparse.Namespace) -> int:
     if args.compress:
         read_schedule(args.compress)  # validate structure before any work
     info = dataset_info(dataset, args.data)
+    seed_everything(args.seed, args.deterministic)
     model = create_model(args.arch, num_classes=info.num_classes, in_channels=info.input_shape[0],
                          pretrained=args.pretrained)
     example = torch.zeros(1, *info.input_shape)
     if args.summary:
         return _print_summaries(args.summary, model, example)
-    seed_everything(args.seed, args.deterministic)
     device = select_device(args)
     run_dir = RunDir(args.out_dir, args.name or args.arch)
     setup_logging(run_dir.log_file)

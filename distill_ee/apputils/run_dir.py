@@ -75,8 +75,19 @@ class RunDir:
     def write_json(self, name: str, data: Dict[str, Any]) -> Path:
         """Write ``data`` as indented JSON, atomically."""
         path = self.path / name
-        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+        atomic_write_text(path, json.dumps(_rounded(data), indent=2, sort_keys=False) + "\n")
         return path
+
+
+def _rounded(value: Any, digits: int = 6) -> Any:
+    """Floats rounded (float32 noise such as 97.70000168 becomes 97.7), containers walked."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v, digits) for v in value]
+    return value
 
 
 def _fmt(value: Any) -> Any:

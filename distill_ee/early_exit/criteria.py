@@ -40,12 +40,19 @@ class ExitCriterion:
         """None when ``value`` is a valid threshold, else a short description of the valid range."""
         return None
 
-    def threshold_for(self, confidence: float) -> float:
-        """The threshold under which a sample exits exactly when its confidence reaches ``confidence``."""
+    def threshold_for(self, confidence: float, dtype: torch.dtype = torch.float32) -> float:
+        """The threshold under which a sample exits exactly when its confidence (of ``dtype``, the logits'
+        dtype) is above ``confidence``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _next_above(value: float, dtype: torch.dtype) -> float:
+    """The next representable ``dtype`` number above ``value`` (comparisons happen in the logits' dtype)."""
+    v = torch.tensor(float(value), dtype=dtype)
+    return float(torch.nextafter(v, torch.tensor(math.inf, dtype=dtype)))
 
 
 def _finite(value: float) -> bool:
@@ -75,7 +82,7 @@ class EntropyCriterion(ExitCriterion):
         """Entropy thresholds are numbers >= 0."""
         return None if _finite(value) and value >= 0 else "a number >= 0 (entropy in nats)"
 
-    def threshold_for(self, confidence: float) -> float:
+    def threshold_for(self, confidence: float, dtype: torch.dtype = torch.float32) -> float:
         """Entropy bound: exit iff -H > confidence."""
         return -float(confidence)
 
@@ -98,9 +105,9 @@ class MaxProbCriterion(ExitCriterion):
         """Probabilities in [0, 1]."""
         return None if _finite(value) and 0 <= value <= 1 else "a probability in [0, 1]"
 
-    def threshold_for(self, confidence: float) -> float:
-        """The smallest float above ``confidence`` (exit iff p > confidence)."""
-        return math.nextafter(float(confidence), math.inf)
+    def threshold_for(self, confidence: float, dtype: torch.dtype = torch.float32) -> float:
+        """The smallest ``dtype`` value above ``confidence`` (exit iff p > confidence)."""
+        return _next_above(confidence, dtype)
 
 
 @EXIT_CRITERIA.register("margin")
@@ -124,9 +131,9 @@ class MarginCriterion(ExitCriterion):
         """Margins in [0, 1]."""
         return None if _finite(value) and 0 <= value <= 1 else "a probability margin in [0, 1]"
 
-    def threshold_for(self, confidence: float) -> float:
-        """The smallest float above ``confidence``."""
-        return math.nextafter(float(confidence), math.inf)
+    def threshold_for(self, confidence: float, dtype: torch.dtype = torch.float32) -> float:
+        """The smallest ``dtype`` value above ``confidence``."""
+        return _next_above(confidence, dtype)
 
 
 @EXIT_CRITERIA.register("patience")
@@ -165,7 +172,7 @@ class PatienceCriterion(ExitCriterion):
         ok = _finite(value) and value >= 1 and float(value).is_integer()
         return None if ok else "an integer >= 1 (consecutive agreeing exits)"
 
-    def threshold_for(self, confidence: float) -> float:
+    def threshold_for(self, confidence: float, dtype: torch.dtype = torch.float32) -> float:
         """Not defined: patience is not a confidence bound."""
         raise NotImplementedError("the patience criterion is not calibrated by confidence")
 

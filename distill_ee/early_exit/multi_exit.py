@@ -132,45 +132,27 @@ class MultiExitModel(nn.Module):
         plan, stages, branches = self.plan, self._stage_calls(), self.branches
         env: List[Any] = [None] * plan.num_slots
         env[0] = x
-        n = live = x.shape[0]
+        results = _Results(x.shape[0], plan.num_exits)
         state: State = {}
-        out: Optional[torch.Tensor] = None
-        exit_index = torch.empty(0)
-        alive: Optional[torch.Tensor] = None  # original rows of the live samples; None while all are live
         for k in range(plan.num_exits):
-            outs = stages[k](*[env[i] for i in plan.inputs[k]])
-            for slot, value in zip(plan.outputs[k], outs):
+            for slot, value in zip(plan.outputs[k], stages[k](*[env[i] for i in plan.inputs[k]])):
                 env[slot] = value
             if self._active[k]:
                 logits = branches[k](env[plan.attach[k]])
                 mask = self.criteria[k].exit_mask(logits, self._limits[k], state)
-                rows = mask.nonzero().squeeze(1)
-                leaving = rows.shape[0]
-                if leaving:
-                    if leaving == n:  # everyone leaves at the first exit that fires: nothing to merge
-                        return logits, torch.full((n,), k, dtype=torch.long, device=logits.device)
-                    if out is None:
-                        out = logits.new_empty((n, logits.shape[1]))
-                        exit_index = torch.full((n,), plan.num_exits, dtype=torch.long, device=logits.device)
-                    if leaving == live:
-                        _write(out, exit_index, alive, None, logits, k)
-                        return out, exit_index
+                leaving = mask.nonzero().squeeze(1)
+                if leaving.shape[0] == results.live:
+                    return results.finish(logits, k)
+                if leaving.shape[0]:
                     keep = (~mask).nonzero().squeeze(1)
-                    _write(out, exit_index, alive, rows, logits, k)
-                    alive = keep if alive is None else alive.index_select(0, keep)
+                    results.leave(logits, leaving, keep, k)
                     _shrink(env, plan.carry[k], keep)
                     for key in state:
                         state[key] = state[key].index_select(0, keep)
-                    live -= leaving
             for slot in plan.free[k]:
                 env[slot] = None
         last = plan.num_exits
-        outs = stages[last](*[env[i] for i in plan.inputs[last]])
-        final = outs[0]
-        if out is None:
-            return final, torch.full((n,), last, dtype=torch.long, device=final.device)
-        out.index_copy_(0, alive, final)  # type: ignore[arg-type]
-        return out, exit_index
+        return results.finish(stages[last](*[env[i] for i in plan.inputs[last]])[0], last)
 
     def _real_single(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One sample: plain early return at the first exit that fires, no indexing."""
@@ -208,24 +190,35 @@ class MultiExitModel(nn.Module):
                 f"thresholds={self._thresholds}")
 
 
-def _write(out: torch.Tensor, exit_index: torch.Tensor, alive: Optional[torch.Tensor],
-           rows: Optional[torch.Tensor], logits: torch.Tensor, k: int) -> None:
-    """Store the leaving samples' logits and exit index at their original rows.
+class _Results:
+    """Per-sample logits and exit indices of one batch, filled as samples leave; tracks the live rows."""
 
-    ``rows`` selects the leaving samples among the live ones (None: all live samples leave); ``alive``
-    maps live samples to original rows (None: identity).
-    """
-    if rows is not None:
-        logits = logits.index_select(0, rows)
-        dest = rows if alive is None else alive.index_select(0, rows)
-    else:
-        dest = alive
-    if dest is None:
-        out.copy_(logits)
-        exit_index.fill_(k)
-    else:
-        out.index_copy_(0, dest, logits)
-        exit_index.index_fill_(0, dest, k)
+    def __init__(self, n: int, num_exits: int):
+        self.n = n
+        self.live = n
+        self.num_exits = num_exits
+        self.logits: Optional[torch.Tensor] = None
+        self.exit_index: Optional[torch.Tensor] = None
+        self.alive: Optional[torch.Tensor] = None  # original rows of the live samples; None while all live
+
+    def leave(self, logits: torch.Tensor, leaving: torch.Tensor, keep: torch.Tensor, k: int) -> None:
+        """Samples ``leaving`` (rows among the live ones) take exit ``k``; ``keep`` go on."""
+        if self.logits is None:
+            self.logits = logits.new_empty((self.n, logits.shape[1]))
+            self.exit_index = torch.full((self.n,), self.num_exits, dtype=torch.long, device=logits.device)
+        dest = leaving if self.alive is None else self.alive.index_select(0, leaving)
+        self.logits.index_copy_(0, dest, logits.index_select(0, leaving))
+        self.exit_index.index_fill_(0, dest, k)  # type: ignore[union-attr]
+        self.alive = keep if self.alive is None else self.alive.index_select(0, keep)
+        self.live = keep.shape[0]
+
+    def finish(self, logits: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """All live samples take exit ``k``; the batch's (logits, exit index)."""
+        if self.logits is None:  # nobody left earlier: the exit's own tensors are the result
+            return logits, torch.full((self.n,), k, dtype=torch.long, device=logits.device)
+        self.logits.index_copy_(0, self.alive, logits)  # type: ignore[arg-type]
+        self.exit_index.index_fill_(0, self.alive, k)  # type: ignore[union-attr,arg-type]
+        return self.logits, self.exit_index  # type: ignore[return-value]
 
 
 def _shrink(env: List[Any], slots: Sequence[int], keep: torch.Tensor) -> None:

@@ -63,17 +63,23 @@ def record_recipe(model: nn.Module, recipe: Recipe) -> None:
 # --------------------------------------------------------------------------- applying
 @torch.no_grad()
 def apply_recipe(model: nn.Module, recipe: Recipe, masks: Optional[Mapping[str, ParameterMasker]] = None,
-                 optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-    """Slice every tensor the recipe names and set the module attributes; masks and optimizer state follow."""
+                 optimizer: Optional[torch.optim.Optimizer] = None) -> bool:
+    """Slice every tensor the recipe names and set the module attributes; masks and optimizer state follow.
+
+    Tensors already thinned as the recipe says are left alone; returns False when nothing changed.
+    """
     check_recipe(model, recipe)
     modules = dict(model.named_modules())
+    changed = False
     for name, selections in recipe["tensors"].items():
         module_name, _, attr = name.rpartition(".")
         for dim, size, keep in selections:
-            _select_tensor(modules[module_name], attr, name, int(dim), int(size), keep, masks, optimizer)
+            changed |= _select_tensor(modules[module_name], attr, name, int(dim), int(size), keep, masks,
+                                      optimizer)
     for module_name, attrs in recipe["modules"].items():
         for attr, value in attrs.items():
             setattr(modules[module_name], attr, value)
+    return changed
 
 
 def apply_thinning_recipes(model: nn.Module, recipes: Sequence[Recipe],
@@ -88,10 +94,11 @@ def apply_thinning_recipes(model: nn.Module, recipes: Sequence[Recipe],
         raise CheckpointError(f"thinning recipes must be a list, got {type(recipes).__name__}")
     for i, recipe in enumerate(recipes):
         try:
-            apply_recipe(model, recipe, masks, optimizer)
+            changed = apply_recipe(model, recipe, masks, optimizer)
         except CheckpointError as exc:
             raise CheckpointError(f"thinning recipe {i + 1} of {len(recipes)}: {exc}") from None
-        record_recipe(model, recipe)
+        if changed:
+            record_recipe(model, recipe)
     refresh_mask_owners(masks)
 
 
@@ -125,20 +132,21 @@ def _check_selection(name: str, shape: List[int], dim: int, size: int, keep: Any
 
 
 def _select_tensor(module: nn.Module, attr: str, name: str, dim: int, size: int, keep: torch.Tensor,
-                   masks: Optional[Mapping[str, ParameterMasker]], optimizer: Optional[torch.optim.Optimizer]) -> None:
+                   masks: Optional[Mapping[str, ParameterMasker]], optimizer: Optional[torch.optim.Optimizer]) -> bool:
     tensor = getattr(module, attr)
-    if tensor.size(dim) != size:  # already thinned (the recipe was applied before)
-        return
+    if tensor.size(dim) != size or size == keep.numel():  # already thinned, or nothing to remove
+        return False
     keep = keep.to(tensor.device)
     if not isinstance(tensor, nn.Parameter):
         setattr(module, attr, tensor.index_select(dim, keep))
-        return
+        return True
     new = _select_parameter(module, attr, tensor, dim, keep)
     if optimizer is not None:
         _replace_in_optimizer(optimizer, tensor, new, dim, keep)
     masker = masks.get(name) if masks is not None else None
     if masker is not None:
         _select_masker(masker, new, dim, size, keep)
+    return True
 
 
 def _select_parameter(module: nn.Module, attr: str, param: nn.Parameter, dim: int,

@@ -1,0 +1,94 @@
+"""compress_classifier.py end to end on the embedded data: outputs, determinism, resume, user errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill_ee.apputils.app import main
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEDULE = ROOT / "schedules" / "lenet_mnist.earlyexit_agp.yaml"
+SUMMARY_KEYS = {"arch", "dataset", "top1", "top5", "top1_final_exit", "sparsity", "params_nnz", "macs_dense",
+                "macs_expected", "exits"}
+EXIT_KEYS = {"name", "threshold", "taken_pct", "top1_taken", "top1_if_all_exit_here", "macs"}
+
+
+def run_app(out: Path, *extra: str) -> Path:
+    args = ["--arch", "lenet_mnist", "--compress", str(SCHEDULE), "--epochs", "1", "-b", "128", "--lr", "0.02",
+            "--seed", "3", "--deterministic", "--no-timing", "-o", str(out), "-n", "exp", "-p", "1000", *extra]
+    assert main(args) == 0
+    runs = sorted(out.glob("exp___*"))
+    return runs[-1]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    return run_app(tmp_path_factory.mktemp("runs"))
+
+
+def test_a_run_writes_the_result_contract(first_run):
+    names = {p.name for p in first_run.iterdir()}
+    assert {"exp.log", SCHEDULE.name, "checkpoint.pth.tar", "best.pth.tar", "metrics.csv",
+            "summary.json"} <= names
+    summary = json.loads((first_run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["arch"] == "lenet_mnist" and summary["dataset"] == "mnist5k"
+    assert [e["name"] for e in summary["exits"]] == ["exit1", "final"]
+    for row in summary["exits"]:
+        assert EXIT_KEYS <= set(row)
+    assert sum(e["taken_pct"] for e in summary["exits"]) == pytest.approx(100.0)
+    assert summary["macs_expected"] <= summary["exits"][-1]["macs"]
+    assert 0.0 <= summary["top1"] <= 100.0 and summary["top1"] > 50.0
+
+
+def test_metrics_csv_has_a_row_per_epoch_with_each_exits_training_figures(first_run):
+    lines = (first_run / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert len(lines) == 2
+    for column in ("epoch", "lr", "train_loss", "valid_top1", "train_exit1_loss", "train_exit1_top1", "sparsity"):
+        assert column in header
+
+
+def test_deterministic_runs_give_the_same_summary(first_run, tmp_path):
+    again = run_app(tmp_path)
+    assert (again / "summary.json").read_text() == (first_run / "summary.json").read_text()
+
+
+def test_evaluate_a_checkpoint_rebuilds_the_exits_without_the_schedule(first_run, tmp_path):
+    args = ["--arch", "lenet_mnist", "--resume-from", str(first_run / "best.pth.tar"), "--evaluate",
+            "--no-timing", "-o", str(tmp_path), "-n", "ev", "--seed", "3"]
+    assert main(args) == 0
+    summary = json.loads(next(tmp_path.glob("ev___*/summary.json")).read_text())
+    original = json.loads((first_run / "summary.json").read_text())
+    assert summary["exits"] == original["exits"]
+    assert summary["top1"] == original["top1"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "lenet_mnis"], "unknown architecture 'lenet_mnis'; did you mean 'lenet_mnist'"),
+    (["--dataset", "mnist5"], "unknown dataset 'mnist5'; did you mean 'mnist5k'"),
+    (["--compress", "no/such/schedule.yaml"], "no/such/schedule.yaml: cannot read schedule"),
+])
+def test_bad_input_is_one_line_and_status_2(argv, message, capsys, tmp_path):
+    assert main([*argv, "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(first_run, capsys, tmp_path):
+    args = ["--arch", "simplenet_mnist", "--resume-from", str(first_run / "checkpoint.pth.tar"), "-o",
+            str(tmp_path), "--epochs", "1"]
+    assert main(args) == 2
+    assert "checkpoint is for --arch 'lenet_mnist', not 'simplenet_mnist'" in capsys.readouterr().err
+
+
+def test_an_unwritable_out_dir_is_a_clear_error_without_traceback(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = subprocess.run([sys.executable, str(ROOT / "compress_classifier.py"), "-o", str(blocker / "sub")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "cannot create the output directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
