@@ -208,6 +208,8 @@ class ExitAttachment:
         self.copy_input = list(copy_input) if copy_input is not None else [False] * len(exit_set)
         self._logits: List[Optional[torch.Tensor]] = [None] * len(exit_set)
         self._handles: List[Any] = []
+        # where each branch reads from, kept with the branches for code that only sees the model (thinning)
+        exit_set.branches.attach_points = dict(zip(exit_set.names, exit_set.attach))
         setattr(model, EXITS_ATTR, exit_set.branches)
 
     @property

@@ -15,7 +15,7 @@ Errors are ScheduleErrors whose ``path`` is relative to the instance (``exits.ex
 from __future__ import annotations
 
 import keyword
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from torch import nn
@@ -209,7 +209,7 @@ def _exit_name(name: Any, final_name: str) -> str:
         raise ScheduleError(f"exit names must be non-empty strings, got {name!r}", path=path)
     if "." in name or not name.isidentifier() or keyword.iskeyword(name):
         raise ScheduleError(f"exit name {name!r} must be an identifier (letters, digits, _)", path=path)
-    if hasattr(nn.ModuleDict(), name):
+    if hasattr(nn.ModuleDict(), name) or name == "attach_points":
         raise ScheduleError(f"exit name {name!r} is reserved by torch; choose another", path=path)
     if name == final_name:
         raise ScheduleError(f"exit name {name!r} is the final classifier's name (final_name)", path=path)

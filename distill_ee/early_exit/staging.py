@@ -196,7 +196,9 @@ def trace(model: nn.Module, leaves: Sequence[str]) -> torch.fx.GraphModule:
     """``model`` traced with ``leaves`` kept as call_module nodes; DistillEEError if it cannot be traced."""
     try:
         tracer = ExitTracer(leaves)
-        graph = tracer.trace(model)
+        # traced in eval mode: code reading ``self.training`` is baked in as inference code
+        with eval_mode(model):
+            graph = tracer.trace(model)
         return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as err:  # fx raises many kinds (TraceError, TypeError on proxies, ...)
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -305,33 +307,37 @@ class _Splitter:
         """Build the stage GraphModules and their slot plan."""
         if self.result in self.recompute or not self.kinds[self.result].batched:
             raise DistillEEError("the model's output is not a batched tensor; it cannot be cut into stages")
-        ext = [self.external_inputs(s) for s in range(self.num_stages)]
-        needed_later = [set().union(*ext[s + 1:]) for s in range(self.num_stages)]
-        outputs = []
-        for s in range(self.num_stages):
-            outs = [n for n in self.members[s] if n in needed_later[s]]
-            if s < self.num_stages - 1 and self.cut_nodes[s] not in outs:
-                outs.append(self.cut_nodes[s])
-            if s == self.num_stages - 1:
-                outs = [self.result]
-            outputs.append(outs)
+        inputs = [self.external_inputs(s) for s in range(self.num_stages)]
+        needed_later = [set().union(*inputs[s + 1:]) for s in range(self.num_stages)]
+        outputs = [self._outputs(s, needed_later[s]) for s in range(self.num_stages)]
+        live = [sorted((n for n in needed_later[s] if self.stage_of[n] <= s), key=self._order)
+                for s in range(self.num_stages - 1)]
+        self._check_carried(live)
         slot = {self.placeholder: 0}
         for outs in outputs:
             for n in outs:
                 slot.setdefault(n, len(slot))
-        live = [sorted((n for n in needed_later[s] if self.stage_of[n] <= s), key=self._order)
-                for s in range(self.num_stages - 1)]
-        self._check_carried(live)
+        exits = range(self.num_stages - 1)
         plan = StagePlan(
             num_slots=len(slot),
-            inputs=[[slot[n] for n in ext[s]] for s in range(self.num_stages)],
-            outputs=[[slot[n] for n in outputs[s]] for s in range(self.num_stages)],
+            inputs=[[slot[n] for n in ins] for ins in inputs],
+            outputs=[[slot[n] for n in outs] for outs in outputs],
             attach=[slot[n] for n in self.cut_nodes],
-            carry=[[slot[n] for n in live[k] if self.kinds[n].batched] for k in range(self.num_stages - 1)],
-            free=[self._freed(k, live, outputs, slot) for k in range(self.num_stages - 1)],
+            carry=[[slot[n] for n in live[k] if self.kinds[n].batched] for k in exits],
+            free=[self._freed(k, live, outputs, slot) for k in exits],
             result=slot[self.result])
-        modules = [self._stage_module(s, ext[s], outputs[s]) for s in range(self.num_stages)]
+        modules = [self._stage_module(s, inputs[s], outputs[s]) for s in range(self.num_stages)]
         return modules, plan
+
+    def _outputs(self, stage: int, needed_later: Set[torch.fx.Node]) -> List[torch.fx.Node]:
+        """What ``stage`` returns: its values read by later stages and its attach output (the last stage: the
+        model's output)."""
+        if stage == self.num_stages - 1:
+            return [self.result]
+        outs = [n for n in self.members[stage] if n in needed_later]
+        if self.cut_nodes[stage] not in outs:
+            outs.append(self.cut_nodes[stage])
+        return outs
 
     def _freed(self, k: int, live: List[List[torch.fx.Node]], outputs: List[List[torch.fx.Node]],
                slot: Dict[torch.fx.Node, int]) -> List[int]:
@@ -345,8 +351,9 @@ class _Splitter:
             for n in values:
                 kind = self.kinds[n]
                 if not (kind.batched or kind.static):
-                    raise DistillEEError(f"value {n.name!r} is needed after exit {k + 1} but its shape does not "
-                                         f"follow the batch in the first dimension; {_STAGES_HINT}")
+                    what = "is a container" if kind.container else "does not have the batch as first dimension"
+                    raise DistillEEError(f"value {n.name!r} is needed after exit {k + 1} but {what}, so it cannot "
+                                         f"follow a shrinking batch; {_STAGES_HINT}")
 
     def _stage_module(self, stage: int, inputs: List[torch.fx.Node], outputs: List[torch.fx.Node]) -> nn.Module:
         graph = torch.fx.Graph()
@@ -357,7 +364,7 @@ class _Splitter:
         def lookup(arg: torch.fx.Node) -> torch.fx.Node:
             if arg not in env:
                 if arg not in self.recompute:
-                    raise DistillEEError(f"internal staging error: {arg.name!r} is not available in stage {stage}")
+                    raise RuntimeError(f"staging bug: {arg.name!r} is not available in stage {stage}")
                 env[arg] = graph.node_copy(arg, lookup)
             return env[arg]
 

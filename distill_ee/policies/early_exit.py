@@ -58,9 +58,12 @@ class EarlyExit(Policy):
     def from_config(cls, config: Mapping[str, Any], model: nn.Module, *, num_classes: int,
                     input_shape: Tuple[int, ...], name: str = "") -> "EarlyExit":
         """Validate ``config`` (the schedule instance without ``class``) and attach its exits to ``model``."""
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            raise DistillEEError("attach early exits before wrapping the model in DistributedDataParallel "
+                                 "(it fixes the parameters it synchronises when it is built)")
         config = {k: v for k, v in dict(config).items() if k != "class"}
         spec = parse_early_exit_config(config)
-        return cls(spec, attach_exits(model, spec, num_classes=num_classes, input_shape=input_shape), name)
+        return cls(spec, attach_exits(_unwrap(model), spec, num_classes=num_classes, input_shape=input_shape), name)
 
     # ----------------------------------------------------------------- accessors
     @property
@@ -103,6 +106,10 @@ class EarlyExit(Policy):
             new = list(thresholds)
             if len(new) != len(self.exit_names):
                 raise DistillEEError(f"need {len(self.exit_names)} thresholds, got {len(new)}")
+        for name, crit, value in zip(self.exit_names, self.criteria, new):
+            problem = None if value is None else get_criterion(crit).check_threshold(value)
+            if problem:
+                raise DistillEEError(f"exit {name!r}: the {crit} threshold must be {problem}, got {value!r}")
         self.thresholds = [None if t is None else float(t) for t in new]
 
     # ----------------------------------------------------------------- hooks
@@ -168,7 +175,7 @@ class EarlyExit(Policy):
 
         A model carrying its own ``early_exits`` (a copy of the attached one) uses its own branches.
         """
-        model = self.model if model is None else model
+        model = _unwrap(self.model if model is None else model)
         exits = self.exit_set
         own = getattr(model, EXITS_ATTR, None)
         if own is not None and own is not exits.branches:
@@ -182,8 +189,13 @@ class EarlyExit(Policy):
         multi = self.multi_exit_model()
         with eval_mode(multi):
             logits, targets = collect_exit_logits(multi, batches)
-            macs = exit_macs(multi, self.model, masks, effective)
+        macs = exit_macs(multi, _unwrap(self.model), masks, effective)
         return exit_statistics(logits, targets, multi.criteria, multi.thresholds, macs, multi.output_names)
+
+    def exit_macs(self, masks: Optional[Mapping[str, Any]] = None, effective: bool = False) -> List[int]:
+        """Per-sample MACs to leave at each exit, the final classifier last (see ``early_exit.cost``)."""
+        multi = self.multi_exit_model()
+        return exit_macs(multi, _unwrap(self.model), masks, effective)
 
     def detach(self) -> None:
         """Remove hooks and branches from the model."""
@@ -222,6 +234,12 @@ class EarlyExit(Policy):
 
     def __repr__(self) -> str:
         return f"EarlyExit({self.name!r}, exits={self.exit_names}, thresholds={self.thresholds})"
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DataParallel / DistributedDataParallel wrapper (attach exits before wrapping)."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    return model.module if isinstance(model, wrappers) else model
 
 
 def rebuild_exits(model: nn.Module, state: Dict[str, Any]) -> EarlyExit:

@@ -1,6 +1,7 @@
 """Thinning: physical removal of pruned filters and channels, recipes to reload thinned checkpoints."""
 from .extensions import ChannelRemover, FilterRemover, StructureRemover
-from .graph import ChannelGroup, Consumer, DependencyGraph, build_dependency_graph
+from .graph import DependencyGraph, build_dependency_graph
+from .groups import ChannelGroup, Consumer
 from .recipe import Recipe, apply_recipe, apply_thinning_recipes, thinning_recipes
 from .remove import remove_channels, remove_filters
 

@@ -2,8 +2,8 @@
 
 The model holds only the branches (an nn.ModuleDict); the attach module names live in the ExitSet that the
 EarlyExit policy built. Thinning needs them, because a branch reads its attach module's output and must lose
-the same channels. They are found, in this order: an ``attach_points`` mapping on the ModuleDict, the ExitSet
-that owns the ModuleDict, the exit forward hooks installed on the model's modules.
+the same channels. They come, in this order, from: a mapping the caller gives, an ``attach_points`` mapping
+on the ModuleDict, the ExitSet that owns the ModuleDict (alive as long as its EarlyExit policy is).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def exit_attach_points(model: nn.Module, exits: Optional[Mapping[str, str]] = No
     branches = getattr(model, EXITS_ATTR, None)
     if not isinstance(branches, nn.ModuleDict) or len(branches) == 0:
         return {}
-    found = dict(exits) if exits is not None else _lookup(model, branches)
+    found = dict(exits) if exits is not None else _lookup(branches)
     missing = [name for name in branches if name not in found]
     if missing:
         raise DistillEEError(
@@ -38,14 +38,12 @@ def exit_attach_points(model: nn.Module, exits: Optional[Mapping[str, str]] = No
     return {name: found[name] for name in branches}
 
 
-def _lookup(model: nn.Module, branches: nn.ModuleDict) -> Dict[str, str]:
+def _lookup(branches: nn.ModuleDict) -> Dict[str, str]:
     declared = getattr(branches, "attach_points", None)
     if isinstance(declared, Mapping):
         return dict(declared)
     owner = _owning_exit_set(branches)
-    if owner is not None:
-        return dict(zip(owner.names, owner.attach))
-    return _from_hooks(model, branches)
+    return dict(zip(owner.names, owner.attach)) if owner is not None else {}
 
 
 def _owning_exit_set(branches: nn.ModuleDict) -> Optional[ExitSet]:
@@ -57,16 +55,3 @@ def _owning_exit_set(branches: nn.ModuleDict) -> Optional[ExitSet]:
                 return obj
     return None
 
-
-def _from_hooks(model: nn.Module, branches: nn.ModuleDict) -> Dict[str, str]:
-    """Attach points read from enabled exit hooks, whose closures name the exit and hold the branches."""
-    out: Dict[str, str] = {}
-    for module_name, module in model.named_modules():
-        for hook in module._forward_hooks.values():
-            cells = dict(zip(getattr(hook, "__code__", None).co_freevars, hook.__closure__ or ())) \
-                if getattr(hook, "__code__", None) is not None else {}
-            holder = cells.get("branches")
-            name = cells.get("name")
-            if holder is not None and name is not None and holder.cell_contents is branches:
-                out[name.cell_contents] = module_name
-    return out

@@ -181,6 +181,5 @@ def _select_masker(masker: ParameterMasker, param: nn.Parameter, dim: int, size:
         masker.mask = masker.mask.index_select(dim, keep.to(masker.mask.device))
     if masker.unmasked_copy is not None and masker.unmasked_copy.size(dim) == size:
         masker.unmasked_copy = masker.unmasked_copy.index_select(dim, keep.to(masker.unmasked_copy.device))
-    if masker._grad_hook is not None:  # the hook sat on the replaced parameter
-        masker.remove_gradient_hook()
-        masker.ensure_gradient_hook(param)
+    masker.remove_gradient_hook()  # a gradient-masking hook sat on the replaced parameter
+    masker.ensure_gradient_hook(param)

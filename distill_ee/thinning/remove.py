@@ -22,9 +22,11 @@ import torch
 from torch import nn
 
 from ..pruning.masks import ParameterMasker
-from .graph import CONVS, NORMS, ChannelGroup, build_dependency_graph
+from .graph import build_dependency_graph
+from .groups import ChannelGroup
 from .owners import refresh_mask_owners
 from .recipe import Recipe, apply_recipe, empty_recipe, is_empty, record_recipe, select, set_attribute
+from .rules import CONVS, NORMS
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +37,20 @@ SILENT = 1e-6
 
 def remove_filters(model: nn.Module, masks: Masks = None, optimizer: Optional[torch.optim.Optimizer] = None, *,
                    exits: Optional[Mapping[str, str]] = None) -> Recipe:
-    """Remove every channel whose producing filters are all zero; returns the recipe it applied."""
+    """Remove every channel whose producing filters are all zero (masks applied); returns the recipe applied.
+
+    The masks are sliced and their scheduler re-reads the parameters; ``optimizer``'s parameter groups and state
+    follow. ``exits`` maps exit names to attach module names when the model's exits cannot tell.
+    """
     return _thin(model, masks, optimizer, exits, "filters")
 
 
 def remove_channels(model: nn.Module, masks: Masks = None, optimizer: Optional[torch.optim.Optimizer] = None, *,
                     exits: Optional[Mapping[str, str]] = None) -> Recipe:
-    """Remove every channel that all its consumers ignore (zero input weights); returns the recipe applied."""
+    """Remove every channel that all its consumers ignore (zero input weights); returns the recipe applied.
+
+    Arguments as for ``remove_filters``.
+    """
     return _thin(model, masks, optimizer, exits, "channels")
 
 
@@ -52,23 +61,26 @@ def _thin(model: nn.Module, masks: Masks, optimizer: Optional[torch.optim.Optimi
     weights = _EffectiveWeights(modules, masks)
     recipe = empty_recipe()
     constants: List[Tuple[str, float]] = []
+    removed = 0
     for group in graph.groups:
         keep = _kept_channels(group, weights, kind)
         if keep is None:
             continue
         _add_group(recipe, modules, group, keep)
+        removed += group.channels - keep.numel()
         if kind == "filters":
             constants += _dropped_constants(modules, group, keep)
     if is_empty(recipe):
         log.info("thinning: no zero %s to remove", kind)
         return recipe
     _warn_constants(constants)
+    before = sum(p.numel() for p in model.parameters())
     apply_recipe(model, recipe, masks, optimizer)
     record_recipe(model, recipe)
     refresh_mask_owners(masks)
-    log.info("thinning: removed %s; %d tensors changed", kind, len(recipe["tensors"]))
+    log.info("thinning: removed %d channels (%s); parameters %s -> %s", removed, kind, f"{before:,}",
+             f"{sum(p.numel() for p in model.parameters()):,}")
     return recipe
-
 
 # --------------------------------------------------------------------------- which channels go
 class _EffectiveWeights:

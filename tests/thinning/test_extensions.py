@@ -37,7 +37,7 @@ policies:
 
 def batches():
     g = torch.Generator().manual_seed(0)
-    return [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(2)]
+    return [(torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(2)]
 
 
 def setup():

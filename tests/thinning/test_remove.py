@@ -229,3 +229,38 @@ def test_silence_helper_only_touches_zero_channels(kit):
     kit.silence_zero_channels(model, ["layer1.0.conv1.weight"])
     changed = (model.layer1[0].bn1.bias != before).nonzero().flatten().tolist()
     assert changed == [2]
+
+
+def test_adam_state_and_gradient_masking_hooks_follow_the_new_parameters(images):
+    model = create_model("resnet20_cifar", 10, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    masks = create_masks(model)
+    weight = model.layer1[0].conv1.weight
+    mask = torch.ones_like(weight)
+    mask[:8] = 0  # whole filters: thinned away
+    mask[8:, :, 0, 0] = 0  # single elements of kept filters: stay masked
+    masker = masks["layer1.0.conv1.weight"]
+    masker.mask, masker.mask_on_forward_only, masker.mask_gradients = mask, True, True
+    masker.ensure_gradient_hook(weight)
+    masker.apply_mask(weight)
+    nn.functional.cross_entropy(model(images), torch.zeros(4, dtype=torch.long)).backward()
+    optimizer.step()
+    remove_filters(model, masks, optimizer)
+
+    new = model.layer1[0].conv1.weight
+    assert new.shape == (8, 16, 3, 3) and masker.mask.shape == new.shape
+    assert {k: v.shape for k, v in optimizer.state[new].items() if k != "step"} == \
+        {"exp_avg": new.shape, "exp_avg_sq": new.shape}
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(images), torch.zeros(4, dtype=torch.long)).backward()
+    assert torch.all(new.grad[:, :, 0, 0] == 0) and new.grad.abs().sum() > 0
+    optimizer.step()
+
+
+def test_a_data_parallel_wrapper_is_seen_through():
+    model = nn.DataParallel(create_model("resnet20_cifar", 10, 3))
+    with torch.no_grad():
+        model.module.layer1[0].conv1.weight[:4] = 0
+    recipe = remove_filters(model)
+    assert set(recipe["modules"]) == {"module.layer1.0.conv1", "module.layer1.0.bn1", "module.layer1.0.conv2"}
+    assert model.module.layer1[0].conv2.in_channels == 12

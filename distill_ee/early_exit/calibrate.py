@@ -1,0 +1,401 @@
+"""Threshold calibration: per-exit thresholds that meet an accuracy or cost target on the validation split.
+
+Targets (``parse_target``, the CLI's text):
+
+* ``drop=0.5``            top-1 may fall at most 0.5 points below the final exit's (validation); among the
+                          settings that allow it, the one with the lowest expected MACs per sample;
+* ``macs=0.4`` (or 40%)   expected MACs per sample at most 40% of the backbone's; the most accurate such setting;
+* ``proportions=0.5,0.3`` a fixed share of all samples leaves at each early exit, in order (the rest reach the
+                          final classifier); thresholds are set exit by exit on the samples still running.
+
+100% is the backbone without exits (the model's own MACs); leaving at an exit costs the backbone up to it plus
+every branch evaluated on the way, so a fraction above 100% is possible when few samples leave early.
+
+Calibration works on logits cached once per split (``collect_exit_logits``) and searches the trade-off space of
+``tradeoff`` (candidate thresholds from confidence quantiles; every setting of up to three exits at once, a
+coordinate descent over pairs of exits beyond). It only ever receives the validation split:
+``run_calibration`` measures the test split afterwards, at the thresholds already chosen. Optionally each
+early exit's logits are temperature-scaled first (fitted on validation); ``calibrate_policy`` then folds the
+temperatures into the branches, so inference needs nothing new. The patience criterion (an integer count,
+not a confidence bound) is refused with a ConfigError.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..errors import ConfigError
+from ..registry import suggest
+from .attach import eval_mode
+from .cost import stage_macs
+from .criteria import CriterionArg, ExitCriterion
+from .stats import collect_exit_logits
+from .temperature import apply_temperatures, fit_temperatures, fold_temperatures
+from .tradeoff import (ExitCosts, Keys, SearchSpace, Settings, TradeoffPoint, best_row, build_space,
+                       coordinate_descent, criterion_threshold, evaluate_grid, evaluate_settings, explore,
+                       front_points, measure_point, uses_grid, write_tradeoff)
+
+log = logging.getLogger("distill_ee")
+
+TARGET_KINDS = ("drop", "macs", "proportions")
+_EXAMPLES = ("drop=0.5 (top-1 points below the final exit), macs=0.4 (share of the backbone's MACs per sample) "
+             "or proportions=0.5,0.3 (share of the samples leaving at each early exit)")
+
+
+# --------------------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class CalibrationTarget:
+    """What the thresholds must achieve on the validation split: ``kind`` and its number(s)."""
+
+    kind: str
+    values: Tuple[float, ...]
+
+    @property
+    def value(self) -> float:
+        """The number of a ``drop`` or ``macs`` target."""
+        return self.values[0]
+
+    @property
+    def text(self) -> str:
+        """The target as written on the command line."""
+        return f"{self.kind}={','.join(format(v, 'g') for v in self.values)}"
+
+    def describe(self) -> str:
+        """A sentence for logs."""
+        if self.kind == "drop":
+            return f"top-1 at most {self.value:g} points below the final exit, fewest MACs"
+        if self.kind == "macs":
+            return f"at most {100 * self.value:g}% of the backbone's MACs per sample, best top-1"
+        return "samples leaving at the early exits: " + ", ".join(f"{100 * v:g}%" for v in self.values)
+
+    def guides(self, final_top1: float) -> Dict[str, float]:
+        """The limit to draw on the trade-off plot (``top1`` floor or ``macs_fraction`` budget)."""
+        if self.kind == "drop":
+            return {"top1": final_top1 - self.value}
+        if self.kind == "macs":
+            return {"macs_fraction": self.value}
+        return {}
+
+
+def parse_target(text: str) -> CalibrationTarget:
+    """A CalibrationTarget from ``drop=0.5``, ``macs=0.4`` / ``macs=40%`` or ``proportions=0.5,0.3``."""
+    if not isinstance(text, str) or "=" not in text:
+        raise ConfigError(f"calibration target {text!r}: expected KIND=VALUE, e.g. {_EXAMPLES}")
+    kind, _, raw = text.partition("=")
+    kind, raw = kind.strip().lower(), raw.strip()
+    if kind not in TARGET_KINDS:
+        close = suggest(kind, TARGET_KINDS)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"calibration target {text!r}: unknown kind {kind!r}{hint} "
+                          f"(valid: {', '.join(TARGET_KINDS)})")
+    values = tuple(_target_number(part, kind, text) for part in raw.split(","))
+    if kind != "proportions" and len(values) != 1:
+        raise ConfigError(f"calibration target {text!r}: {kind} takes one number, e.g. {kind}=0.5")
+    _check_range(kind, values, text)
+    return CalibrationTarget(kind, values)
+
+
+def _target_number(part: str, kind: str, text: str) -> float:
+    part = part.strip()
+    scale = 1.0
+    if kind == "macs" and part.endswith("%"):
+        part, scale = part[:-1].strip(), 0.01
+    try:
+        value = float(part) * scale
+    except ValueError:
+        raise ConfigError(f"calibration target {text!r}: {part!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"calibration target {text!r}: {part!r} is not a finite number")
+    return value
+
+
+def _check_range(kind: str, values: Tuple[float, ...], text: str) -> None:
+    if kind == "drop" and not 0.0 <= values[0] <= 100.0:
+        raise ConfigError(f"calibration target {text!r}: drop is in top-1 points, between 0 and 100")
+    if kind == "macs" and not 0.0 < values[0] <= 1.0:
+        raise ConfigError(f"calibration target {text!r}: macs is a fraction of the backbone's MACs in (0, 1], "
+                          f"e.g. macs=0.4 or macs=40%")
+    if kind == "proportions":
+        if any(not 0.0 <= v <= 1.0 for v in values):
+            raise ConfigError(f"calibration target {text!r}: each proportion is a share of samples in [0, 1]")
+        if sum(values) > 1.0 + 1e-9:
+            raise ConfigError(f"calibration target {text!r}: the proportions sum to {sum(values):g}, more than 1")
+
+
+def _as_target(target: Union[str, CalibrationTarget]) -> CalibrationTarget:
+    return parse_target(target) if isinstance(target, str) else target
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class CalibrationResult:
+    """Calibrated thresholds (and temperatures) with the validation figures they give."""
+
+    target: CalibrationTarget
+    criteria: List[str]
+    #: the chosen setting and its validation figures
+    chosen: TradeoffPoint
+    final_top1: float
+    temperatures: Optional[List[float]]
+    settings_searched: int
+    seconds: float
+    #: non-dominated settings of the search (validation), cheapest first
+    front: List[TradeoffPoint] = field(default_factory=list, repr=False)
+    #: every sample through the final classifier (all exits off)
+    final_point: Optional[TradeoffPoint] = None
+
+    @property
+    def thresholds(self) -> List[Optional[float]]:
+        """One threshold per early exit (None: the exit is off)."""
+        return list(self.chosen.thresholds)
+
+    @property
+    def top1(self) -> float:
+        """Validation top-1 (0-100) of the multi-exit model at the chosen thresholds."""
+        return self.chosen.top1
+
+    @property
+    def drop(self) -> float:
+        """Validation top-1 points lost against the final exit (negative: gained)."""
+        return self.final_top1 - self.chosen.top1
+
+    @property
+    def expected_macs(self) -> float:
+        """Validation average MACs per sample."""
+        return self.chosen.expected_macs
+
+    @property
+    def macs_fraction(self) -> float:
+        """Expected MACs as a fraction of the backbone's."""
+        return self.chosen.macs_fraction
+
+    @property
+    def taken_pct(self) -> List[float]:
+        """Percentage of validation samples leaving at each output, the final classifier last."""
+        return list(self.chosen.taken_pct)
+
+    def figures(self) -> Dict[str, Any]:
+        """The validation figures as plain types."""
+        return split_figures(self.chosen, self.final_top1)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain types, for summary.json and checkpoints."""
+        return {"target": self.target.text, "criteria": list(self.criteria), "thresholds": self.thresholds,
+                "temperatures": None if self.temperatures is None else list(self.temperatures),
+                "valid": self.figures(), "settings_searched": self.settings_searched, "seconds": self.seconds}
+
+    def yaml_snippet(self, exit_names: Sequence[str]) -> str:
+        """The ``exits:`` lines with the calibrated thresholds, to paste into the schedule's early-exit instance."""
+        names = list(exit_names)
+        if len(names) != len(self.thresholds):
+            raise ConfigError(f"need {len(self.thresholds)} exit names, got {len(names)}")
+        lines = [f"# calibrated on the validation split for {self.target.text}: top-1 {self.top1:.2f}% "
+                 f"(final exit {self.final_top1:.2f}%), {100 * self.macs_fraction:.1f}% of the backbone's MACs"]
+        if self.temperatures is not None:
+            lines.append("# temperatures " + ", ".join(f"{t:.4g}" for t in self.temperatures)
+                         + " are folded into the branch weights (saved with the checkpoint)")
+        lines.append("exits:")
+        for name, threshold in zip(names, self.thresholds):
+            lines.append(f"  {name}:")
+            lines.append(f"    threshold: {yaml_float(threshold)}" + ("  # off" if threshold is None else ""))
+        return "\n".join(lines) + "\n"
+
+
+def yaml_float(value: Optional[float]) -> str:
+    """A float as YAML 1.1 reads it back (``1e-05`` would be a string there, ``1.0e-05`` is not)."""
+    if value is None:
+        return "null"
+    text = repr(float(value))
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
+def split_figures(point: TradeoffPoint, final_top1: float, names: Optional[Sequence[str]] = None
+                  ) -> Dict[str, Any]:
+    """``top1, final_top1, drop, expected_macs, macs_fraction, taken_pct`` of one split (``taken_pct`` a dict
+    by output name when ``names`` are given)."""
+    taken: Any = list(point.taken_pct) if names is None else dict(zip(names, point.taken_pct))
+    return {"top1": point.top1, "final_top1": final_top1, "drop": final_top1 - point.top1,
+            "expected_macs": point.expected_macs, "macs_fraction": point.macs_fraction, "taken_pct": taken}
+
+
+# --------------------------------------------------------------------------- calibration on cached logits
+def calibrate(exit_logits: List[torch.Tensor], targets: torch.Tensor, criteria: CriterionArg,
+              macs_per_exit: List[float], full_macs: float, target: Union[str, CalibrationTarget],
+              temperature: bool = False, *, branch_macs: Optional[List[float]] = None,
+              candidates: Optional[int] = None) -> CalibrationResult:
+    """Thresholds meeting ``target`` on these (validation) logits; the final classifier's logits last.
+
+    ``macs_per_exit``: MACs per sample of leaving at each output with every branch on the way evaluated;
+    ``full_macs``: the backbone without exits (100%); ``branch_macs``: each branch's own MACs, when known, so
+    that switching an exit off saves its branch. ``temperature``: fit and apply one temperature per exit first.
+    """
+    target = _as_target(target)
+    start = time.perf_counter()
+    temperatures = fit_temperatures(exit_logits, targets) if temperature else None
+    logits = apply_temperatures(exit_logits, temperatures)
+    costs = ExitCosts(list(macs_per_exit), float(full_macs), None if branch_macs is None else list(branch_macs))
+    space = build_space(logits, targets, criteria, costs, candidates)
+    if target.kind == "proportions":
+        thresholds = _proportion_thresholds(space, logits, target.values)
+        settings = explore(space)
+    else:
+        settings, row = _search(space, _target_keys(space, target))
+        thresholds = space.thresholds_of(settings.index[row].tolist())
+        if not uses_grid(space):
+            settings = Settings.concat([settings, explore(space)])
+    chosen = measure_point(logits, targets, space.criteria, thresholds, costs)
+    final = measure_point(logits, targets, space.criteria, [None] * space.num_exits, costs)
+    return CalibrationResult(target=target, criteria=[c.name for c in space.criteria], chosen=chosen,
+                             final_top1=final.top1, temperatures=temperatures, settings_searched=len(settings),
+                             seconds=time.perf_counter() - start, front=front_points(space, settings),
+                             final_point=final)
+
+
+def _target_keys(space: SearchSpace, target: CalibrationTarget) -> Keys:
+    """Ranking keys for ``drop`` / ``macs``: feasible first, then the target's objective, then the other
+    figure, then the stricter setting (higher candidate indices)."""
+    n = space.num_samples
+    final_correct = float(space.correct[-1].sum())
+    if target.kind == "drop":
+        floor = final_correct - target.value / 100.0 * n - 1e-6
+
+        def drop_keys(s: Settings) -> List[torch.Tensor]:
+            return [(s.correct >= floor).double(), -s.macs, s.correct, s.index.sum(dim=1).double()]
+        return drop_keys
+    budget = target.value * space.costs.full_macs * (1 + 1e-9)
+
+    def macs_keys(s: Settings) -> List[torch.Tensor]:
+        return [(s.macs <= budget).double(), s.correct, -s.macs, s.index.sum(dim=1).double()]
+    return macs_keys
+
+
+def _search(space: SearchSpace, keys: Keys) -> Tuple[Settings, int]:
+    """(settings searched, row of the best): the whole grid, or a coordinate descent from the better of
+    "all exits off" and "everyone leaves at the first exit"."""
+    if uses_grid(space):
+        settings = evaluate_grid(space)
+    else:
+        starts = evaluate_settings(space, torch.tensor([space.off, [0] + space.off[1:]]))
+        settings = coordinate_descent(space, keys, starts.index[best_row(starts, keys)].tolist())
+    row = best_row(settings, keys)
+    if float(keys(settings)[0][row]) == 0.0:
+        cheapest = float(settings.macs.min()) / space.costs.full_macs
+        raise ConfigError(f"no threshold setting meets the MACs budget: the cheapest searched costs "
+                          f"{100 * cheapest:.1f}% of the backbone's MACs on the validation split")
+    return settings, row
+
+
+def _proportion_thresholds(space: SearchSpace, logits: Sequence[torch.Tensor],
+                           proportions: Sequence[float]) -> List[Optional[float]]:
+    """Exit by exit, the threshold sending ``proportions[k]`` of all samples out at exit k (closest share)."""
+    if len(proportions) != space.num_exits:
+        raise ConfigError(f"proportions need one share per early exit ({space.num_exits}), got {len(proportions)}")
+    n = space.num_samples
+    pending = torch.ones(n, dtype=torch.bool)
+    thresholds: List[Optional[float]] = []
+    for crit, exit_logits, share in zip(space.criteria, logits, proportions):
+        want = int(round(share * n))
+        threshold = _share_threshold(crit, exit_logits, pending, want) if want and bool(pending.any()) else None
+        thresholds.append(threshold)
+        if threshold is not None:
+            pending &= ~crit.exit_mask(exit_logits, threshold)
+    return thresholds
+
+
+def _share_threshold(crit: ExitCriterion, logits: torch.Tensor, pending: torch.Tensor, want: int
+                     ) -> Optional[float]:
+    """The valid threshold letting the number of ``pending`` samples closest to ``want`` leave (ties: fewer)."""
+    conf = crit.confidence(logits)[pending].to(torch.float64).sort(descending=True).values
+    distinct = conf.unique().flip(0)  # descending
+    position = int((distinct > conf[min(want, conf.shape[0]) - 1]).sum())  # the last wanted leaver's value
+    floor = float(crit.confidence(torch.zeros(1, logits.shape[1], dtype=logits.dtype))[0])
+    best: Optional[Tuple[int, float]] = None
+    for cut in distinct[max(0, position - 1):position + 2].tolist() + [floor]:
+        threshold = criterion_threshold(crit, cut)
+        if threshold is None:
+            continue
+        count = int((crit.exit_mask(logits, threshold) & pending).sum())
+        if best is None or (abs(count - want), count) < (abs(best[0] - want), best[0]):
+            best = (count, threshold)
+    return None if best is None or best[0] == 0 else best[1]
+
+
+# --------------------------------------------------------------------------- policies
+def policy_costs(multi: Any, model: torch.nn.Module, masks: Optional[Mapping[str, Any]] = None,
+                 effective: bool = False) -> ExitCosts:
+    """Exit costs with every branch evaluated, the backbone's MACs and each branch's, from ``stage_macs``."""
+    stages, branches = stage_macs(multi, model, masks, effective)
+    macs, paid = [], 0.0
+    for stage, branch in zip(stages, branches):
+        paid += stage + branch
+        macs.append(paid)
+    macs.append(float(sum(stages) + sum(branches)))
+    return ExitCosts(macs, float(sum(stages)), [float(b) for b in branches])
+
+
+def calibrate_policy(policy: Any, valid_batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+                     target: Union[str, CalibrationTarget], *, masks: Optional[Mapping[str, Any]] = None,
+                     temperature: bool = False, effective: bool = False,
+                     candidates: Optional[int] = None) -> CalibrationResult:
+    """Calibrate an EarlyExit policy on validation batches and set its thresholds (temperatures, if fitted,
+    folded into its branches)."""
+    multi = policy.multi_exit_model()
+    with eval_mode(multi):
+        logits, targets = collect_exit_logits(multi, valid_batches)
+    costs = policy_costs(multi, policy.model, masks, effective)
+    result = calibrate(logits, targets, list(policy.criteria), costs.macs_per_exit, costs.full_macs, target,
+                       temperature, branch_macs=costs.branch_macs, candidates=candidates)
+    if result.temperatures is not None:
+        fold_temperatures(policy, result.temperatures)
+    policy.set_thresholds(result.thresholds)
+    return result
+
+
+def measure_policy(policy: Any, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+                   masks: Optional[Mapping[str, Any]] = None, effective: bool = False
+                   ) -> Tuple[TradeoffPoint, float]:
+    """(figures at the policy's thresholds, final exit top-1) on ``batches``, with calibration's cost model."""
+    multi = policy.multi_exit_model()
+    with eval_mode(multi):
+        logits, targets = collect_exit_logits(multi, batches)
+    costs = policy_costs(multi, policy.model, masks, effective)
+    point = measure_point(logits, targets, multi.criteria, list(policy.thresholds), costs)
+    final_top1 = 100.0 * float((logits[-1].argmax(dim=1) == targets).double().mean())
+    return point, final_top1
+
+
+def run_calibration(policy: Any, valid_loader: Any, test_loader: Any, target_text: str, out_dir: str, *,
+                    masks: Optional[Mapping[str, Any]] = None, temperature: bool = False) -> Dict[str, Any]:
+    """Calibrate on validation, measure test at the chosen thresholds, write the trade-off files; returns the
+    ``{"calibration": ...}`` part of summary.json."""
+    if valid_loader is None:
+        raise ConfigError("threshold calibration needs a validation split (it never looks at the test split); "
+                          "set a validation size above 0")
+    target = parse_target(target_text)
+    result = calibrate_policy(policy, valid_loader, target, masks=masks, temperature=temperature)
+    names = list(policy.output_names)
+    test_point, test_final = measure_policy(policy, test_loader, masks)
+    files = write_tradeoff(result.front, result.chosen, out_dir, final=result.final_point, exit_names=names,
+                           guides=target.guides(result.final_top1))
+    snippet = result.yaml_snippet(policy.exit_names)
+    valid = split_figures(result.chosen, result.final_top1, names)
+    test = split_figures(test_point, test_final, names)
+    log.info("Calibrated exit thresholds for %s (%s): %d settings searched in %.2f s", target.text,
+             target.describe(), result.settings_searched, result.seconds)
+    for split, fig in (("validation", valid), ("test", test)):
+        log.info("  %-10s top1 %.2f (final exit %.2f, drop %.2f points), MACs %.1f%% of the backbone, "
+                 "samples per exit: %s", split, fig["top1"], fig["final_top1"], fig["drop"],
+                 100 * fig["macs_fraction"], ", ".join(f"{k} {v:.1f}%" for k, v in fig["taken_pct"].items()))
+    log.info("Schedule lines for these thresholds:\n%s", snippet)
+    return {"calibration": {"target": target.text, "criteria": result.criteria, "thresholds": result.thresholds,
+                            "temperatures": result.temperatures, "valid": valid, "test": test, "yaml": snippet,
+                            "settings_searched": result.settings_searched, "seconds": result.seconds,
+                            "files": files}}

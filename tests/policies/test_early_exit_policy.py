@@ -1,0 +1,248 @@
+"""The EarlyExit policy: joint loss, weights over epochs, hooks only when due, state without the schedule."""
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill_ee.errors import CheckpointError, DistillEEError, ScheduleError
+from distill_ee.policies.base import HookContext
+from distill_ee.policies.early_exit import EarlyExit, rebuild_exits
+from distill_ee.registry import EARLY_EXITS
+from distill_ee.scheduler import CompressionScheduler
+
+SHAPE = (1, 16, 16)
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+def config(**extra):
+    return {"exits": {
+        "exit1": {"attach": "conv1", "branch": [{"type": "maxpool", "kernel_size": 4}, "flatten", "linear"],
+                  "loss_weight": 0.3, "threshold": 1.0},
+        "exit2": {"attach": "conv2", "branch": ["adaptive_avgpool", "flatten", "linear"],
+                  "loss_weight": {"start": 0.1, "end": 0.5}, "threshold": 1.5},
+    }, **extra}
+
+
+def make(cfg=None, seed=0):
+    torch.manual_seed(seed)
+    model = SmallNet()
+    policy = EarlyExit.from_config(cfg or config(), model, num_classes=10, input_shape=SHAPE, name="branchy")
+    policy.starting_epoch, policy.ending_epoch, policy.frequency = 0, 5, 1
+    return model, policy
+
+
+def batch(n=8, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *SHAPE, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+
+
+def training_step(model, policy, epoch, x, y):
+    ctx = HookContext(epoch=epoch, model=model)
+    policy.on_epoch_begin(ctx)
+    out = model(x)
+    ctx.loss, ctx.target = F.cross_entropy(out, y), y
+    return policy.before_backward_pass(ctx), ctx.loss
+
+
+def exit_losses(model, x, y):
+    """Each exit's cross-entropy computed by hand from the attach modules' outputs."""
+    a1 = model.conv1(x)
+    a2 = model.conv2(F.max_pool2d(F.relu(a1), 2))
+    return [F.cross_entropy(model.early_exits.exit1(a1), y), F.cross_entropy(model.early_exits.exit2(a2), y)]
+
+
+def test_the_policy_is_registered_for_schedules():
+    assert EARLY_EXITS.get("EarlyExit") is EarlyExit
+    assert EarlyExit.kind == "early_exit"
+
+
+def test_attaching_keeps_backbone_names_and_exposes_branch_parameters():
+    names = [n for n, _ in SmallNet().named_parameters()]
+    model, policy = make()
+    assert [n for n, _ in model.named_parameters()][:len(names)] == names
+    assert {id(p) for p in policy.branch_parameters()} == {id(p) for p in model.early_exits.parameters()}
+    opt = torch.optim.SGD(SmallNet().parameters(), lr=0.1)
+    opt.add_param_group({"params": policy.branch_parameters()})
+    assert policy.exit_names == ["exit1", "exit2"] and policy.output_names == ["exit1", "exit2", "final"]
+
+
+def test_joint_loss_is_the_weighted_sum_of_final_and_exit_losses():
+    model, policy = make()
+    x, y = batch()
+    result, final_loss = training_step(model, policy, 0, x, y)
+    ce1, ce2 = exit_losses(model, x, y)
+    expected = 1.0 * final_loss + 0.3 * ce1 + 0.1 * ce2
+    assert result.overall_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    names = [c.name for c in result.loss_components]
+    assert names == ["exit1_loss", "exit2_loss"]
+    assert result.loss_components[0].value.item() == pytest.approx(0.3 * ce1.item(), rel=1e-5)
+
+
+def test_auto_final_weight_and_ramped_exit_weights_follow_the_epochs():
+    model, policy = make(config(final_loss_weight="auto"))
+    assert policy.loss_weights(0) == (pytest.approx([0.3, 0.1]), pytest.approx(0.6))
+    assert policy.loss_weights(2) == (pytest.approx([0.3, 0.3]), pytest.approx(0.4))
+    assert policy.loss_weights(4) == (pytest.approx([0.3, 0.5]), pytest.approx(0.2))
+    x, y = batch()
+    result, final_loss = training_step(model, policy, 4, x, y)
+    ce1, ce2 = exit_losses(model, x, y)
+    expected = 0.2 * final_loss + 0.3 * ce1 + 0.5 * ce2
+    assert result.overall_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_backward_reaches_branches_and_backbone():
+    model, policy = make()
+    x, y = batch()
+    result, _ = training_step(model, policy, 0, x, y)
+    result.overall_loss.backward()
+    assert all(p.grad is not None for p in policy.branch_parameters())
+    assert model.conv1.weight.grad is not None
+
+
+def test_epoch_metrics_average_each_exits_loss_and_accuracy_then_reset():
+    model, policy = make()
+    x, y = batch(8)
+    training_step(model, policy, 0, x, y)
+    training_step(model, policy, 0, x, y)
+    with torch.no_grad():
+        ce1, ce2 = exit_losses(model, x, y)
+        top1 = 100.0 * float((model.early_exits.exit1(model.conv1(x)).argmax(1) == y).float().mean())
+    metrics = policy.epoch_metrics()
+    assert set(metrics) == {"exit1_loss", "exit1_top1", "exit2_loss", "exit2_top1"}
+    assert metrics["exit1_loss"] == pytest.approx(ce1.item(), rel=1e-5)
+    assert metrics["exit2_loss"] == pytest.approx(ce2.item(), rel=1e-5)
+    assert metrics["exit1_top1"] == pytest.approx(top1)
+    assert policy.epoch_metrics() == {}
+
+
+def test_branches_cost_nothing_outside_due_epochs():
+    model, policy = make()
+    calls = []
+    model.early_exits.exit1.register_forward_hook(lambda *a: calls.append(1))
+    scheduler = CompressionScheduler(model)
+    scheduler.add_policy(policy, epochs=[1])
+    x, y = batch()
+    for epoch in range(3):
+        scheduler.on_epoch_begin(epoch)
+        scheduler.on_minibatch_begin(epoch, 0, 1)
+        loss = F.cross_entropy(model(x), y)
+        scheduler.before_backward_pass(epoch, 0, 1, loss, target=y)
+        scheduler.on_minibatch_end(epoch, 0, 1)
+        scheduler.on_epoch_end(epoch)
+        assert len(calls) == (1 if epoch >= 1 else 0)
+
+
+def test_missing_target_is_a_clear_error():
+    model, policy = make()
+    policy.on_epoch_begin(HookContext(epoch=0, model=model))
+    x, _ = batch()
+    with pytest.raises(DistillEEError, match="target"):
+        policy.before_backward_pass(HookContext(epoch=0, model=model, loss=model(x).sum()))
+
+
+def test_a_bad_attach_point_is_a_schedule_error_with_its_path():
+    cfg = config()
+    cfg["exits"]["exit2"]["attach"] = "conv3"
+    with pytest.raises(ScheduleError) as info:
+        make(cfg)
+    assert info.value.path == "exits.exit2.attach" and "conv1" in info.value.suggestions
+
+
+def test_state_round_trip_rebuilds_identical_outputs_without_the_schedule():
+    model, policy = make()
+    x, y = batch(32)
+    training_step(model, policy, 0, x, y)[0].overall_loss.backward()
+    with torch.no_grad():
+        for p in policy.branch_parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    policy.set_thresholds({"exit1": 2.2})
+    buffer = io.BytesIO()
+    torch.save({"policy": policy.state_dict(), "model": model.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+
+    fresh = SmallNet()
+    rebuilt = rebuild_exits(fresh, checkpoint["policy"])
+    fresh.load_state_dict(checkpoint["model"])  # the exits' weights are part of the model's state too
+    assert rebuilt.thresholds == [2.2, 1.5] and rebuilt.criteria == ["entropy", "entropy"]
+    original, again = policy.multi_exit_model().eval(), rebuilt.multi_exit_model().eval()
+    for a, b in zip(original.simulate(x), again.simulate(x)):
+        assert torch.equal(a, b)
+    (logits, index), (logits2, index2) = original(x), again(x)
+    assert torch.equal(index, index2) and torch.equal(logits, logits2)
+
+
+def test_rebuilding_from_a_branch_only_state_restores_branch_weights():
+    model, policy = make()
+    state = policy.state_dict()
+    fresh = SmallNet()
+    fresh.load_state_dict(model.state_dict(), strict=False)
+    rebuilt = rebuild_exits(fresh, state)
+    for a, b in zip(policy.branch_parameters(), rebuilt.branch_parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_state_that_does_not_fit_is_a_checkpoint_error():
+    _, policy = make()
+    state = policy.state_dict()
+    with pytest.raises(CheckpointError):
+        policy.load_state_dict(dict(state, exit_names=["a", "b"]))
+    broken = copy.deepcopy(state)
+    broken["config"]["exits"]["exit1"]["attach"] = "nope"
+    with pytest.raises(CheckpointError):
+        rebuild_exits(SmallNet(), broken)
+
+
+def test_multi_exit_model_of_a_copy_uses_the_copys_branches():
+    model, policy = make()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.early_exits.exit1[2].weight.zero_()
+    multi = policy.multi_exit_model(twin)
+    assert multi.branches[0] is twin.early_exits.exit1
+    assert multi.stages[0].conv1 is twin.conv1
+
+
+def test_evaluate_reports_rows_and_ignores_labels_for_decisions():
+    model, policy = make()
+    x, y = batch(64)
+    rows = policy.evaluate([(x, y)])
+    assert [r["name"] for r in rows] == ["exit1", "exit2", "final"]
+    assert sum(r["taken_pct"] for r in rows) == pytest.approx(100.0)
+    assert rows[0]["macs"] < rows[1]["macs"] < rows[2]["macs"]
+    shuffled = policy.evaluate([(x, y[torch.randperm(64)])])
+    assert [r["taken_pct"] for r in rows] == [r["taken_pct"] for r in shuffled]
+
+
+def test_detach_leaves_the_plain_model():
+    model, policy = make()
+    policy.detach()
+    assert not hasattr(model, "early_exits")
+    assert model(batch()[0]).shape == (8, 10)
+
+
+def test_thresholds_are_set_by_name_or_list_and_checked():
+    _, policy = make()
+    policy.set_thresholds({"exit2": 0.25})
+    assert policy.thresholds == [1.0, 0.25]
+    policy.set_thresholds([None, 2.0])
+    assert policy.thresholds == [None, 2.0]
+    with pytest.raises(DistillEEError, match="exit1"):
+        policy.set_thresholds([-1.0, 2.0])
+    with pytest.raises(DistillEEError):
+        policy.set_thresholds({"exit3": 0.1})
