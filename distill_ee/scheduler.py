@@ -126,7 +126,8 @@ class CompressionScheduler:
         components: List[LossComponent] = []
         for policy in self._due_now(epoch):
             ctx = self._ctx(epoch, optimizer, minibatch_id=minibatch_id,
-                            minibatches_per_epoch=minibatches_per_epoch, loss=overall, target=target)
+                            minibatches_per_epoch=minibatches_per_epoch, loss=overall, task_loss=loss,
+                            target=target)
             result = policy.before_backward_pass(ctx)
             if result is not None:
                 overall = result.overall_loss

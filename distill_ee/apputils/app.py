@@ -6,6 +6,7 @@ import logging
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -13,7 +14,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, DistillEEError
-from ..policies.early_exit import rebuild_exits
+from ..early_exit.calibrate import run_calibration
+from ..early_exit.export import export_torchscript
+from ..policies.early_exit import attach_saved_exits
+from ..sensitivity import run_sensitivity, sensitivity_levels
+from ..thinning import apply_thinning_recipes, thinning_recipes
 from ..schedule import load_schedule, read_schedule
 from ..scheduler import CompressionScheduler
 from ..summaries import compute_table, model_table, sparsity_table, total_sparsity
@@ -22,11 +27,14 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import dataset_info, load_dataset, make_loaders
 from .earlyexit_flags import shorthand_schedule
 from .models import create_model
-from .report import final_report
+from .report import exit_policy, final_report
 from .run_dir import RunDir, setup_logging
 from .train import evaluate, train_one_epoch
 
 log = logging.getLogger("distill_ee")
+
+#: target used to recalibrate exit thresholds after pruning when --ee-calibrate is not given
+AUTO_RECALIBRATION = "drop=0.5"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -87,13 +95,22 @@ def run(args: argparse.Namespace) -> int:
                                 weight_decay=args.weight_decay)
     scheduler = _make_scheduler(args, model, optimizer, example.to(device), run_dir)
     ckpt = load_checkpoint(args.resume_from) if args.resume_from else None
-    exits = _restore_structure(args, ckpt, model, scheduler, device)
+    exits = _restore_structure(args, ckpt, model, optimizer, scheduler, device)
     start_epoch, best = _resume(args, ckpt, model, optimizer, scheduler)
     criterion = nn.CrossEntropyLoss().to(device)
+    if args.sense:
+        return _sensitivity(args, model, loaders, criterion, device, run_dir)
     if not args.evaluate:
         best = _train(args, model, optimizer, scheduler, criterion, loaders, device, run_dir, start_epoch, best)
+    calibration = _calibrate(args, scheduler, exits, loaders, run_dir)
     summary = final_report(args, dataset, model, scheduler, loaders, criterion, device, example, run_dir,
                            exits=exits)
+    summary.update(calibration)
+    if args.ee_export:
+        summary["torchscript"] = _export(scheduler, exits, run_dir)
+    if calibration and not args.evaluate:
+        _save(run_dir, args, max(args.epochs - 1, start_epoch), model, optimizer, scheduler, best, False,
+              extra=calibration)
     run_dir.write_json("summary.json", summary)
     log.info("Results in %s", run_dir.path)
     return 0
@@ -128,20 +145,26 @@ def _make_scheduler(args: argparse.Namespace, model: nn.Module, optimizer: torch
 
 
 def _restore_structure(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], model: nn.Module,
-                       scheduler: Optional[CompressionScheduler], device: torch.device) -> Any:
-    """Give the model the shape the checkpoint was saved with: exits re-attached when no schedule has them."""
+                       optimizer: torch.optim.Optimizer, scheduler: Optional[CompressionScheduler],
+                       device: torch.device) -> Any:
+    """Give the model the shape the checkpoint was saved with: thinned layers, and exits re-attached when
+    no schedule has them."""
     if ckpt is None:
         return None
     if ckpt.get("arch") != args.arch:
         raise CheckpointError(f"{args.resume_from}: checkpoint is for --arch {ckpt.get('arch')!r}, "
                               f"not {args.arch!r}")
-    has_exits = bool(scheduler and scheduler.find("early_exit"))
-    if "early_exit" in ckpt and not has_exits:
-        policy = rebuild_exits(model, ckpt["early_exit"])
+    policy = None
+    if "early_exit" in ckpt and not (scheduler and scheduler.find("early_exit")):
+        policy = attach_saved_exits(model, ckpt["early_exit"])
+    if ckpt.get("thinning_recipes"):
+        apply_thinning_recipes(model, ckpt["thinning_recipes"], optimizer, scheduler.masks if scheduler else None)
+        log.info("Applied %d thinning recipe(s) from the checkpoint", len(ckpt["thinning_recipes"]))
+    if policy is not None:
+        policy.load_state_dict(ckpt["early_exit"])  # branch weights fit only after the recipes ran
         model.to(device)
         log.info("Rebuilt early exits %s from the checkpoint", policy.exit_names)
-        return policy
-    return None
+    return policy
 
 
 def _resume(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], model: nn.Module,
@@ -155,7 +178,7 @@ def _resume(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], model: nn.
                               f"{str(exc).splitlines()[0]}") from None
     if scheduler is not None and "compression_sched" in ckpt:
         scheduler.load_state_dict(ckpt["compression_sched"], strict=not (args.reset_optimizer or args.evaluate))
-    if args.reset_optimizer or args.evaluate:
+    if args.reset_optimizer or args.evaluate or args.sense:
         return 0, None
     if "optimizer" in ckpt:
         try:
@@ -204,6 +227,67 @@ def _reseed_order(loader: Any, seed: Optional[int], epoch: int) -> None:
         generator.manual_seed(seed * 1000003 + epoch)
 
 
+def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionScheduler], exits: Any,
+               loaders: tuple, run_dir: RunDir) -> Dict[str, Any]:
+    """Choose exit thresholds on the validation split: when asked, or after pruning changed the backbone."""
+    policy = exit_policy(scheduler, exits)
+    if policy is None:
+        if args.ee_calibrate:
+            raise ConfigError("--ee-calibrate needs early exits (in the schedule or the checkpoint)")
+        return {}
+    target = args.ee_calibrate
+    pruned = bool(scheduler and (scheduler.find("pruner") or scheduler.find("extension")
+                                 or scheduler.find("regularizer")))
+    if target is None and pruned and not args.ee_no_recalibrate and not args.evaluate:
+        target = AUTO_RECALIBRATION
+        log.info("Pruning changed the backbone: recalibrating exit thresholds on the validation split (%s)",
+                 target)
+    if target is None:
+        return {}
+    _, valid_loader, test_loader = loaders
+    try:
+        out = run_calibration(policy, valid_loader, test_loader, target, str(run_dir.path),
+                              masks=scheduler.masks if scheduler else None, temperature=args.ee_temperature)
+    except ConfigError as exc:
+        if args.ee_calibrate is not None:
+            raise
+        log.warning("Exit thresholds kept as scheduled: automatic recalibration is not possible (%s)", exc)
+        return {}
+    cal = out["calibration"]
+    cal["automatic"] = args.ee_calibrate is None
+    cal["files"] = [Path(f).name for f in cal.get("files", [])]
+    if args.deterministic:  # keep summary.json identical across runs: wall-clock figures go elsewhere
+        run_dir.write_json("calibration_timing.json", {"seconds": cal.pop("seconds", None)})
+    return out
+
+
+def _export(scheduler: Optional[CompressionScheduler], exits: Any, run_dir: RunDir) -> List[str]:
+    """TorchScript stages and branches of the multi-exit model, for deployment without distill_ee's Python."""
+    policy = exit_policy(scheduler, exits)
+    if policy is None:
+        raise ConfigError("--ee-export needs early exits (in the schedule or the checkpoint)")
+    paths = export_torchscript(policy.multi_exit_model().eval(), run_dir.file("torchscript"))
+    log.info("Exported %d TorchScript files to %s", len(paths), run_dir.file("torchscript"))
+    return [str(p.relative_to(run_dir.path)) for p in paths]
+
+
+def _sensitivity(args: argparse.Namespace, model: nn.Module, loaders: tuple, criterion: nn.Module,
+                 device: torch.device, run_dir: RunDir) -> int:
+    """Distiller's sensitivity analysis on the validation split (the test split when there is none)."""
+    _, valid_loader, test_loader = loaders
+    loader = valid_loader if valid_loader is not None else test_loader
+    sparsities = sensitivity_levels(*args.sense_range)
+    params = [n for n, p in model.named_parameters() if p.dim() in (2, 4) and not n.startswith("early_exits.")]
+
+    def test_func(m: nn.Module) -> tuple:
+        r = evaluate(m, loader, criterion, device, desc="sensitivity", print_freq=10 ** 9)
+        return r["top1"], r["top5"], r["loss"]
+
+    csv_path, png_path = run_sensitivity(model, params, sparsities, args.sense, test_func, run_dir.path)
+    log.info("Sensitivity analysis (%s) written to %s and %s", args.sense, csv_path, png_path)
+    return 0
+
+
 def _epoch_row(epoch: int, optimizer: torch.optim.Optimizer, model: nn.Module,
                scheduler: Optional[CompressionScheduler], train: Dict[str, float], valid: Dict[str, float],
                seconds: float) -> Dict[str, Any]:
@@ -218,11 +302,12 @@ def _epoch_row(epoch: int, optimizer: torch.optim.Optimizer, model: nn.Module,
 
 
 def _save(run_dir: RunDir, args: argparse.Namespace, epoch: int, model: nn.Module,
-          optimizer: torch.optim.Optimizer, scheduler: Optional[CompressionScheduler], best: float,
-          is_best: bool) -> None:
+          optimizer: torch.optim.Optimizer, scheduler: Optional[CompressionScheduler], best: Optional[float],
+          is_best: bool, extra: Optional[Dict[str, Any]] = None) -> None:
     state = {"epoch": epoch, "arch": args.arch, "dataset": args.dataset or "mnist5k",
              "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "best_top1": best,
-             "rng_state": torch.get_rng_state()}
+             "rng_state": torch.get_rng_state(), "thinning_recipes": thinning_recipes(model)}
+    state.update(extra or {})
     if scheduler is not None:
         state["compression_sched"] = scheduler.state_dict()
         for policy in scheduler.find("early_exit")[:1]:

@@ -50,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="early-exit thresholds (Distiller shorthand; the arch's default exit points)")
     p.add_argument("--earlyexit_lossweights", type=float, nargs="*", default=None,
                    help="early-exit loss weights; the final exit gets 1 - their sum")
+    p.add_argument("--ee-calibrate", metavar="TARGET", default=None,
+                   help="choose exit thresholds on the validation split: drop=0.5 (max top-1 drop in points vs "
+                        "the final exit), macs=0.4 (average MACs budget, share of the backbone) or "
+                        "proportions=0.5,0.3 (share of samples per exit)")
+    p.add_argument("--ee-temperature", action="store_true",
+                   help="with --ee-calibrate: fit a softmax temperature per exit first")
+    p.add_argument("--ee-no-recalibrate", action="store_true",
+                   help="keep the schedule's thresholds even when pruning changed the backbone")
+    p.add_argument("--ee-export", action="store_true",
+                   help="write the stages and exit branches as TorchScript (run dir, torchscript/) with a "
+                        "manifest that distill_ee.early_exit.export.load_exported runs with real exits")
+    p.add_argument("--sense", choices=["element", "filter", "channel"], default=None,
+                   help="sensitivity analysis of each weight to pruning; writes CSV and PNG, then exits")
+    p.add_argument("--sense-range", type=float, nargs=3, default=[0.0, 0.95, 0.05],
+                   metavar=("START", "END", "STEP"), help="sparsity levels of --sense (default 0 0.95 0.05)")
     p.add_argument("--no-timing", action="store_true", help="skip the wall-clock speed measurement")
     return p
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -96,15 +97,29 @@ def _fmt(value: Any) -> Any:
     return value
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (it may be swapped after setup)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(log_file: Optional[Path] = None, level: int = logging.INFO) -> None:
-    """Log to the console and, when given, to ``log_file``."""
+    """Log to the console and, when given, to ``log_file`` (replacing an earlier run's handlers)."""
     root = logging.getLogger("distill_ee")
     root.setLevel(level)
-    root.propagate = False
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    console = logging.StreamHandler()
+    console = _StderrHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(console)
     if log_file is not None:

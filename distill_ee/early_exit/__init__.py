@@ -9,6 +9,8 @@
 * ``decisions``   simulated exit decisions from every exit's logits
 * ``stats``, ``cost``  per-exit statistics and MACs
 * ``export``      TorchScript export and the driver that runs it
+* ``calibrate``, ``tradeoff``, ``temperature``, ``timing``  threshold calibration on a validation split and
+  speed measurements (imported on their own)
 
 The scheduled policy is ``distill_ee.policies.early_exit.EarlyExit`` (also reachable here, with
 ``rebuild_exits``, as ``distill_ee.early_exit.EarlyExit``).

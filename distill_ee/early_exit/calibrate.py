@@ -142,7 +142,9 @@ class CalibrationResult:
     chosen: TradeoffPoint
     final_top1: float
     temperatures: Optional[List[float]]
+    #: threshold settings evaluated (for ``proportions``: those behind the front drawn next to the choice)
     settings_searched: int
+    #: wall-clock time of the whole calibration on cached logits (temperatures, search, front)
     seconds: float
     #: non-dominated settings of the search (validation), cheapest first
     front: List[TradeoffPoint] = field(default_factory=list, repr=False)
@@ -249,8 +251,6 @@ def calibrate(exit_logits: List[torch.Tensor], targets: torch.Tensor, criteria: 
     else:
         settings, row = _search(space, _target_keys(space, target))
         thresholds = space.thresholds_of(settings.index[row].tolist())
-        if not uses_grid(space):
-            settings = Settings.concat([settings, explore(space)])
     chosen = measure_point(logits, targets, space.criteria, thresholds, costs)
     final = measure_point(logits, targets, space.criteria, [None] * space.num_exits, costs)
     return CalibrationResult(target=target, criteria=[c.name for c in space.criteria], chosen=chosen,
@@ -278,13 +278,15 @@ def _target_keys(space: SearchSpace, target: CalibrationTarget) -> Keys:
 
 
 def _search(space: SearchSpace, keys: Keys) -> Tuple[Settings, int]:
-    """(settings searched, row of the best): the whole grid, or a coordinate descent from the better of
-    "all exits off" and "everyone leaves at the first exit"."""
+    """(settings searched, row of the best): the whole grid; or, for larger spaces, a coordinate descent by
+    ``keys`` started from the best of the front-tracing descents, "all exits off" and "all leave at exit 1"."""
     if uses_grid(space):
         settings = evaluate_grid(space)
     else:
-        starts = evaluate_settings(space, torch.tensor([space.off, [0] + space.off[1:]]))
-        settings = coordinate_descent(space, keys, starts.index[best_row(starts, keys)].tolist())
+        corners = evaluate_settings(space, torch.tensor([space.off, [0] + space.off[1:]]))
+        seeds = Settings.concat([explore(space), corners])
+        start = seeds.index[best_row(seeds, keys)].tolist()
+        settings = Settings.concat([seeds, coordinate_descent(space, keys, start)])
     row = best_row(settings, keys)
     if float(keys(settings)[0][row]) == 0.0:
         cheapest = float(settings.macs.min()) / space.costs.full_macs
@@ -331,7 +333,11 @@ def _share_threshold(crit: ExitCriterion, logits: torch.Tensor, pending: torch.T
 # --------------------------------------------------------------------------- policies
 def policy_costs(multi: Any, model: torch.nn.Module, masks: Optional[Mapping[str, Any]] = None,
                  effective: bool = False) -> ExitCosts:
-    """Exit costs with every branch evaluated, the backbone's MACs and each branch's, from ``stage_macs``."""
+    """Exit costs with every branch evaluated, the backbone's MACs and each branch's, from ``stage_macs``.
+
+    Not ``exit_macs``: that one leaves out the branches of exits without a threshold, while calibration
+    prices every exit as if on and saves a branch only where it switches the exit off.
+    """
     stages, branches = stage_macs(multi, model, masks, effective)
     macs, paid = [], 0.0
     for stage, branch in zip(stages, branches):

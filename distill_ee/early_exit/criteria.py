@@ -55,6 +55,10 @@ def _next_above(value: float, dtype: torch.dtype) -> float:
     return float(torch.nextafter(v, torch.tensor(math.inf, dtype=dtype)))
 
 
+#: just above 1 in float32, what ``threshold_for(1.0)`` gives: "exit only above a probability of 1" = never
+_ABOVE_ONE = _next_above(1.0, torch.float32)
+
+
 def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -66,9 +70,8 @@ class EntropyCriterion(ExitCriterion):
     name = "entropy"
 
     def entropy(self, logits: torch.Tensor) -> torch.Tensor:
-        """Softmax entropy per sample, from one log-softmax over the class dimension."""
-        log_p = torch.log_softmax(logits, dim=1)
-        return -(log_p.exp() * log_p).sum(dim=1)
+        """Softmax entropy per sample: one softmax, one element-wise -p ln p, one sum."""
+        return torch.special.entr(torch.softmax(logits, dim=1)).sum(dim=1)
 
     def confidence(self, logits: torch.Tensor) -> torch.Tensor:
         """Negative entropy."""
@@ -94,8 +97,8 @@ class MaxProbCriterion(ExitCriterion):
     name = "max_prob"
 
     def confidence(self, logits: torch.Tensor) -> torch.Tensor:
-        """Largest softmax probability, as exp(max logit - logsumexp)."""
-        return (logits.amax(dim=1) - torch.logsumexp(logits, dim=1)).exp()
+        """Largest softmax probability."""
+        return torch.softmax(logits, dim=1).amax(dim=1)
 
     def exit_mask(self, logits: torch.Tensor, threshold: float, state: Optional[State] = None) -> torch.Tensor:
         """Samples whose top probability is >= ``threshold``."""
@@ -103,7 +106,7 @@ class MaxProbCriterion(ExitCriterion):
 
     def check_threshold(self, value: float) -> Optional[str]:
         """Probabilities in [0, 1]."""
-        return None if _finite(value) and 0 <= value <= 1 else "a probability in [0, 1]"
+        return None if _finite(value) and 0 <= value <= _ABOVE_ONE else "a probability in [0, 1]"
 
     def threshold_for(self, confidence: float, dtype: torch.dtype = torch.float32) -> float:
         """The smallest ``dtype`` value above ``confidence`` (exit iff p > confidence)."""
@@ -129,7 +132,7 @@ class MarginCriterion(ExitCriterion):
 
     def check_threshold(self, value: float) -> Optional[str]:
         """Margins in [0, 1]."""
-        return None if _finite(value) and 0 <= value <= 1 else "a probability margin in [0, 1]"
+        return None if _finite(value) and 0 <= value <= _ABOVE_ONE else "a probability margin in [0, 1]"
 
     def threshold_for(self, confidence: float, dtype: torch.dtype = torch.float32) -> float:
         """The smallest ``dtype`` value above ``confidence``."""
@@ -151,7 +154,7 @@ class PatienceCriterion(ExitCriterion):
 
     def confidence(self, logits: torch.Tensor) -> torch.Tensor:
         """Largest softmax probability (patience itself has no per-exit confidence)."""
-        return (logits.amax(dim=1) - torch.logsumexp(logits, dim=1)).exp()
+        return torch.softmax(logits, dim=1).amax(dim=1)
 
     def exit_mask(self, logits: torch.Tensor, threshold: float, state: Optional[State] = None) -> torch.Tensor:
         """Update the per-sample agreement counter in ``state`` and return counter >= ``threshold``."""

@@ -7,10 +7,12 @@ sample is summarised at each exit by its *rank*: how many of that exit's candida
 (one candidate index per exit) sends a sample to the first exit whose index is below its rank, else to the
 final classifier. Labels only score settings; they never take part in a decision.
 
-While the grid of all settings has at most ``MAX_GRID_SETTINGS`` entries (two or three exits with the default
+While the grid of all settings has at most ``MAX_GRID_SETTINGS`` entries (one to three exits with the default
 candidate counts), every setting is evaluated at once from a histogram of the samples' rank tuples and its
-cumulative sums: the cost does not grow with the number of samples. Beyond that, a coordinate descent over
-pairs of adjacent exits evaluates each pair's full grid with the other exits fixed.
+cumulative sums (``evaluate_block``): the work is one pass over the samples plus one pass over the grid, never
+samples times settings. Beyond that, coordinate descents over pairs of adjacent exits evaluate each pair's
+whole grid the same way, with the other exits fixed; descents that trade accuracy against cost at several
+rates trace the front and seed the search for a target (``calibrate``).
 
 Cost model: ``full_macs`` is the backbone without exits (100%). Leaving at exit k costs the backbone up to
 exit k plus every branch evaluated on the way; an exit that is off is not evaluated (its branch costs nothing

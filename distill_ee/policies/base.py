@@ -47,6 +47,8 @@ class HookContext:
     minibatch_id: Optional[int] = None
     minibatches_per_epoch: Optional[int] = None
     loss: Optional[torch.Tensor] = None
+    #: the loss the training loop passed, before any policy added to it
+    task_loss: Optional[torch.Tensor] = None
     target: Optional[torch.Tensor] = None
     metrics: Optional[Dict[str, float]] = None
 

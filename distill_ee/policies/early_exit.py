@@ -29,7 +29,7 @@ from ..early_exit.multi_exit import MultiExitModel
 from ..early_exit.spec import EarlyExitSpec, parse_early_exit_config
 from ..early_exit.stats import collect_exit_logits, exit_statistics
 from ..errors import CheckpointError, DistillEEError, ScheduleError
-from ..registry import EARLY_EXITS
+from ..registry import EARLY_EXITS, EXIT_CRITERIA
 from .base import HookContext, LossComponent, Policy, PolicyLoss
 
 STATE_VERSION = 1
@@ -122,13 +122,15 @@ class EarlyExit(Policy):
         self.attachment.enable()
 
     def before_backward_pass(self, ctx: HookContext) -> Optional[PolicyLoss]:
-        """Joint loss: final weight * ``ctx.loss`` + each exit's weight * its cross-entropy."""
+        """Joint loss: final weight * the task loss + each exit's weight * its cross-entropy (terms that
+        earlier policies added to ``ctx.loss`` are kept as they are)."""
         if ctx.loss is None or ctx.target is None:
             raise DistillEEError("early exits need the loss and the target in before_backward_pass "
                                  "(scheduler.before_backward_pass(..., loss, target=y))")
         logits = self.attachment.pop_logits()
         weights, final_weight = self.loss_weights(ctx.epoch)
-        overall = ctx.loss * final_weight
+        task = ctx.loss if ctx.task_loss is None else ctx.task_loss
+        overall = ctx.loss + task * (final_weight - 1.0)
         components = []
         for name, exit_logits, weight, sums in zip(self.exit_names, logits, weights, self._sums):
             ce = F.cross_entropy(exit_logits, ctx.target)
@@ -222,15 +224,17 @@ class EarlyExit(Policy):
         names = list(state.get("exit_names", []))
         if names != self.exit_names:
             raise CheckpointError(f"the checkpoint's exits {names} do not match this schedule's {self.exit_names}")
-        for crit in state["criteria"]:
-            get_criterion(crit)
+        unknown = [c for c in state["criteria"] if c not in EXIT_CRITERIA]
+        if unknown:
+            raise CheckpointError(f"the checkpoint names an unknown exit criterion {unknown[0]!r}")
         self.criteria = list(state["criteria"])
         self.set_thresholds(state["thresholds"])
         for name in names:
             try:
                 self.exit_set.branches[name].load_state_dict(state["branches"][name])
             except (RuntimeError, KeyError) as err:
-                raise CheckpointError(f"exit {name!r}: branch weights do not fit ({str(err).splitlines()[0]})") from None
+                reason = str(err).splitlines()[0]
+                raise CheckpointError(f"exit {name!r}: branch weights do not fit ({reason})") from None
 
     def __repr__(self) -> str:
         return f"EarlyExit({self.name!r}, exits={self.exit_names}, thresholds={self.thresholds})"
@@ -242,16 +246,22 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, wrappers) else model
 
 
-def rebuild_exits(model: nn.Module, state: Dict[str, Any]) -> EarlyExit:
-    """Re-attach the exits saved in ``state`` (an EarlyExit ``state_dict``) to ``model``, weights and
-    thresholds included, without the schedule."""
+def attach_saved_exits(model: nn.Module, state: Dict[str, Any]) -> EarlyExit:
+    """Attach the exits described by ``state`` (an EarlyExit ``state_dict``) to ``model`` with fresh weights;
+    ``load_state_dict(state)`` then restores weights and thresholds (after thinning recipes, if any)."""
     try:
-        policy = EarlyExit.from_config(state["config"], model, num_classes=int(state["num_classes"]),
-                                       input_shape=tuple(int(s) for s in state["input_shape"]),
-                                       name=str(state.get("name", "")))
+        return EarlyExit.from_config(state["config"], model, num_classes=int(state["num_classes"]),
+                                     input_shape=tuple(int(s) for s in state["input_shape"]),
+                                     name=str(state.get("name", "")))
     except KeyError as err:
         raise CheckpointError(f"early-exit state lacks {err.args[0]!r}") from None
     except ScheduleError as err:
         raise CheckpointError(f"the checkpoint's early-exit config does not fit this model: {err.message}") from None
+
+
+def rebuild_exits(model: nn.Module, state: Dict[str, Any]) -> EarlyExit:
+    """Re-attach the exits saved in ``state`` (an EarlyExit ``state_dict``) to ``model``, weights and
+    thresholds included, without the schedule."""
+    policy = attach_saved_exits(model, state)
     policy.load_state_dict(state)
     return policy

@@ -189,6 +189,7 @@ class GroupBuilder:
         groups: Dict[fx.Node, ChannelGroup] = {}
 
         def group_of(node: fx.Node) -> ChannelGroup:
+            """The group of ``node``'s set, created on first use."""
             return groups.setdefault(self.sets.find(node), ChannelGroup(channels=-1))
 
         for call in self.producers:

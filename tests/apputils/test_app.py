@@ -57,7 +57,8 @@ def test_deterministic_runs_give_the_same_summary(first_run, tmp_path):
 
 
 def test_evaluate_a_checkpoint_rebuilds_the_exits_without_the_schedule(first_run, tmp_path):
-    args = ["--arch", "lenet_mnist", "--resume-from", str(first_run / "best.pth.tar"), "--evaluate",
+    # checkpoint.pth.tar holds the final weights and the thresholds recalibrated after pruning
+    args = ["--arch", "lenet_mnist", "--resume-from", str(first_run / "checkpoint.pth.tar"), "--evaluate",
             "--no-timing", "-o", str(tmp_path), "-n", "ev", "--seed", "3"]
     assert main(args) == 0
     summary = json.loads(next(tmp_path.glob("ev___*/summary.json")).read_text())
@@ -92,3 +93,33 @@ def test_an_unwritable_out_dir_is_a_clear_error_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "cannot create the output directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_calibrate_and_export_a_trained_checkpoint(first_run, tmp_path):
+    from distill_ee.early_exit.export import load_exported
+    import torch
+
+    args = ["--arch", "lenet_mnist", "--resume-from", str(first_run / "best.pth.tar"), "--evaluate",
+            "--ee-calibrate", "drop=1.0", "--ee-export", "--no-timing", "-o", str(tmp_path), "-n", "cal"]
+    assert main(args) == 0
+    run = next(tmp_path.glob("cal___*"))
+    summary = json.loads((run / "summary.json").read_text())
+    cal = summary["calibration"]
+    assert cal["target"] == "drop=1" and cal["automatic"] is False
+    assert cal["valid"]["drop"] <= 1.0
+    assert summary["exits"][0]["threshold"] == pytest.approx(cal["thresholds"][0], rel=1e-5)
+    assert {"tradeoff.csv", "tradeoff.png", "exit_fractions.png"} <= {p.name for p in run.iterdir()}
+    exported = load_exported(run / "torchscript")
+    logits, exit_index = exported(torch.zeros(4, 1, 28, 28))
+    assert logits.shape == (4, 10) and exit_index.shape == (4,)
+
+
+def test_sensitivity_analysis_writes_csv_and_png(first_run, tmp_path):
+    args = ["--arch", "lenet_mnist", "--resume-from", str(first_run / "best.pth.tar"), "--sense", "filter",
+            "--sense-range", "0", "0.6", "0.3", "-o", str(tmp_path), "-n", "sense"]
+    assert main(args) == 0
+    run = next(tmp_path.glob("sense___*"))
+    lines = (run / "sensitivity.csv").read_text().splitlines()
+    assert lines[0] == "parameter,sparsity,top1,top5,loss"
+    assert any(line.startswith("conv2.weight,0.3,") for line in lines)
+    assert (run / "sensitivity.png").stat().st_size > 0

@@ -113,6 +113,6 @@ def attach(model: nn.Module, config: Dict, input_shape=(1, 28, 28), num_classes:
 
 @pytest.fixture
 def ee() -> SimpleNamespace:
-    """The helpers above, for tests (conftest modules are not importable under --import-mode=importlib)."""
+    """The models and config builders above (conftest modules are not importable under --import-mode=importlib)."""
     return SimpleNamespace(LeNet=LeNet, ResNetCifar=ResNetCifar, exits_config=exits_config, attach=attach,
                            randomize_bn=randomize_bn, POOL_HEAD=POOL_HEAD)

@@ -1,4 +1,5 @@
 """Shared fixtures of the thinning tests: a ResNet-20 whose block-entry convs lost half their filters."""
+import logging
 from types import SimpleNamespace
 from typing import Callable, Dict, List
 
@@ -40,6 +41,31 @@ def silence_zero_channels(model: nn.Module, conv_names: List[str]) -> None:
             zero = modules[conv].weight.reshape(bn.num_features, -1).abs().sum(dim=1) == 0
             bn.bias[zero] = 0.0
             bn.running_mean[zero] = 0.0
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def thinning_log():
+    """What the thinning modules log, captured on their own logger (an app run may stop propagation above it)."""
+    logger = logging.getLogger("distill_ee.thinning")
+    records, level = _Records(), logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(records)
+    logger.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

@@ -87,3 +87,11 @@ def test_the_attach_point_can_be_given_explicitly(pruned_resnet):
     with_exits(model, exit1=CONV_BRANCH)  # the policy is dropped: only the caller knows the attach point
     remove_filters(model, exits={"exit1": "layer1.0.relu1"})
     assert model.early_exits.exit1[0].in_channels == 8
+
+
+def test_a_branch_on_a_whole_stage_reads_the_stage_output_channels():
+    model = create_model("resnet20_cifar", 10, 3)
+    policy = with_exits(model, exit1={"attach": "layer2", "branch": ["adaptive_avgpool", "flatten", "linear"]})
+    group = build_dependency_graph(model).producer_group("layer2.2.conv2")
+    assert "early_exits.exit1.2" in {c.module for c in group.consumers} and group.removable
+    assert policy.exit_names == ["exit1"]

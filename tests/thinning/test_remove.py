@@ -1,7 +1,5 @@
 """remove_filters / remove_channels: zero structures leave the model physically, every consumer follows."""
 import copy
-import logging
-
 import pytest
 import torch
 from torch import nn
@@ -108,15 +106,14 @@ def test_linear_layers_lose_zero_rows_and_the_next_layer_their_columns():
     assert model.fc1.weight.shape == (400, 800) and model.fc2.weight.shape == (10, 400)
 
 
-def test_a_residual_sum_keeps_a_channel_unless_every_term_lost_it(caplog):
+def test_a_residual_sum_keeps_a_channel_unless_every_term_lost_it(thinning_log):
     model = create_model("resnet20_cifar", 10, 3)
     with torch.no_grad():
         model.layer1[0].conv2.weight[:4] = 0
-    with caplog.at_level(logging.WARNING):
-        recipe = remove_filters(model)
+    recipe = remove_filters(model)
     assert recipe["tensors"] == {} and model.layer1[0].conv2.out_channels == 16
-    assert "keeping 4 zero filters of 'layer1.0.conv2'" in caplog.text
-    assert "layer1.1.conv2" in caplog.text
+    assert "keeping 4 zero filters of 'layer1.0.conv2'" in thinning_log.text
+    assert "layer1.1.conv2" in thinning_log.text
 
 
 def test_a_whole_residual_stage_thins_when_all_its_convs_drop_the_same_channels(images, kit):
@@ -142,33 +139,30 @@ def test_a_whole_residual_stage_thins_when_all_its_convs_drop_the_same_channels(
     assert torch.allclose(outputs(model, images), outputs(dense, images), rtol=1e-5, atol=1e-5)
 
 
-def test_the_model_output_is_never_thinned(caplog):
+def test_the_model_output_is_never_thinned(thinning_log):
     model = create_model("lenet_mnist", 10, 1)
     with torch.no_grad():
         model.fc2.weight[3] = 0
-    with caplog.at_level(logging.WARNING):
-        remove_filters(model)
+    remove_filters(model)
     assert model.fc2.out_features == 10
-    assert "keeping 1 zero filters of 'fc2'" in caplog.text and "model's output" in caplog.text
+    assert "keeping 1 zero filters of 'fc2'" in thinning_log.text and "model's output" in thinning_log.text
 
 
-def test_a_layer_never_loses_every_channel(caplog):
+def test_a_layer_never_loses_every_channel(thinning_log):
     model = create_model("lenet_mnist", 10, 1)
     with torch.no_grad():
         model.conv1.weight.zero_()
-    with caplog.at_level(logging.WARNING):
-        remove_filters(model)
-    assert model.conv1.out_channels == 20 and "keeps at least one" in caplog.text
+    remove_filters(model)
+    assert model.conv1.out_channels == 20 and "keeps at least one" in thinning_log.text
 
 
-def test_dropping_a_nonzero_batch_norm_shift_is_reported(pruned_resnet, caplog):
+def test_dropping_a_nonzero_batch_norm_shift_is_reported(pruned_resnet, thinning_log):
     run = pruned_resnet()
     model = run["model"]
     with torch.no_grad():
         model.layer1[0].bn1.bias.fill_(0.3)
-    with caplog.at_level(logging.WARNING):
-        remove_filters(model, run["scheduler"].masks)
-    assert "layer1.0.bn1" in caplog.text and "not zero in the dense model" in caplog.text
+    remove_filters(model, run["scheduler"].masks)
+    assert "layer1.0.bn1" in thinning_log.text and "not zero in the dense model" in thinning_log.text
 
 
 def test_remove_channels_drops_ignored_inputs_and_the_filters_that_computed_them(images, kit):
