@@ -47,6 +47,7 @@ class CompressionScheduler:
         self.zeros_mask_dict: Dict[str, ParameterMasker] = create_masks(model)
         self._params: Dict[str, torch.Tensor] = dict(model.named_parameters())
         self._due_epoch: Optional[int] = None
+        self._applied_at = -1  # ParameterMasker.changes when all masks were last applied
         self._due_minibatch: List[Policy] = []
 
     # ----------------------------------------------------------------- setup
@@ -65,6 +66,7 @@ class CompressionScheduler:
     def refresh_parameters(self) -> None:
         """Re-read the model's parameters (after exits were attached or layers were thinned)."""
         self._params = dict(self.model.named_parameters())
+        self._applied_at = -1
         for name in self._params:
             self.zeros_mask_dict.setdefault(name, ParameterMasker(name))
         for name in [n for n in self.zeros_mask_dict if n not in self._params]:
@@ -98,6 +100,7 @@ class CompressionScheduler:
         ctx = self._ctx(epoch, optimizer)
         for policy in self.policies_for(epoch):
             policy.on_epoch_begin(ctx)
+        self._applied_at = -1  # a policy may have changed weights or masks
 
     def _due_now(self, epoch: int) -> List[Policy]:
         """Due policies that take minibatch hooks, cached per epoch."""
@@ -115,7 +118,11 @@ class CompressionScheduler:
                             minibatches_per_epoch=minibatches_per_epoch)
             for policy in due:
                 policy.on_minibatch_begin(ctx)
-        apply_masks(self._params, self.zeros_mask_dict, is_forward=True)
+        # Masks applied after the last optimizer step still hold unless a mask changed since then; only
+        # forward-only masks (lifted after each step) must be applied again.
+        unchanged = self._applied_at == ParameterMasker.changes
+        apply_masks(self._params, self.zeros_mask_dict, is_forward=True, forward_only=unchanged)
+        self._applied_at = ParameterMasker.changes
 
     def before_backward_pass(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                              loss: torch.Tensor, optimizer: Optional[torch.optim.Optimizer] = None,
@@ -150,6 +157,7 @@ class CompressionScheduler:
                          optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """After ``optimizer.step()``: masks are re-applied (momentum and decay move pruned weights)."""
         apply_masks(self._params, self.zeros_mask_dict, is_forward=False)
+        self._applied_at = ParameterMasker.changes
         due = self._due_now(epoch)
         if due:
             ctx = self._ctx(epoch, optimizer, minibatch_id=minibatch_id,

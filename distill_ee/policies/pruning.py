@@ -134,6 +134,8 @@ class PruningPolicy(Policy):
 
     def before_parameter_optimization(self, ctx: HookContext) -> None:
         """With double copies, restore the unmasked weights so the optimizer updates them."""
+        if not self.use_double_copies:
+            return
         for _, param, masker in self._handled(ctx):
             masker.revert_weights(param)
 

@@ -21,8 +21,8 @@ def level_mask(param: torch.Tensor, sparsity: float) -> torch.Tensor:
     k = num_to_prune(param.numel(), sparsity)
     if k == 0:
         return torch.ones_like(param)
-    bottomk, _ = torch.topk(param.detach().abs().reshape(-1), k, largest=False, sorted=True)
-    return threshold_mask(param, bottomk[-1].item())
+    kth = torch.kthvalue(param.detach().abs().reshape(-1), k).values  # the k-th smallest magnitude
+    return threshold_mask(param, kth.item())
 
 
 @PRUNERS.register()

@@ -10,9 +10,12 @@ from torch import nn
 class ParameterMasker:
     """The mask of one parameter and how it is applied (Distiller semantics)."""
 
+    #: bumped whenever any mask is replaced, so the scheduler can skip re-applying unchanged masks
+    changes = 0
+
     def __init__(self, param_name: str):
         self.param_name = param_name
-        self.mask: Optional[torch.Tensor] = None
+        self._mask: Optional[torch.Tensor] = None
         self.mask_on_forward_only = False
         self.mask_gradients = False
         self.use_double_copies = False
@@ -20,13 +23,27 @@ class ParameterMasker:
         self.is_regularization_mask = False
         self._grad_hook = None
 
+    @property
+    def mask(self) -> Optional[torch.Tensor]:
+        """The 0/1 mask (None: the parameter is not masked)."""
+        return self._mask
+
+    @mask.setter
+    def mask(self, value: Optional[torch.Tensor]) -> None:
+        self._mask = value
+        ParameterMasker.changes += 1
+
     @torch.no_grad()
     def apply_mask(self, param: torch.Tensor) -> torch.Tensor:
         """Zero the masked elements of ``param`` in place (keeping an unmasked copy if asked)."""
+        return self._apply(param)
+
+    def _apply(self, param: torch.Tensor) -> torch.Tensor:
+        """``apply_mask`` without its own no-grad context (callers hold one)."""
         if self.mask is None:
             return param
-        if self.mask.device != param.device:
-            self.mask = self.mask.to(param.device)
+        if self._mask.device != param.device:
+            self._mask = self._mask.to(param.device)
         if self.use_double_copies:
             self.unmasked_copy = param.detach().clone()
         param.mul_(self.mask)
@@ -89,10 +106,14 @@ def sparsity(tensor: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def apply_masks(params: Dict[str, torch.Tensor], masks: Dict[str, ParameterMasker], is_forward: bool) -> None:
-    """Apply every set mask; after the optimizer step (``is_forward=False``) skip forward-only masks."""
+def apply_masks(params: Dict[str, torch.Tensor], masks: Dict[str, ParameterMasker], is_forward: bool,
+                forward_only: bool = False) -> None:
+    """Apply every set mask; after the optimizer step (``is_forward=False``) skip forward-only masks;
+    with ``forward_only`` apply just the forward-only ones (the others are still in force)."""
     for name, masker in masks.items():
-        if masker.mask is None:
+        if masker._mask is None:
+            continue
+        if forward_only and not masker.mask_on_forward_only:
             continue
         if is_forward or not masker.mask_on_forward_only:
-            masker.apply_mask(params[name])
+            masker._apply(params[name])
