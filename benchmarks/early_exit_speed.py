@@ -4,7 +4,8 @@
 
 1. lenet_mnist with one B-LeNet-style exit, trained here on the embedded MNIST digits (or --checkpoint from a
    compress_classifier.py run); thresholds are chosen on the validation split to keep top-1 within --drop
-   points of the final exit; timed on the test split.
+   points of the final exit (default 0.25 on validation, a margin for a 0.5-point target on test); timed on
+   the test split.
 2. A resnet20_cifar-shaped model with two exits on synthetic 3x32x32 inputs (timing only; thresholds put
    about half of the samples out at exit 1 and a quarter at exit 2), dense and with 50% of the filters of
    its layerX.Y.conv1 convolutions pruned and physically removed.
@@ -207,7 +208,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--checkpoint", default=None, help="lenet_mnist checkpoint with exits (skips training)")
-    ap.add_argument("--drop", type=float, default=0.5, help="max top-1 drop (points) on validation")
+    ap.add_argument("--drop", type=float, default=0.25,
+                    help="max top-1 drop (points) on the 400-image validation split; half of the 0.5-point "
+                         "test target, as margin for the validation/test difference")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-resnet", action="store_true")

@@ -165,12 +165,20 @@ class MultiExitModel(nn.Module):
             for slot, value in zip(plan.outputs[k], outs):
                 env[slot] = value
             if self._active[k]:
-                logits = branches[k](env[plan.attach[k]])
+                logits = branches[k].forward(env[plan.attach[k]])
                 if bool(self.criteria[k].exit_mask(logits, self._limits[k], state)):
-                    return logits, torch.full((1,), k, dtype=torch.long, device=logits.device)
+                    return logits, self._exit_index(k, logits.device)
         last = plan.num_exits
         final = stages[last](*[env[i] for i in plan.inputs[last]])[0]
-        return final, torch.full((1,), last, dtype=torch.long, device=final.device)
+        return final, self._exit_index(last, final.device)
+
+    def _exit_index(self, k: int, device: torch.device) -> torch.Tensor:
+        """A fresh one-element exit-index tensor (cloned from a cached one: cheaper than torch.full)."""
+        cache = self.__dict__.setdefault("_index_cache", {})
+        key = (k, device)
+        if key not in cache:
+            cache[key] = torch.full((1,), k, dtype=torch.long, device=device)
+        return cache[key].clone()
 
     def _stage_calls(self) -> List[Any]:
         """The stages' ``forward`` methods: calling them directly skips the per-call wrapper of GraphModule
