@@ -32,6 +32,7 @@ from distill_ee.apputils.checkpoint import load_checkpoint  # noqa: E402
 from distill_ee.apputils.datasets import load_dataset, make_loaders  # noqa: E402
 from distill_ee.apputils.models import create_model  # noqa: E402
 from distill_ee.apputils.train import evaluate, train_one_epoch  # noqa: E402
+from distill_ee.early_exit.calibrate import calibrate_policy, parse_target  # noqa: E402
 from distill_ee.early_exit.cost import exit_macs  # noqa: E402
 from distill_ee.early_exit.decisions import decide_exits  # noqa: E402
 from distill_ee.early_exit.stats import collect_exit_logits, expected_macs, exit_statistics  # noqa: E402
@@ -104,17 +105,8 @@ def load_lenet(path: str, seed: int) -> Tuple[nn.Module, EarlyExit, Any]:
 
 
 def choose_threshold(policy: EarlyExit, valid_loader: Any, drop: float) -> float:
-    """Largest entropy threshold (most samples leaving) with validation top-1 within ``drop`` of the final."""
-    multi = policy.multi_exit_model().eval()
-    logits, targets = collect_exit_logits(multi, valid_loader)
-    final_top1 = 100.0 * float((logits[-1].argmax(1) == targets).float().mean())
-    best = 0.0
-    for t in torch.linspace(0.0, 2.3, 231).tolist():
-        chosen, _ = decide_exits(logits, multi.criteria, [t])
-        top1 = 100.0 * float((chosen.argmax(1) == targets).float().mean())
-        if final_top1 - top1 <= drop:
-            best = t
-    return best
+    """Calibrate on the validation split: fewest MACs with top-1 within ``drop`` points of the final exit."""
+    return calibrate_policy(policy, valid_loader, parse_target(f"drop={drop}")).thresholds[0]
 
 
 def quantile_thresholds(multi: Any, inputs: torch.Tensor, shares: List[float]) -> List[float]:

@@ -144,6 +144,21 @@ def _make_scheduler(args: argparse.Namespace, model: nn.Module, optimizer: torch
     return scheduler
 
 
+def _load_weights(path: str, model: nn.Module, ckpt: Dict[str, Any]) -> None:
+    """Load the checkpoint's weights; exits the schedule newly attached may be missing from it."""
+    if "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: the checkpoint has no 'state_dict'")
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise CheckpointError(f"{path}: weights do not fit this model: {lines[-1] if lines else exc}") from None
+    missing = [k for k in missing if not k.startswith("early_exits.")]
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{path}: weights do not fit this model ({what})")
+
+
 def _restore_structure(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], model: nn.Module,
                        optimizer: torch.optim.Optimizer, scheduler: Optional[CompressionScheduler],
                        device: torch.device) -> Any:
@@ -171,11 +186,7 @@ def _resume(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], model: nn.
             optimizer: torch.optim.Optimizer, scheduler: Optional[CompressionScheduler]) -> tuple:
     if ckpt is None:
         return 0, None
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"{args.resume_from}: weights do not fit this model: "
-                              f"{str(exc).splitlines()[0]}") from None
+    _load_weights(args.resume_from, model, ckpt)
     if scheduler is not None and "compression_sched" in ckpt:
         scheduler.load_state_dict(ckpt["compression_sched"], strict=not (args.reset_optimizer or args.evaluate))
     if args.reset_optimizer or args.evaluate or args.sense:

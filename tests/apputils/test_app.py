@@ -123,3 +123,17 @@ def test_sensitivity_analysis_writes_csv_and_png(first_run, tmp_path):
     assert lines[0] == "parameter,sparsity,top1,top5,loss"
     assert any(line.startswith("conv2.weight,0.3,") for line in lines)
     assert (run / "sensitivity.png").stat().st_size > 0
+
+
+def test_a_dense_checkpoint_fine_tunes_under_a_schedule_that_adds_exits(tmp_path):
+    dense = ["--arch", "lenet_mnist", "--epochs", "1", "-b", "256", "--lr", "0.02", "--seed", "1", "--no-timing",
+             "-o", str(tmp_path / "dense"), "-n", "dense"]
+    assert main(dense) == 0
+    ckpt = next((tmp_path / "dense").glob("dense___*/checkpoint.pth.tar"))
+    tuned = ["--arch", "lenet_mnist", "--resume-from", str(ckpt), "--reset-optimizer", "--compress",
+             str(SCHEDULE), "--epochs", "1", "-b", "256", "--seed", "1", "--no-timing", "--ee-no-recalibrate",
+             "-o", str(tmp_path / "tuned"), "-n", "tuned"]
+    assert main(tuned) == 0
+    summary = json.loads(next((tmp_path / "tuned").glob("tuned___*/summary.json")).read_text())
+    assert [e["name"] for e in summary["exits"]] == ["exit1", "final"]
+    assert "calibration" not in summary

@@ -246,3 +246,64 @@ def test_thresholds_are_set_by_name_or_list_and_checked():
         policy.set_thresholds([-1.0, 2.0])
     with pytest.raises(DistillEEError):
         policy.set_thresholds({"exit3": 0.1})
+
+
+def test_terms_added_by_an_earlier_policy_are_not_scaled_by_the_final_exit_weight():
+    from distill_ee.policies.base import LossComponent, Policy, PolicyLoss
+
+    class AddConstant(Policy):
+        kind = "constant"
+
+        def before_backward_pass(self, ctx):
+            term = torch.tensor(2.0)
+            return PolicyLoss(ctx.loss + term, [LossComponent("constant", term)])
+
+    model, policy = make(config(final_loss_weight=0.25))
+    sched = CompressionScheduler(model)
+    sched.add_policy(AddConstant("c"), epochs=[0])
+    sched.add_policy(policy, epochs=[0])
+    x, y = batch()
+    sched.on_epoch_begin(0)
+    task = F.cross_entropy(model(x), y)
+    out = sched.before_backward_pass(0, 0, 1, task, return_loss_components=True, target=y)
+    exits = sum(float(c.value.detach()) for c in out.loss_components if c.name.startswith("exit"))
+    assert float(out.overall_loss.detach()) == pytest.approx(2.0 + 0.25 * float(task.detach()) + exits, rel=1e-5)
+
+
+def test_a_schedule_prunes_exit_branches_only_when_it_names_them():
+    from distill_ee.schedule import schedule_from_text
+
+    torch.manual_seed(0)
+    model = SmallNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    text = """
+early_exits:
+  branchy:
+    class: EarlyExit
+    exits:
+      exit1: {attach: conv1, branch: [{type: maxpool, kernel_size: 4}, flatten, linear], threshold: 1.0}
+pruners:
+  backbone:
+    class: SparsityLevelParameterPruner
+    levels: {conv2.weight: 0.5, fc.weight: 0.5}
+  branches:
+    class: SparsityLevelParameterPruner
+    levels: {'early_exits.*.weight': 0.5}
+policies:
+  - early_exit: {instance_name: branchy}
+    epochs: [0]
+  - pruner: {instance_name: backbone}
+    epochs: [0]
+"""
+    sched = schedule_from_text(model, opt, text, example_input=torch.zeros(1, *SHAPE))
+    sched.on_epoch_begin(0)
+    assert float((model.conv2.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    assert not torch.any(model.early_exits["exit1"][2].weight == 0)  # branch left alone
+    with_branches = text + "  - pruner: {instance_name: branches}\n    epochs: [0]\n"
+    torch.manual_seed(0)
+    model = SmallNet()
+    sched = schedule_from_text(model, torch.optim.SGD(model.parameters(), lr=0.1), with_branches,
+                               example_input=torch.zeros(1, *SHAPE))
+    sched.on_epoch_begin(0)
+    branch_weight = model.early_exits["exit1"][2].weight
+    assert float((branch_weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)

@@ -5,31 +5,13 @@ import torch
 from torch import nn
 
 from distill_ee.apputils.models.factory import require_no_pretrained
+from distill_ee.apputils.models.lenet import LeNet
 from distill_ee.registry import MODELS
 
 
-class Simplenet(nn.Module):
-    """conv 20@5x5 - pool - conv 50@5x5 - pool - fc1 500 - fc2, as in Distiller (28x28 input)."""
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 20, 5, 1)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(20, 50, 5, 1)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2, 2)
-        self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(4 * 4 * 50, 500)
-        self.relu3 = nn.ReLU()
-        self.fc2 = nn.Linear(500, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits."""
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        x = self.relu3(self.fc1(self.flatten(x)))
-        return self.fc2(x)
+class Simplenet(LeNet):
+    """Distiller's final simplenet_mnist is LeNet's layout: conv 20@5x5 - pool - conv 50@5x5 - pool - fc1 500 -
+    fc2 (28x28 input)."""
 
 
 class SimplenetV2(nn.Module):
@@ -37,12 +19,9 @@ class SimplenetV2(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 20, 5, 1)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(20, 50, 5, 1)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2, 2)
+        features = LeNet(num_classes, in_channels)
+        for name in ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2"):
+            self.add_module(name, getattr(features, name))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(50, num_classes)
