@@ -1,6 +1,6 @@
 """Early exit, measured: backbone vs. compute-every-exit vs. real early exit vs. the oracle time bound.
 
-    python benchmarks/early_exit_speed.py [--epochs 8] [--drop 0.5] [--skip-resnet] [--channels-last]
+    python benchmarks/early_exit_speed.py [--epochs 12] [--drop 0.25] [--skip-resnet] [--channels-last]
 
 1. lenet_mnist with one B-LeNet-style exit, trained here on the embedded MNIST digits (or --checkpoint from a
    compress_classifier.py run); thresholds are chosen on the validation split to keep top-1 within --drop
@@ -60,8 +60,13 @@ early_exits:
           - {type: linear}
         loss_weight: 1.0
         threshold: 0.05
+lr_schedulers:
+  step: {class: StepLR, step_size: 5, gamma: 0.3}
 policies:
   - early_exit: {instance_name: branchy}
+    starting_epoch: 0
+    ending_epoch: 1000
+  - lr_scheduler: {instance_name: step}
     starting_epoch: 0
     ending_epoch: 1000
 """
@@ -198,7 +203,7 @@ def resnet_rows(args: argparse.Namespace, thinned: bool) -> List[List[Any]]:
 def main() -> None:
     """Run the measurements and print one table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--checkpoint", default=None, help="lenet_mnist checkpoint with exits (skips training)")
     ap.add_argument("--drop", type=float, default=0.25,
                     help="max top-1 drop (points) on the 400-image validation split; half of the 0.5-point "

@@ -236,5 +236,13 @@ def _shrink(env: List[Any], slots: Sequence[int], keep: torch.Tensor) -> None:
         value = env[slot]
         key = id(value)
         if key not in done:
-            done[key] = value.index_select(0, keep)
+            done[key] = _select_rows(value, keep)
         env[slot] = done[key]
+
+
+def _select_rows(value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``value.index_select(0, keep)`` that keeps a channels_last layout (plain index_select returns NCHW,
+    which would make every later convolution convert its input back)."""
+    if value.dim() == 4 and not value.is_contiguous() and value.is_contiguous(memory_format=torch.channels_last):
+        return value.permute(0, 2, 3, 1).index_select(0, keep).permute(0, 3, 1, 2)
+    return value.index_select(0, keep)
