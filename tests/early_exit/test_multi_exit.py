@@ -146,3 +146,15 @@ def test_eval_inference_runs_without_autograd(request, ee):
 def test_stage_and_branch_counts_must_match():
     with pytest.raises(DistillEEError):
         MultiExitModel([nn.Identity()], [nn.Identity()], None, exit_names=["a"])  # type: ignore[arg-type]
+
+
+def test_channels_last_models_keep_their_layout_through_the_batch_shrink():
+    from distill_ee.early_exit.multi_exit import _select_rows
+
+    x = torch.randn(6, 4, 5, 5).contiguous(memory_format=torch.channels_last)
+    keep = torch.tensor([0, 3, 4])
+    rows = _select_rows(x, keep)
+    assert rows.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(rows, x[keep])
+    plain = torch.randn(6, 4, 5, 5)
+    assert torch.equal(_select_rows(plain, keep), plain[keep])
