@@ -17,12 +17,12 @@ size) and the MACs bound (backbone time x expected MACs / backbone MACs); effici
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 from typing import Any, List, Tuple
 
 import torch
+import yaml
 from tabulate import tabulate
 from torch import nn
 
@@ -70,17 +70,14 @@ policies:
     starting_epoch: 0
     ending_epoch: 1000
 """
-RESNET_EXITS = {
-    "criterion": "entropy",
-    "exits": {
-        "exit1": {"attach": "layer1", "branch": [
-            {"type": "conv", "out_channels": 32, "kernel_size": 3, "stride": 2, "padding": 1}, {"type": "bn"},
-            "relu", {"type": "adaptive_avgpool", "output_size": 1}, "flatten", {"type": "linear"}],
-            "threshold": 1.0},
-        "exit2": {"attach": "layer2", "branch": [{"type": "adaptive_avgpool", "output_size": 1}, "flatten",
-                                                   {"type": "linear"}], "threshold": 1.0},
-    },
-}
+RESNET_SCHEDULE = ROOT / "schedules" / "resnet20_cifar.earlyexit.yaml"
+
+
+def resnet_exit_config() -> dict:
+    """The exits of the ready resnet20_cifar schedule (after layer1 and layer2), without its class key."""
+    config = dict(yaml.safe_load(RESNET_SCHEDULE.read_text())["early_exits"]["exits"])
+    config.pop("class")
+    return config
 
 
 def train_lenet(epochs: int, seed: int) -> Tuple[nn.Module, EarlyExit, Any]:
@@ -140,7 +137,7 @@ def resnet_variant(thinned: bool, seed: int) -> Tuple[nn.Module, EarlyExit]:
                 with torch.no_grad():
                     module.weight[drop] = 0.0
         remove_filters(model, None)
-    policy = EarlyExit.from_config(copy.deepcopy(RESNET_EXITS), model, num_classes=10, input_shape=(3, 32, 32))
+    policy = EarlyExit.from_config(resnet_exit_config(), model, num_classes=10, input_shape=(3, 32, 32))
     return model, policy
 
 

@@ -25,7 +25,7 @@ from ..summaries import compute_table, model_table, sparsity_table, total_sparsi
 from .args import parse_args
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import dataset_info, load_dataset, make_loaders
-from .earlyexit_flags import shorthand_schedule
+from .earlyexit_flags import shorthand_config, shorthand_schedule
 from .models import create_model
 from .report import exit_policy, final_report
 from .run_dir import RunDir, setup_logging
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = args.dataset or "mnist5k"
     if args.compress:
         read_schedule(args.compress)  # validate structure before any work
+    if args.earlyexit_thresholds is not None or args.earlyexit_lossweights is not None:
+        shorthand_config(args.arch, args.earlyexit_thresholds, args.earlyexit_lossweights, args.epochs)
     info = dataset_info(dataset, args.data)
     seed_everything(args.seed, args.deterministic)
     model = create_model(args.arch, num_classes=info.num_classes, in_channels=info.input_shape[0],
@@ -225,9 +227,11 @@ def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Op
         is_best = best is None or score > best
         best = score if is_best else best
         _save(run_dir, args, epoch, model, optimizer, scheduler, best, is_best)
-        log.info("Epoch %d: train loss %.4f top1 %.2f | valid loss %.4f top1 %.2f | sparsity %.2f%% | %.1fs",
+        exits = "".join(f" | {k[len('train_'):-len('_top1')]} train top1 {v:.2f}" for k, v in row.items()
+                        if k.startswith("train_") and k.endswith("_top1") and k != "train_top1")
+        log.info("Epoch %d: train loss %.4f top1 %.2f | valid loss %.4f top1 %.2f%s | sparsity %.2f%% | %.1fs",
                  epoch, train["loss"], train["top1"], valid.get("loss", float("nan")),
-                 valid.get("top1", float("nan")), row["sparsity"], row["seconds"])
+                 valid.get("top1", float("nan")), exits, row["sparsity"], row["seconds"])
     return best
 
 

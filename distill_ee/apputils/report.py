@@ -54,8 +54,9 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
         _log_exits(summary["exits"])
         if not args.no_timing:
             timing = measure_speed(model, policy, test_loader, device)
-            if args.deterministic:
+            if args.deterministic:  # wall-clock figures would make summary.json differ between runs
                 run_dir.write_json("timing.json", timing)
+                summary["timing_file"] = "timing.json"
             else:
                 summary["timing"] = timing
             log.info("Wall-clock speedup of real early exit over the backbone: %s",

@@ -78,20 +78,10 @@ class GroupLassoRegularizer(Regularizer):
         strength, group_type = self.reg_regims[param_name]
         return strength, GROUP_LASSO_TYPES[group_type]
 
-    def loss(
-        self,
-        param: torch.Tensor,
-        param_name: str,
-        regularizer_loss: torch.Tensor,
-        zeros_mask_dict: Dict[str, ParameterMasker],
-    ) -> torch.Tensor:
-        """``regularizer_loss`` plus the group-lasso penalty of ``param``."""
-        if param_name not in self.reg_regims:
-            return regularizer_loss
+    def penalty(self, param: torch.Tensor, param_name: str) -> torch.Tensor:
+        """The group-lasso penalty of ``param`` over each of its structures."""
         strength, structures = self.structures(param_name)
-        for structure in structures:
-            regularizer_loss = regularizer_loss + group_lasso_penalty(param, structure, strength)
-        return regularizer_loss
+        return sum(group_lasso_penalty(param, structure, strength) for structure in structures)
 
     def threshold(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Dict[str, ParameterMasker]) -> None:
         """Set a regularization mask zeroing the weak groups of ``param`` (nothing when none is weak)."""

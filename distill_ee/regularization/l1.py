@@ -31,17 +31,9 @@ class L1Regularizer(Regularizer):
         regims = check_number_map(f"L1Regularizer {name!r}", "reg_regims", reg_regims)
         super().__init__(name, model, regims, threshold_criteria)
 
-    def loss(
-        self,
-        param: torch.Tensor,
-        param_name: str,
-        regularizer_loss: torch.Tensor,
-        zeros_mask_dict: Dict[str, ParameterMasker],
-    ) -> torch.Tensor:
-        """``regularizer_loss + strength * sum(|param|)`` for a regularized weight."""
-        if param_name not in self.reg_regims:
-            return regularizer_loss
-        return regularizer_loss + param.abs().sum() * self.reg_regims[param_name]
+    def penalty(self, param: torch.Tensor, param_name: str) -> torch.Tensor:
+        """``strength * sum(|param|)``."""
+        return param.abs().sum() * self.reg_regims[param_name]
 
     def threshold(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Dict[str, ParameterMasker]) -> None:
         """Set a regularization mask keeping the elements above the weight's strength."""

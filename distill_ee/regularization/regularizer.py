@@ -52,6 +52,12 @@ class Regularizer:
         zeros_mask_dict: Dict[str, ParameterMasker],
     ) -> torch.Tensor:
         """``regularizer_loss`` plus the penalty of ``param`` (unchanged for a weight not regularized)."""
+        if param_name not in self.reg_regims:
+            return regularizer_loss
+        return regularizer_loss + self.penalty(param, param_name)
+
+    def penalty(self, param: torch.Tensor, param_name: str) -> torch.Tensor:
+        """The penalty term of one regularized weight."""
         raise NotImplementedError
 
     def threshold(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Dict[str, ParameterMasker]) -> None:

@@ -137,3 +137,17 @@ def test_a_dense_checkpoint_fine_tunes_under_a_schedule_that_adds_exits(tmp_path
     summary = json.loads(next((tmp_path / "tuned").glob("tuned___*/summary.json")).read_text())
     assert [e["name"] for e in summary["exits"]] == ["exit1", "final"]
     assert "calibration" not in summary
+
+
+def test_distillers_earlyexit_flags_attach_the_archs_default_exits(tmp_path, capsys):
+    args = ["--arch", "lenet_mnist", "--earlyexit_thresholds", "0.5", "--earlyexit_lossweights", "0.3",
+            "--epochs", "1", "-b", "256", "--no-timing", "-o", str(tmp_path), "-n", "flags"]
+    assert main(args) == 0
+    run = next(tmp_path.glob("flags___*"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert [e["name"] for e in summary["exits"]] == ["exit1", "final"]
+    assert summary["exits"][0]["threshold"] == 0.5
+    assert "final_loss_weight: auto" in (run / "earlyexit_schedule.yaml").read_text()
+    assert main(["--arch", "lenet_mnist", "--earlyexit_thresholds", "0.5", "0.2", "--earlyexit_lossweights",
+                 "0.3", "-o", str(tmp_path)]) == 2
+    assert "has 1 default exit(s)" in capsys.readouterr().err
