@@ -28,16 +28,17 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill_ee.apputils.checkpoint import load_checkpoint  # noqa: E402
+from distill_ee.apputils.calibration import parse_target  # noqa: E402
 from distill_ee.apputils.datasets import load_dataset, make_loaders  # noqa: E402
 from distill_ee.apputils.models import create_model  # noqa: E402
+from distill_ee.apputils.timing import compare_speed  # noqa: E402
 from distill_ee.apputils.train import evaluate, train_one_epoch  # noqa: E402
-from distill_ee.early_exit.calibrate import calibrate_policy, parse_target  # noqa: E402
+from distill_ee.checkpoint import load_checkpoint  # noqa: E402
+from distill_ee.early_exit.calibrate import calibrate_exits  # noqa: E402
 from distill_ee.early_exit.cost import exit_macs  # noqa: E402
 from distill_ee.early_exit.decisions import decide_exits  # noqa: E402
+from distill_ee.early_exit.exits import EarlyExits  # noqa: E402
 from distill_ee.early_exit.stats import collect_exit_logits, expected_macs, exit_statistics  # noqa: E402
-from distill_ee.early_exit.timing import compare_speed  # noqa: E402
-from distill_ee.policies.early_exit import EarlyExit, rebuild_exits  # noqa: E402
 from distill_ee.schedule import schedule_from_text  # noqa: E402
 from distill_ee.summaries import total_macs  # noqa: E402
 from distill_ee.thinning import remove_filters  # noqa: E402
@@ -80,7 +81,7 @@ def resnet_exit_config() -> dict:
     return config
 
 
-def train_lenet(epochs: int, seed: int) -> Tuple[nn.Module, EarlyExit, Any]:
+def train_lenet(epochs: int, seed: int) -> Tuple[nn.Module, EarlyExits, Any]:
     """lenet_mnist + one exit, trained jointly on the embedded MNIST."""
     torch.manual_seed(seed)
     splits = load_dataset("mnist5k", valid_size=0.1)
@@ -93,22 +94,21 @@ def train_lenet(epochs: int, seed: int) -> Tuple[nn.Module, EarlyExit, Any]:
         sched.on_epoch_begin(epoch, opt)
         train_one_epoch(model, loaders[0], crit, opt, sched, epoch, torch.device("cpu"), print_freq=10 ** 6)
         sched.on_epoch_end(epoch, opt, metrics={})
-    return model, sched.find("early_exit")[0], loaders
+    return model, sched.find("early_exit")[0].exits, loaders
 
 
-def load_lenet(path: str, seed: int) -> Tuple[nn.Module, EarlyExit, Any]:
+def load_lenet(path: str, seed: int) -> Tuple[nn.Module, EarlyExits, Any]:
     """lenet_mnist and its exits from a compress_classifier.py checkpoint."""
-    ckpt = load_checkpoint(path)
     model = create_model("lenet_mnist", 10, 1)
-    policy = rebuild_exits(model, ckpt["early_exit"])
-    model.load_state_dict(ckpt["state_dict"])
+    load_checkpoint(model, path)
+    policy = EarlyExits.of(model)
     splits = load_dataset("mnist5k", valid_size=0.1)
     return model, policy, make_loaders(splits, 64, seed=seed)
 
 
-def choose_threshold(policy: EarlyExit, valid_loader: Any, drop: float) -> float:
+def choose_threshold(exits: EarlyExits, valid_loader: Any, drop: float) -> float:
     """Calibrate on the validation split: fewest MACs with top-1 within ``drop`` points of the final exit."""
-    return calibrate_policy(policy, valid_loader, parse_target(f"drop={drop}")).thresholds[0]
+    return calibrate_exits(exits, valid_loader, parse_target(f"drop={drop}")).thresholds[0]
 
 
 def quantile_thresholds(multi: Any, inputs: torch.Tensor, shares: List[float]) -> List[float]:
@@ -125,7 +125,7 @@ def quantile_thresholds(multi: Any, inputs: torch.Tensor, shares: List[float]) -
     return thresholds
 
 
-def resnet_variant(thinned: bool, seed: int) -> Tuple[nn.Module, EarlyExit]:
+def resnet_variant(thinned: bool, seed: int) -> Tuple[nn.Module, EarlyExits]:
     """resnet20_cifar with two exits; optionally 50% of the layerX.Y.conv1 filters pruned and removed."""
     torch.manual_seed(seed)
     model = create_model("resnet20_cifar", 10, 3)
@@ -137,7 +137,7 @@ def resnet_variant(thinned: bool, seed: int) -> Tuple[nn.Module, EarlyExit]:
                 with torch.no_grad():
                     module.weight[drop] = 0.0
         remove_filters(model, None)
-    policy = EarlyExit.from_config(resnet_exit_config(), model, num_classes=10, input_shape=(3, 32, 32))
+    policy = EarlyExits.from_config(resnet_exit_config(), model, num_classes=10, input_shape=(3, 32, 32))
     return model, policy
 
 

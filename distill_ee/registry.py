@@ -1,8 +1,14 @@
-"""Name -> class registries for everything a schedule or the command line may name."""
+"""Name -> class registries for everything a schedule may name, and the schedule's sections.
+
+Built-in classes register themselves with a decorator when their module is imported (``components.py``
+lists those modules); third-party classes do the same from a module named by an entry point of the
+``distill_ee.plugins`` group.
+"""
 from __future__ import annotations
 
 import difflib
 import fnmatch
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
 
 from .errors import DistillEEError
@@ -63,6 +69,13 @@ class Registry:
         for alias in aliases:
             self._aliases[alias] = name
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` and its aliases (a plugin being unloaded, a test cleaning up)."""
+        name = self.canonical(name)
+        del self._entries[name]
+        for alias in [a for a, target in self._aliases.items() if target == name]:
+            del self._aliases[alias]
+
     def canonical(self, name: str) -> str:
         """The registered name behind ``name`` (resolving aliases); raises UnknownNameError."""
         if name in self._entries:
@@ -97,5 +110,42 @@ EXTENSIONS = Registry("extension")
 EARLY_EXITS = Registry("early-exit class")
 EXIT_CRITERIA = Registry("exit criterion")
 BRANCH_LAYERS = Registry("branch layer")
-MODELS = Registry("architecture")
-DATASETS = Registry("dataset")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A top-level section of a schedule: its components' registry and how a policy entry schedules them.
+
+    ``policy`` is the Policy class whose ``from_component(component, args, name)`` wraps an instance of the
+    section for a policy entry, with ``policy.Args`` (a dataclass of annotated fields, or None) declaring the
+    entry's ``args``; without ``policy`` the component is itself the policy and takes no ``args``.
+    Sections are listed by ``order``; components are built by ``build_order`` (lower first: sections that
+    add modules come before those that name the model's parameters).
+    """
+
+    name: str
+    policy_key: str
+    registry: Registry
+    order: int
+    policy: Optional[Any] = None
+    build_order: int = 100
+
+    @property
+    def policy_args(self) -> List[str]:
+        """Names of the ``args`` a policy entry of this section may give, in declaration order."""
+        fields = getattr(getattr(self.policy, "Args", None), "__dataclass_fields__", None) or {}
+        return list(fields)
+
+
+SECTIONS = Registry("schedule section")
+
+
+def add_section(section: Section) -> Section:
+    """Register a schedule section (done by the module that owns its policy)."""
+    SECTIONS.add(section.name, section)
+    return section
+
+
+def sections() -> List[Section]:
+    """Every registered section in the order schedules list them."""
+    return sorted((SECTIONS.get(n) for n in SECTIONS.names()), key=lambda s: s.order)

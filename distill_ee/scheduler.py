@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .policies.base import HookContext, LossComponent, Policy, PolicyLoss
-from .pruning.masks import ParameterMasker, apply_masks, create_masks
+from .pruning.masks import MaskDict, ParameterMasker, apply_masks, create_masks
 
 
 class ScheduledPolicy:
@@ -32,19 +32,24 @@ class ScheduledPolicy:
                  frequency: Optional[int]):
         self.policy = policy
         self.epochs = set(epochs)
-        policy.starting_epoch = starting_epoch
-        policy.ending_epoch = ending_epoch
-        policy.frequency = frequency
+        policy.set_window(starting_epoch, ending_epoch, frequency, epochs)
 
 
 class CompressionScheduler:
-    """Runs the scheduled policies at the hooks of a standard training loop and owns the pruning masks."""
+    """Runs the scheduled policies at the hooks of a standard training loop and owns the pruning masks.
+
+    It listens to its mask dict: code that replaces parameters (thinning) and holds the masks tells it
+    through ``masks.parameters_replaced()``, and it re-reads the model's parameters. ``components`` holds the
+    schedule's built components by section and instance name.
+    """
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None):
         self.model = model
         self.optimizer = optimizer
         self.scheduled: List[ScheduledPolicy] = []
-        self.zeros_mask_dict: Dict[str, ParameterMasker] = create_masks(model)
+        self.components: Dict[str, Dict[str, Any]] = {}
+        self.zeros_mask_dict: MaskDict = create_masks(model)
+        self.zeros_mask_dict.listeners.append(self.refresh_parameters)
         self._params: Dict[str, torch.Tensor] = dict(model.named_parameters())
         self._due_epoch: Optional[int] = None
         self._applied_at = -1  # ParameterMasker.changes when all masks were last applied
@@ -72,8 +77,16 @@ class CompressionScheduler:
         for name in [n for n in self.zeros_mask_dict if n not in self._params]:
             del self.zeros_mask_dict[name]
 
+    def add_component(self, section: str, name: str, component: Any) -> None:
+        """Record a built component of the schedule (``components[section][name]``)."""
+        self.components.setdefault(section, {})[name] = component
+
+    def component(self, section: str, name: str) -> Any:
+        """The built component ``name`` of ``section``."""
+        return self.components[section][name]
+
     @property
-    def masks(self) -> Dict[str, ParameterMasker]:
+    def masks(self) -> MaskDict:
         """The masks by parameter name (Distiller calls this ``zeros_mask_dict``)."""
         return self.zeros_mask_dict
 
@@ -93,7 +106,7 @@ class CompressionScheduler:
     # ----------------------------------------------------------------- hooks
     def _ctx(self, epoch: int, optimizer: Optional[torch.optim.Optimizer], **kw: Any) -> HookContext:
         return HookContext(epoch=epoch, model=self.model, optimizer=optimizer or self.optimizer,
-                           masks=self.zeros_mask_dict, **kw)
+                           masks=self.zeros_mask_dict, scheduler=self, **kw)
 
     def on_epoch_begin(self, epoch: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """Start of an epoch: due policies may (re)compute masks, attach behaviour, change the LR."""

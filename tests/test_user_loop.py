@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import distill_ee
-from distill_ee.apputils.checkpoint import load_checkpoint, save_checkpoint
+from distill_ee.checkpoint import read_checkpoint, write_checkpoint
 
 SCHEDULE = """
 version: 1
@@ -98,12 +98,12 @@ def test_a_resumed_run_ends_with_exactly_the_weights_and_masks_of_an_uninterrupt
     model_b, opt_b, sched_b = setup(tmp_path)
     train(model_b, opt_b, sched_b, 3)
     ckpt = tmp_path / "checkpoint.pth.tar"
-    save_checkpoint(ckpt, {"epoch": 2, "state_dict": model_b.state_dict(), "optimizer": opt_b.state_dict(),
+    write_checkpoint(ckpt, {"epoch": 2, "state_dict": model_b.state_dict(), "optimizer": opt_b.state_dict(),
                            "compression_sched": sched_b.state_dict()})
     del model_b, opt_b, sched_b
 
     model_c, opt_c, sched_c = setup(tmp_path)
-    state = load_checkpoint(ckpt)
+    state = read_checkpoint(ckpt)
     model_c.load_state_dict(state["state_dict"])
     opt_c.load_state_dict(state["optimizer"])
     sched_c.load_state_dict(state["compression_sched"])

@@ -13,22 +13,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, DistillEEError
-from ..early_exit.calibrate import run_calibration
+from ..checkpoint import OptimizerStateError, load_checkpoint, read_checkpoint, save_checkpoint
+from ..early_exit.exits import EarlyExits, backbone_parameters
 from ..early_exit.export import export_torchscript
-from ..policies.early_exit import attach_saved_exits
-from ..sensitivity import run_sensitivity, sensitivity_levels
-from ..thinning import apply_thinning_recipes, thinning_recipes
+from ..errors import CheckpointError, ConfigError, DistillEEError
 from ..schedule import load_schedule, read_schedule
 from ..scheduler import CompressionScheduler
 from ..summaries import compute_table, model_table, sparsity_table, total_sparsity
 from .args import parse_args
-from .checkpoint import load_checkpoint, save_checkpoint
+from .calibration import run_calibration
 from .datasets import dataset_info, load_dataset, make_loaders
 from .earlyexit_flags import shorthand_config, shorthand_schedule
 from .models import create_model
-from .report import exit_policy, final_report
+from .report import final_report
 from .run_dir import RunDir, setup_logging
+from .sensitivity_files import run_sensitivity, sensitivity_levels
 from .train import evaluate, train_one_epoch
 
 log = logging.getLogger("distill_ee")
@@ -96,9 +95,8 @@ def run(args: argparse.Namespace) -> int:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = _make_scheduler(args, model, optimizer, example.to(device), run_dir)
-    ckpt = load_checkpoint(args.resume_from) if args.resume_from else None
-    exits = _restore_structure(args, ckpt, model, optimizer, scheduler, device)
-    start_epoch, best = _resume(args, ckpt, model, optimizer, scheduler)
+    start_epoch, best = _resume(args, model, optimizer, scheduler, device)
+    exits = EarlyExits.of(model)
     criterion = nn.CrossEntropyLoss().to(device)
     if args.sense:
         return _sensitivity(args, model, loaders, criterion, device, run_dir)
@@ -109,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                            exits=exits)
     summary.update(calibration)
     if args.ee_export:
-        summary["torchscript"] = _export(scheduler, exits, run_dir)
+        summary["torchscript"] = _export(exits, run_dir)
     if calibration and not args.evaluate:
         _save(run_dir, args, max(args.epochs - 1, start_epoch), model, optimizer, scheduler, best, False,
               extra=calibration)
@@ -146,63 +144,33 @@ def _make_scheduler(args: argparse.Namespace, model: nn.Module, optimizer: torch
     return scheduler
 
 
-def _load_weights(path: str, model: nn.Module, ckpt: Dict[str, Any]) -> None:
-    """Load the checkpoint's weights; exits the schedule newly attached may be missing from it."""
-    if "state_dict" not in ckpt:
-        raise CheckpointError(f"{path}: the checkpoint has no 'state_dict'")
-    try:
-        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise CheckpointError(f"{path}: weights do not fit this model: {lines[-1] if lines else exc}") from None
-    missing = [k for k in missing if not k.startswith("early_exits.")]
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise CheckpointError(f"{path}: weights do not fit this model ({what})")
-
-
-def _restore_structure(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], model: nn.Module,
-                       optimizer: torch.optim.Optimizer, scheduler: Optional[CompressionScheduler],
-                       device: torch.device) -> Any:
-    """Give the model the shape the checkpoint was saved with: thinned layers, and exits re-attached when
-    no schedule has them."""
-    if ckpt is None:
-        return None
-    if ckpt.get("arch") != args.arch:
-        raise CheckpointError(f"{args.resume_from}: checkpoint is for --arch {ckpt.get('arch')!r}, "
+def _resume(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Optional[CompressionScheduler], device: torch.device) -> tuple:
+    """Give the model the checkpoint's structure (exits, thinning) and weights; the epoch to start at and the
+    best score so far (a fresh start with --reset-optimizer, --evaluate and --sense)."""
+    if not args.resume_from:
+        return 0, None
+    state = read_checkpoint(args.resume_from)
+    if state.get("arch") != args.arch:
+        raise CheckpointError(f"{args.resume_from}: checkpoint is for --arch {state.get('arch')!r}, "
                               f"not {args.arch!r}")
-    policy = None
-    if "early_exit" in ckpt and not (scheduler and scheduler.find("early_exit")):
-        policy = attach_saved_exits(model, ckpt["early_exit"])
-    if ckpt.get("thinning_recipes"):
-        apply_thinning_recipes(model, ckpt["thinning_recipes"], optimizer, scheduler.masks if scheduler else None)
-        log.info("Applied %d thinning recipe(s) from the checkpoint", len(ckpt["thinning_recipes"]))
-    if policy is not None:
-        policy.load_state_dict(ckpt["early_exit"])  # branch weights fit only after the recipes ran
-        model.to(device)
-        log.info("Rebuilt early exits %s from the checkpoint", policy.exit_names)
-    return policy
-
-
-def _resume(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], model: nn.Module,
-            optimizer: torch.optim.Optimizer, scheduler: Optional[CompressionScheduler]) -> tuple:
-    if ckpt is None:
+    fresh = bool(args.reset_optimizer or args.evaluate or args.sense)
+    try:
+        restored = load_checkpoint(model, state, optimizer=optimizer, scheduler=scheduler,
+                                   restore_optimizer=not fresh, strict_schedule=not fresh)
+    except OptimizerStateError as err:
+        raise CheckpointError(f"{args.resume_from}: {err}; use --reset-optimizer") from None
+    except CheckpointError as err:
+        raise CheckpointError(f"{args.resume_from}: {err}") from None
+    model.to(device)
+    if restored.replayed:
+        log.info("Rebuilt %d structure step(s) from the checkpoint", len(restored.replayed))
+    if fresh:
         return 0, None
-    _load_weights(args.resume_from, model, ckpt)
-    if scheduler is not None and "compression_sched" in ckpt:
-        scheduler.load_state_dict(ckpt["compression_sched"], strict=not (args.reset_optimizer or args.evaluate))
-    if args.reset_optimizer or args.evaluate or args.sense:
-        return 0, None
-    if "optimizer" in ckpt:
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{args.resume_from}: optimizer state does not fit ({exc}); "
-                                  "use --reset-optimizer") from None
-    if "rng_state" in ckpt:
-        torch.set_rng_state(ckpt["rng_state"])
-    log.info("Resumed from %s at epoch %d", args.resume_from, ckpt["epoch"] + 1)
-    return ckpt["epoch"] + 1, ckpt.get("best_top1")
+    if "rng_state" in state:
+        torch.set_rng_state(state["rng_state"])
+    log.info("Resumed from %s at epoch %d", args.resume_from, state["epoch"] + 1)
+    return state["epoch"] + 1, state.get("best_top1")
 
 
 def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -242,11 +210,10 @@ def _reseed_order(loader: Any, seed: Optional[int], epoch: int) -> None:
         generator.manual_seed(seed * 1000003 + epoch)
 
 
-def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionScheduler], exits: Any,
+def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionScheduler], exits: Optional[EarlyExits],
                loaders: tuple, run_dir: RunDir) -> Dict[str, Any]:
     """Choose exit thresholds on the validation split: when asked, or after pruning changed the backbone."""
-    policy = exit_policy(scheduler, exits)
-    if policy is None:
+    if exits is None:
         if args.ee_calibrate:
             raise ConfigError("--ee-calibrate needs early exits (in the schedule or the checkpoint)")
         return {}
@@ -261,7 +228,7 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
         return {}
     _, valid_loader, test_loader = loaders
     try:
-        out = run_calibration(policy, valid_loader, test_loader, target, str(run_dir.path),
+        out = run_calibration(exits, valid_loader, test_loader, target, str(run_dir.path),
                               masks=scheduler.masks if scheduler else None, temperature=args.ee_temperature)
     except ConfigError as exc:
         if args.ee_calibrate is not None:
@@ -276,12 +243,11 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
     return out
 
 
-def _export(scheduler: Optional[CompressionScheduler], exits: Any, run_dir: RunDir) -> List[str]:
+def _export(exits: Optional[EarlyExits], run_dir: RunDir) -> List[str]:
     """TorchScript stages and branches of the multi-exit model, for deployment without distill_ee's Python."""
-    policy = exit_policy(scheduler, exits)
-    if policy is None:
+    if exits is None:
         raise ConfigError("--ee-export needs early exits (in the schedule or the checkpoint)")
-    paths = export_torchscript(policy.multi_exit_model().eval(), run_dir.file("torchscript"))
+    paths = export_torchscript(exits.multi_exit_model().eval(), run_dir.file("torchscript"))
     log.info("Exported %d TorchScript files to %s", len(paths), run_dir.file("torchscript"))
     return [str(p.relative_to(run_dir.path)) for p in paths]
 
@@ -292,7 +258,7 @@ def _sensitivity(args: argparse.Namespace, model: nn.Module, loaders: tuple, cri
     _, valid_loader, test_loader = loaders
     loader = valid_loader if valid_loader is not None else test_loader
     sparsities = sensitivity_levels(*args.sense_range)
-    params = [n for n, p in model.named_parameters() if p.dim() in (2, 4) and not n.startswith("early_exits.")]
+    params = [n for n, p in backbone_parameters(model) if p.dim() in (2, 4)]
 
     def test_func(m: nn.Module) -> tuple:
         r = evaluate(m, loader, criterion, device, desc="sensitivity", print_freq=10 ** 9)
@@ -319,14 +285,8 @@ def _epoch_row(epoch: int, optimizer: torch.optim.Optimizer, model: nn.Module,
 def _save(run_dir: RunDir, args: argparse.Namespace, epoch: int, model: nn.Module,
           optimizer: torch.optim.Optimizer, scheduler: Optional[CompressionScheduler], best: Optional[float],
           is_best: bool, extra: Optional[Dict[str, Any]] = None) -> None:
-    state = {"epoch": epoch, "arch": args.arch, "dataset": args.dataset or "mnist5k",
-             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "best_top1": best,
-             "rng_state": torch.get_rng_state(), "thinning_recipes": thinning_recipes(model)}
-    state.update(extra or {})
-    if scheduler is not None:
-        state["compression_sched"] = scheduler.state_dict()
-        for policy in scheduler.find("early_exit")[:1]:
-            state["early_exit"] = policy.state_dict()
-    save_checkpoint(run_dir.file("checkpoint.pth.tar"), state)
+    meta = {"epoch": epoch, "arch": args.arch, "dataset": args.dataset or "mnist5k", "best_top1": best,
+            "rng_state": torch.get_rng_state(), **(extra or {})}
+    save_checkpoint(run_dir.file("checkpoint.pth.tar"), model, optimizer=optimizer, scheduler=scheduler, **meta)
     if is_best:
-        save_checkpoint(run_dir.file("best.pth.tar"), state)
+        save_checkpoint(run_dir.file("best.pth.tar"), model, optimizer=optimizer, scheduler=scheduler, **meta)

@@ -10,6 +10,7 @@ import torch
 from tabulate import tabulate
 from torch import nn
 
+from ..early_exit.exits import EarlyExits
 from ..early_exit.stats import expected_macs, overall_top1
 from ..scheduler import CompressionScheduler
 from ..summaries import compute_table, params_nnz, sparsity_table, total_macs, total_sparsity
@@ -19,18 +20,10 @@ from .train import evaluate
 log = logging.getLogger("distill_ee")
 
 
-def exit_policy(scheduler: Optional[CompressionScheduler], standalone: Any = None) -> Any:
-    """The run's EarlyExit policy, from the schedule or rebuilt from a checkpoint; None without exits."""
-    if standalone is not None:
-        return standalone
-    found = scheduler.find("early_exit") if scheduler else []
-    return found[0] if found else None
-
-
 def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
                  scheduler: Optional[CompressionScheduler], loaders: tuple, criterion: nn.Module,
                  device: torch.device, example: torch.Tensor, run_dir: RunDir,
-                 exits: Any = None) -> Dict[str, Any]:
+                 exits: Optional[EarlyExits] = None) -> Dict[str, Any]:
     """Evaluate on the test split and assemble the summary (and log the tables)."""
     _, valid_loader, test_loader = loaders
     masks = scheduler.masks if scheduler else None
@@ -48,12 +41,11 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
         "exits": [{"name": "final", "threshold": None, "taken_pct": 100.0, "top1_taken": test["top1"],
                    "top1_if_all_exit_here": test["top1"], "macs": dense}],
     }
-    policy = exit_policy(scheduler, exits)
-    if policy is not None:
-        summary.update(_exit_summary(policy, test_loader, valid_loader, masks, dense))
+    if exits is not None:
+        summary.update(_exit_summary(exits, test_loader, valid_loader, masks, dense))
         _log_exits(summary["exits"])
         if not args.no_timing:
-            timing = measure_speed(model, policy, test_loader, device)
+            timing = measure_speed(model, exits, test_loader, device)
             if args.deterministic:  # wall-clock figures would make summary.json differ between runs
                 run_dir.write_json("timing.json", timing)
                 summary["timing_file"] = "timing.json"
@@ -67,9 +59,9 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
     return summary
 
 
-def _exit_summary(policy: Any, test_loader: Any, valid_loader: Any, masks: Any, dense: int) -> Dict[str, Any]:
-    rows = policy.evaluate(test_loader, masks)
-    effective_rows = policy.evaluate(test_loader, masks, effective=True)
+def _exit_summary(exits: EarlyExits, test_loader: Any, valid_loader: Any, masks: Any, dense: int) -> Dict[str, Any]:
+    rows = exits.evaluate(test_loader, masks)
+    effective_rows = exits.evaluate(test_loader, masks, effective=True)
     for row, eff in zip(rows, effective_rows):
         row["macs_effective"] = eff["macs"]
     out: Dict[str, Any] = {
@@ -77,11 +69,11 @@ def _exit_summary(policy: Any, test_loader: Any, valid_loader: Any, masks: Any, 
         "macs_expected": expected_macs(rows),
         "macs_expected_effective": expected_macs(effective_rows),
         "theoretical_speedup": dense / max(expected_macs(rows), 1.0),
-        "criteria": list(policy.criteria),
+        "criteria": list(exits.criteria),
         "exits": rows,
     }
     if valid_loader is not None:
-        valid_rows = policy.evaluate(valid_loader, masks)
+        valid_rows = exits.evaluate(valid_loader, masks)
         out["valid_top1"] = overall_top1(valid_rows)
         out["valid_exits"] = valid_rows
     return out
@@ -97,11 +89,11 @@ def _log_exits(rows: List[Dict[str, Any]]) -> None:
 
 
 @torch.inference_mode()
-def measure_speed(model: nn.Module, policy: Any, loader: Any, device: torch.device,
+def measure_speed(model: nn.Module, exits: EarlyExits, loader: Any, device: torch.device,
                   batch_sizes: tuple = (256, 1), max_single: int = 300, repeats: int = 3) -> Dict[str, Any]:
     """Wall-clock time of the backbone vs. real early exit on the test inputs, per batch size."""
     inputs = torch.cat([x for x, _ in loader]).to(device)
-    multi = policy.multi_exit_model().eval()
+    multi = exits.multi_exit_model().eval()
     model.eval()
     out: Dict[str, Any] = {}
     for bs in batch_sizes:

@@ -3,45 +3,38 @@
 * ``spec``        the ``early_exits`` schedule section, validated into dataclasses
 * ``branch``      branch layer types (BRANCH_LAYERS) and the branch builder with shape inference
 * ``criteria``    exit criteria (EXIT_CRITERIA): entropy, max_prob, margin, patience
-* ``attach``      branches registered on a live model, forward hooks for joint training
+* ``exit_set``    ExitSet: the module holding a model's branches, attach points, criteria and thresholds
+* ``attach``      attaching an ExitSet to a live model (with its structure step); ``hooks``: training hooks
+* ``exits``       EarlyExits: the exits of a model as a schedule component and for inference
 * ``staging``     the backbone cut into stages at the attach points (torch.fx, or a child list)
 * ``multi_exit``  MultiExitModel: real early exit (shrinking batch) and simulated inference
 * ``decisions``   simulated exit decisions from every exit's logits
 * ``stats``, ``cost``  per-exit statistics and MACs
 * ``export``      TorchScript export and the driver that runs it
-* ``calibrate``, ``tradeoff``, ``temperature``, ``timing``  threshold calibration on a validation split and
-  speed measurements (imported on their own)
+* ``calibrate``, ``tradeoff``, ``temperature``  threshold calibration on a validation split
 
-The scheduled policy is ``distill_ee.policies.early_exit.EarlyExit`` (also reachable here, with
-``rebuild_exits``, as ``distill_ee.early_exit.EarlyExit``).
+The training policy is ``distill_ee.policies.early_exit.EarlyExitPolicy``.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from .attach import EXITS_ATTR, ExitAttachment, ExitSet, attach_exits
+from .attach import attach_exits, detach_exits
 from .branch import LayerSpec, build_branch
 from .cost import exit_macs, stage_macs
 from .criteria import ExitCriterion, criteria_list, get_criterion
 from .decisions import decide_exits, exit_counts
+from .exit_set import EXITS_ATTR, ExitSet, exits_of
+from .exits import EarlyExits, backbone_parameters
 from .export import export_torchscript, load_exported
+from .hooks import ExitHooks
 from .multi_exit import MultiExitModel
 from .spec import EarlyExitSpec, ExitSpec, LossWeight, parse_early_exit_config
 from .staging import StagePlan, split_model
 from .stats import collect_exit_logits, exit_statistics, expected_macs, overall_top1
 
 __all__ = [
-    "EXITS_ATTR", "EarlyExitSpec", "ExitAttachment", "ExitCriterion", "ExitSet", "ExitSpec", "LayerSpec",
-    "LossWeight", "MultiExitModel", "StagePlan", "attach_exits", "build_branch", "collect_exit_logits",
-    "criteria_list", "decide_exits", "exit_counts", "exit_macs", "exit_statistics", "expected_macs",
-    "export_torchscript", "get_criterion", "load_exported", "overall_top1", "parse_early_exit_config",
-    "split_model", "stage_macs", "EarlyExit", "rebuild_exits",
+    "EXITS_ATTR", "EarlyExitSpec", "EarlyExits", "ExitCriterion", "ExitHooks", "ExitSet", "ExitSpec",
+    "LayerSpec", "LossWeight", "MultiExitModel", "StagePlan", "attach_exits", "backbone_parameters",
+    "build_branch", "collect_exit_logits", "criteria_list", "decide_exits", "detach_exits", "exit_counts",
+    "exit_macs", "exit_statistics", "exits_of", "expected_macs", "export_torchscript", "get_criterion",
+    "load_exported", "overall_top1", "parse_early_exit_config", "split_model", "stage_macs",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """``EarlyExit`` and ``rebuild_exits`` live with the policies; imported on first use (no import cycle)."""
-    if name in ("EarlyExit", "rebuild_exits"):
-        from ..policies import early_exit as policy_module
-        return getattr(policy_module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,11 @@
-"""Attaching exit branches to a live model for joint training, without renaming the backbone's parameters.
+"""Attaching exit branches to a live model, without renaming the backbone's parameters.
 
-The branches become one submodule of the model, ``model.early_exits`` (an nn.ModuleDict: exit name ->
-nn.Sequential), so the backbone's parameter names are unchanged and the branch weights travel with
-``model.state_dict()``. A forward hook on each attach module runs its branch during the ordinary ``model(x)``
-and keeps the logits until the loss asks for them. The hooks exist only while enabled (the policy enables
-them in its due epochs), and even then they do nothing when autograd is off (validation), so branches
-cost nothing outside training.
+``attach_exits`` probes the backbone with one dummy batch (each attach module must run once and output a
+batched tensor, exits in forward order), builds every branch with its input size inferred, registers the
+branches as ``model.early_exits`` (an ``ExitSet``) and records the structure step that rebuilds them on a
+fresh model (``{"kind": "early_exits", ...}``). ``detach_exits`` removes them again. Training runs the
+branches through forward hooks (``hooks.ExitHooks``); inference cuts the model into stages
+(``multi_exit.MultiExitModel``).
 """
 from __future__ import annotations
 
@@ -16,87 +16,26 @@ import torch
 from torch import nn
 
 from ..errors import DistillEEError, ScheduleError
+from ..modules import eval_mode, example_input, module_names, resolve_name, strip_module_prefix
 from ..registry import suggest
+from ..structure import forget_step, record_step, structure_steps
 from .branch import build_branch, format_shape
+from .exit_set import EXITS_ATTR, ExitSet, exits_of
 from .spec import EarlyExitSpec
 
-#: the attribute of the user's model that holds the branches
-EXITS_ATTR = "early_exits"
-
-
-@dataclass
-class ExitSet:
-    """Built exits of one model: names, resolved attach modules and branches, in depth order."""
-
-    names: List[str]
-    attach: List[str]
-    branches: nn.ModuleDict
-    num_classes: int
-    input_shape: Tuple[int, ...]
-    final_name: str = "final"
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def branch_list(self) -> List[nn.Module]:
-        """The branch modules in exit order."""
-        return [self.branches[n] for n in self.names]
-
-    @property
-    def output_names(self) -> List[str]:
-        """Exit names followed by the final classifier's name."""
-        return [*self.names, self.final_name]
+#: the kind of the structure step that attaches exits
+EXITS_STEP = "early_exits"
 
 
 # --------------------------------------------------------------------------- names
-def strip_module_prefix(name: str) -> str:
-    """Drop DataParallel's ``module`` path components (``module.layer1.0`` -> ``layer1.0``)."""
-    return ".".join(part for part in name.split(".") if part != "module")
-
-
 def resolve_module_name(model: nn.Module, name: str, path: str = "attach") -> str:
     """The model's own name for module ``name`` (tolerating ``module.`` prefixes); ScheduleError otherwise."""
-    names = [n for n, _ in model.named_modules() if n]
-    if name in names:
-        return name
-    bare = strip_module_prefix(name)
-    for cand in names:
-        if strip_module_prefix(cand) == bare:
-            return cand
-    raise ScheduleError(f"no module named {name!r} in {type(model).__name__}", path=path, valid=names,
-                        suggestions=suggest(bare, names))
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter or buffer (CPU for a stateless model)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def example_input(model: nn.Module, input_shape: Sequence[int], batch: int = 2) -> torch.Tensor:
-    """A fixed pseudo-random batch on the model's device (a private generator: the global RNG is untouched)."""
-    gen = torch.Generator().manual_seed(0)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    x = torch.randn((batch, *input_shape), generator=gen, dtype=dtype)
-    return x.to(model_device(model))
-
-
-class eval_mode:
-    """Context manager: every module in eval mode, each module's own mode restored afterwards."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.modes: List[Tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> nn.Module:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc: Any) -> None:
-        for module, mode in self.modes:
-            module.training = mode
+    names = module_names(model)
+    hit = resolve_name(name, names)
+    if hit is None:
+        raise ScheduleError(f"no module named {name!r} in {type(model).__name__}", path=path, valid=names,
+                            suggestions=suggest(strip_module_prefix(name), names))
+    return hit
 
 
 # --------------------------------------------------------------------------- probing the backbone
@@ -145,23 +84,22 @@ def _probe_of(name: str, rec: Dict[str, Any]) -> AttachProbe:
 
 # --------------------------------------------------------------------------- building
 def build_exit_set(model: nn.Module, spec: EarlyExitSpec, *, num_classes: int,
-                   input_shape: Sequence[int]) -> Tuple[ExitSet, List[bool]]:
+                   input_shape: Sequence[int], name: str = "") -> ExitSet:
     """Resolve attach names, check them against a dummy forward pass and build every branch.
 
-    Returns the ExitSet and, per exit, whether the hook must copy the attach output (the backbone later
+    The ExitSet notes, per exit, whether the training hook must copy the attach output (the backbone later
     modifies it in place, which would corrupt the branch's autograd graph).
     """
     attach = [resolve_module_name(model, e.attach, f"exits.{e.name}.attach") for e in spec.exits]
     _check_nesting(spec, attach)
     probes = probe_attach_points(model, attach, input_shape)
     _check_probes(spec, attach, probes)
-    branches = nn.ModuleDict()
-    for e, probe in zip(spec.exits, probes):
-        branches[e.name] = build_branch(e.branch, probe.output, num_classes, exit_name=e.name,
-                                        path=f"exits.{e.name}.branch")
-    exit_set = ExitSet(names=spec.names, attach=attach, branches=branches, num_classes=num_classes,
-                       input_shape=tuple(int(s) for s in input_shape), final_name=spec.final_name)
-    return exit_set, [p.mutated_later for p in probes]
+    branches = {e.name: build_branch(e.branch, probe.output, num_classes, exit_name=e.name,
+                                     path=f"exits.{e.name}.branch")
+                for e, probe in zip(spec.exits, probes)}
+    return ExitSet(branches, attach, num_classes=num_classes, input_shape=input_shape, criteria=spec.criteria(),
+                   thresholds=spec.thresholds(), final_name=spec.final_name, stages=spec.stages,
+                   copy_input=[p.mutated_later for p in probes], instance_name=name)
 
 
 def _check_nesting(spec: EarlyExitSpec, attach: List[str]) -> None:
@@ -195,72 +133,32 @@ def _check_probes(spec: EarlyExitSpec, attach: List[str], probes: List[AttachPro
         previous = (e.name, a, p.order)
 
 
-# --------------------------------------------------------------------------- hooks
-class ExitAttachment:
-    """The branches registered on a model plus the forward hooks that run them during ``model(x)``."""
-
-    def __init__(self, model: nn.Module, exit_set: ExitSet, copy_input: Optional[Sequence[bool]] = None):
-        if hasattr(model, EXITS_ATTR):
-            raise DistillEEError(f"the model already has an attribute {EXITS_ATTR!r}: exits are attached once "
-                                 f"per model")
-        self.model = model
-        self.exit_set = exit_set
-        self.copy_input = list(copy_input) if copy_input is not None else [False] * len(exit_set)
-        self._logits: List[Optional[torch.Tensor]] = [None] * len(exit_set)
-        self._handles: List[Any] = []
-        # where each branch reads from, kept with the branches for code that only sees the model (thinning)
-        exit_set.branches.attach_points = dict(zip(exit_set.names, exit_set.attach))
-        setattr(model, EXITS_ATTR, exit_set.branches)
-
-    @property
-    def enabled(self) -> bool:
-        """True while the hooks are installed."""
-        return bool(self._handles)
-
-    def enable(self) -> None:
-        """Install the hooks (idempotent)."""
-        if self._handles:
-            return
-        modules = dict(self.model.named_modules())
-        self._handles = [modules[a].register_forward_hook(self._hook(k))
-                         for k, a in enumerate(self.exit_set.attach)]
-
-    def disable(self) -> None:
-        """Remove the hooks and drop kept logits: branches cost nothing in forward."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._logits = [None] * len(self.exit_set)
-
-    def _hook(self, k: int) -> Callable:
-        name, branches, copy = self.exit_set.names[k], self.exit_set.branches, self.copy_input[k]
-
-        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-            if torch.is_grad_enabled():
-                self._logits[k] = branches[name](output.clone() if copy else output)
-        return hook
-
-    def pop_logits(self) -> List[torch.Tensor]:
-        """The exits' logits of the last training forward pass, in exit order; forgotten afterwards."""
-        logits, self._logits = self._logits, [None] * len(self.exit_set)
-        missing = [n for n, l in zip(self.exit_set.names, logits) if l is None]
-        if missing:
-            state = "enabled" if self.enabled else "disabled (on_epoch_begin was not called)"
-            raise DistillEEError(f"no logits for exit {missing[0]!r}: the exit hooks are {state}, or the forward pass "
-                                 f"ran without autograd")
-        return logits  # type: ignore[return-value]
-
-    def detach(self) -> None:
-        """Remove hooks and the branches attribute, leaving the model as it was."""
-        self.disable()
-        if getattr(self.model, EXITS_ATTR, None) is self.exit_set.branches:
-            delattr(self.model, EXITS_ATTR)
-
-
-def attach_exits(model: nn.Module, spec: EarlyExitSpec, *, num_classes: int,
-                 input_shape: Sequence[int]) -> ExitAttachment:
-    """Build the exits of ``spec`` for ``model`` and register them (hooks start disabled)."""
+# --------------------------------------------------------------------------- attaching
+def attach_exits(model: nn.Module, spec: EarlyExitSpec, *, num_classes: int, input_shape: Sequence[int],
+                 name: str = "") -> ExitSet:
+    """Build the exits of ``spec`` for ``model``, register them as ``model.early_exits`` and record the step."""
     if hasattr(model, EXITS_ATTR):
-        raise DistillEEError(f"the model already has an attribute {EXITS_ATTR!r}: exits are attached once per model")
-    exit_set, copy_input = build_exit_set(model, spec, num_classes=num_classes, input_shape=input_shape)
-    return ExitAttachment(model, exit_set, copy_input)
+        raise DistillEEError(f"the model already has an attribute {EXITS_ATTR!r}: exits are attached once per "
+                             f"model (one early_exits instance per schedule)")
+    exit_set = build_exit_set(model, spec, num_classes=num_classes, input_shape=input_shape, name=name)
+    setattr(model, EXITS_ATTR, exit_set)
+    record_step(model, exits_step(spec, num_classes, input_shape, name))
+    return exit_set
+
+
+def exits_step(spec: EarlyExitSpec, num_classes: int, input_shape: Sequence[int], name: str) -> Dict[str, Any]:
+    """The structure step that attaches ``spec``'s exits (plain values only)."""
+    return {"kind": EXITS_STEP, "name": name, "config": spec.to_config(), "num_classes": int(num_classes),
+            "input_shape": [int(s) for s in input_shape]}
+
+
+def detach_exits(model: nn.Module) -> Optional[ExitSet]:
+    """Remove ``model.early_exits`` and its structure step; returns the removed ExitSet (None if none)."""
+    exit_set = exits_of(model)
+    if exit_set is None:
+        return None
+    delattr(model, EXITS_ATTR)
+    for step in structure_steps(model):
+        if step.get("kind") == EXITS_STEP:
+            forget_step(model, step)
+    return exit_set

@@ -1,6 +1,6 @@
 """Threshold calibration: per-exit thresholds that meet an accuracy or cost target on the validation split.
 
-Targets (``parse_target``, the CLI's text):
+Targets (``CalibrationTarget``; the sample app parses them from the CLI's text):
 
 * ``drop=0.5``            top-1 may fall at most 0.5 points below the final exit's (validation); among the
                           settings that allow it, the one with the lowest expected MACs per sample;
@@ -13,38 +13,34 @@ every branch evaluated on the way, so a fraction above 100% is possible when few
 
 Calibration works on logits cached once per split (``collect_exit_logits``) and searches the trade-off space of
 ``tradeoff`` (candidate thresholds from confidence quantiles; every setting of up to three exits at once, a
-coordinate descent over pairs of exits beyond). It only ever receives the validation split:
-``run_calibration`` measures the test split afterwards, at the thresholds already chosen. Optionally each
-early exit's logits are temperature-scaled first (fitted on validation); ``calibrate_policy`` then folds the
-temperatures into the branches, so inference needs nothing new. The patience criterion (an integer count,
-not a confidence bound) is refused with a ConfigError.
+coordinate descent over pairs of exits beyond). It only ever receives the validation split; the test split
+is measured afterwards (``measure_exits``), at the thresholds already chosen. Optionally each early exit's
+logits are temperature-scaled first (fitted on validation); ``calibrate_exits`` then folds the temperatures
+into the branches, so inference needs nothing new. The patience criterion (an integer count, not a
+confidence bound) is refused with a ConfigError.
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from ..errors import ConfigError
-from ..registry import suggest
-from .attach import eval_mode
+from ..modules import eval_mode, unwrap
 from .cost import stage_macs
 from .criteria import CriterionArg, ExitCriterion
+from .exits import EarlyExits
+from .multi_exit import MultiExitModel
 from .stats import collect_exit_logits
 from .temperature import apply_temperatures, fit_temperatures, fold_temperatures
 from .tradeoff import (ExitCosts, Keys, SearchSpace, Settings, TradeoffPoint, best_row, build_space,
                        coordinate_descent, criterion_threshold, evaluate_grid, evaluate_settings, explore,
-                       front_points, measure_point, uses_grid, write_tradeoff)
-
-log = logging.getLogger("distill_ee")
+                       front_points, measure_point, uses_grid)
 
 TARGET_KINDS = ("drop", "macs", "proportions")
-_EXAMPLES = ("drop=0.5 (top-1 points below the final exit), macs=0.4 (share of the backbone's MACs per sample) "
-             "or proportions=0.5,0.3 (share of the samples leaving at each early exit)")
 
 
 # --------------------------------------------------------------------------- targets
@@ -54,6 +50,17 @@ class CalibrationTarget:
 
     kind: str
     values: Tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise ConfigError(f"unknown calibration target kind {self.kind!r} (valid: {', '.join(TARGET_KINDS)})")
+        if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) for v in self.values):
+            raise ConfigError(f"calibration target {self.kind}={list(self.values)}: every value must be a finite "
+                              "number")
+        if self.kind != "proportions" and len(self.values) != 1:
+            raise ConfigError(f"calibration target {self.text!r}: {self.kind} takes one number, e.g. "
+                              f"{self.kind}=0.5")
+        check_target_range(self.kind, self.values, self.text)
 
     @property
     def value(self) -> float:
@@ -82,39 +89,8 @@ class CalibrationTarget:
         return {}
 
 
-def parse_target(text: str) -> CalibrationTarget:
-    """A CalibrationTarget from ``drop=0.5``, ``macs=0.4`` / ``macs=40%`` or ``proportions=0.5,0.3``."""
-    if not isinstance(text, str) or "=" not in text:
-        raise ConfigError(f"calibration target {text!r}: expected KIND=VALUE, e.g. {_EXAMPLES}")
-    kind, _, raw = text.partition("=")
-    kind, raw = kind.strip().lower(), raw.strip()
-    if kind not in TARGET_KINDS:
-        close = suggest(kind, TARGET_KINDS)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"calibration target {text!r}: unknown kind {kind!r}{hint} "
-                          f"(valid: {', '.join(TARGET_KINDS)})")
-    values = tuple(_target_number(part, kind, text) for part in raw.split(","))
-    if kind != "proportions" and len(values) != 1:
-        raise ConfigError(f"calibration target {text!r}: {kind} takes one number, e.g. {kind}=0.5")
-    _check_range(kind, values, text)
-    return CalibrationTarget(kind, values)
-
-
-def _target_number(part: str, kind: str, text: str) -> float:
-    part = part.strip()
-    scale = 1.0
-    if kind == "macs" and part.endswith("%"):
-        part, scale = part[:-1].strip(), 0.01
-    try:
-        value = float(part) * scale
-    except ValueError:
-        raise ConfigError(f"calibration target {text!r}: {part!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"calibration target {text!r}: {part!r} is not a finite number")
-    return value
-
-
-def _check_range(kind: str, values: Tuple[float, ...], text: str) -> None:
+def check_target_range(kind: str, values: Tuple[float, ...], text: str) -> None:
+    """ConfigError (naming the target as ``text``) unless every value is in its kind's range."""
     if kind == "drop" and not 0.0 <= values[0] <= 100.0:
         raise ConfigError(f"calibration target {text!r}: drop is in top-1 points, between 0 and 100")
     if kind == "macs" and not 0.0 < values[0] <= 1.0:
@@ -125,10 +101,6 @@ def _check_range(kind: str, values: Tuple[float, ...], text: str) -> None:
             raise ConfigError(f"calibration target {text!r}: each proportion is a share of samples in [0, 1]")
         if sum(values) > 1.0 + 1e-9:
             raise ConfigError(f"calibration target {text!r}: the proportions sum to {sum(values):g}, more than 1")
-
-
-def _as_target(target: Union[str, CalibrationTarget]) -> CalibrationTarget:
-    return parse_target(target) if isinstance(target, str) else target
 
 
 # --------------------------------------------------------------------------- result
@@ -230,7 +202,7 @@ def split_figures(point: TradeoffPoint, final_top1: float, names: Optional[Seque
 
 # --------------------------------------------------------------------------- calibration on cached logits
 def calibrate(exit_logits: List[torch.Tensor], targets: torch.Tensor, criteria: CriterionArg,
-              macs_per_exit: List[float], full_macs: float, target: Union[str, CalibrationTarget],
+              macs_per_exit: List[float], full_macs: float, target: CalibrationTarget,
               temperature: bool = False, *, branch_macs: Optional[List[float]] = None,
               candidates: Optional[int] = None) -> CalibrationResult:
     """Thresholds meeting ``target`` on these (validation) logits; the final classifier's logits last.
@@ -239,7 +211,6 @@ def calibrate(exit_logits: List[torch.Tensor], targets: torch.Tensor, criteria: 
     ``full_macs``: the backbone without exits (100%); ``branch_macs``: each branch's own MACs, when known, so
     that switching an exit off saves its branch. ``temperature``: fit and apply one temperature per exit first.
     """
-    target = _as_target(target)
     start = time.perf_counter()
     temperatures = fit_temperatures(exit_logits, targets) if temperature else None
     logits = apply_temperatures(exit_logits, temperatures)
@@ -330,9 +301,9 @@ def _share_threshold(crit: ExitCriterion, logits: torch.Tensor, pending: torch.T
     return None if best is None or best[0] == 0 else best[1]
 
 
-# --------------------------------------------------------------------------- policies
-def policy_costs(multi: Any, model: torch.nn.Module, masks: Optional[Mapping[str, Any]] = None,
-                 effective: bool = False) -> ExitCosts:
+# --------------------------------------------------------------------------- exits of a model
+def exit_costs(multi: MultiExitModel, model: torch.nn.Module, masks: Optional[Mapping[str, Any]] = None,
+               effective: bool = False) -> ExitCosts:
     """Exit costs with every branch evaluated, the backbone's MACs and each branch's, from ``stage_macs``.
 
     Not ``exit_macs``: that one leaves out the branches of exits without a threshold, while calibration
@@ -347,61 +318,32 @@ def policy_costs(multi: Any, model: torch.nn.Module, masks: Optional[Mapping[str
     return ExitCosts(macs, float(sum(stages)), [float(b) for b in branches])
 
 
-def calibrate_policy(policy: Any, valid_batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
-                     target: Union[str, CalibrationTarget], *, masks: Optional[Mapping[str, Any]] = None,
-                     temperature: bool = False, effective: bool = False,
-                     candidates: Optional[int] = None) -> CalibrationResult:
-    """Calibrate an EarlyExit policy on validation batches and set its thresholds (temperatures, if fitted,
-    folded into its branches)."""
-    multi = policy.multi_exit_model()
+def calibrate_exits(exits: EarlyExits, valid_batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+                    target: CalibrationTarget, *, masks: Optional[Mapping[str, Any]] = None,
+                    temperature: bool = False, effective: bool = False,
+                    candidates: Optional[int] = None) -> CalibrationResult:
+    """Calibrate a model's exits on validation batches and set their thresholds (temperatures, if fitted,
+    folded into the branches)."""
+    multi = exits.multi_exit_model()
     with eval_mode(multi):
         logits, targets = collect_exit_logits(multi, valid_batches)
-    costs = policy_costs(multi, policy.model, masks, effective)
-    result = calibrate(logits, targets, list(policy.criteria), costs.macs_per_exit, costs.full_macs, target,
+    costs = exit_costs(multi, unwrap(exits.model), masks, effective)
+    result = calibrate(logits, targets, list(exits.criteria), costs.macs_per_exit, costs.full_macs, target,
                        temperature, branch_macs=costs.branch_macs, candidates=candidates)
     if result.temperatures is not None:
-        fold_temperatures(policy, result.temperatures)
-    policy.set_thresholds(result.thresholds)
+        fold_temperatures(exits.exit_set, result.temperatures)
+    exits.set_thresholds(result.thresholds)
     return result
 
 
-def measure_policy(policy: Any, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
-                   masks: Optional[Mapping[str, Any]] = None, effective: bool = False
-                   ) -> Tuple[TradeoffPoint, float]:
-    """(figures at the policy's thresholds, final exit top-1) on ``batches``, with calibration's cost model."""
-    multi = policy.multi_exit_model()
+def measure_exits(exits: EarlyExits, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+                  masks: Optional[Mapping[str, Any]] = None, effective: bool = False
+                  ) -> Tuple[TradeoffPoint, float]:
+    """(figures at the exits' thresholds, final exit top-1) on ``batches``, with calibration's cost model."""
+    multi = exits.multi_exit_model()
     with eval_mode(multi):
         logits, targets = collect_exit_logits(multi, batches)
-    costs = policy_costs(multi, policy.model, masks, effective)
-    point = measure_point(logits, targets, multi.criteria, list(policy.thresholds), costs)
+    costs = exit_costs(multi, unwrap(exits.model), masks, effective)
+    point = measure_point(logits, targets, multi.criteria, list(exits.thresholds), costs)
     final_top1 = 100.0 * float((logits[-1].argmax(dim=1) == targets).double().mean())
     return point, final_top1
-
-
-def run_calibration(policy: Any, valid_loader: Any, test_loader: Any, target_text: str, out_dir: str, *,
-                    masks: Optional[Mapping[str, Any]] = None, temperature: bool = False) -> Dict[str, Any]:
-    """Calibrate on validation, measure test at the chosen thresholds, write the trade-off files; returns the
-    ``{"calibration": ...}`` part of summary.json."""
-    if valid_loader is None:
-        raise ConfigError("threshold calibration needs a validation split (it never looks at the test split); "
-                          "set a validation size above 0")
-    target = parse_target(target_text)
-    result = calibrate_policy(policy, valid_loader, target, masks=masks, temperature=temperature)
-    names = list(policy.output_names)
-    test_point, test_final = measure_policy(policy, test_loader, masks)
-    files = write_tradeoff(result.front, result.chosen, out_dir, final=result.final_point, exit_names=names,
-                           guides=target.guides(result.final_top1))
-    snippet = result.yaml_snippet(policy.exit_names)
-    valid = split_figures(result.chosen, result.final_top1, names)
-    test = split_figures(test_point, test_final, names)
-    log.info("Calibrated exit thresholds for %s (%s): %d settings searched in %.2f s", target.text,
-             target.describe(), result.settings_searched, result.seconds)
-    for split, fig in (("validation", valid), ("test", test)):
-        log.info("  %-10s top1 %.2f (final exit %.2f, drop %.2f points), MACs %.1f%% of the backbone, "
-                 "samples per exit: %s", split, fig["top1"], fig["final_top1"], fig["drop"],
-                 100 * fig["macs_fraction"], ", ".join(f"{k} {v:.1f}%" for k, v in fig["taken_pct"].items()))
-    log.info("Schedule lines for these thresholds:\n%s", snippet)
-    return {"calibration": {"target": target.text, "criteria": result.criteria, "thresholds": result.thresholds,
-                            "temperatures": result.temperatures, "valid": valid, "test": test, "yaml": snippet,
-                            "settings_searched": result.settings_searched, "seconds": result.seconds,
-                            "files": files}}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..summaries import module_macs
-from .attach import EXITS_ATTR, eval_mode, example_input
+from ..modules import eval_mode, example_input
 from .multi_exit import MultiExitModel
 from .staging import run_stages
 
@@ -34,9 +34,10 @@ def stage_macs(multi: MultiExitModel, model: nn.Module, masks: Optional[Mapping[
         for s, n in per_stage.items():
             stages[s] += getattr(record, key) * n / total
     attach_out, _ = _attach_outputs(multi, x)
+    where = {id(m): n for n, m in model.named_modules()}
     branches = []
-    for name, branch, out in zip(multi.exit_names, multi.branches, attach_out):
-        sub_masks = _sub_masks(masks, f"{EXITS_ATTR}.{name}.")
+    for branch, out in zip(multi.branches, attach_out):
+        sub_masks = _sub_masks(masks, f"{where[id(branch)]}.") if id(branch) in where else None
         branches.append(float(sum(getattr(r, key) for r in module_macs(branch, out, sub_masks))))
     return stages, branches
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .attach import eval_mode, example_input
+from ..modules import eval_mode, example_input
 from .multi_exit import MultiExitModel
 from .staging import StagePlan
 

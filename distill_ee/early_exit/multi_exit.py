@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import DistillEEError
-from .attach import ExitSet
+from .exit_set import ExitSet
 from .criteria import CriterionArg, State, criteria_list
 from .decisions import decide_exits
 from .staging import StagePlan, split_model
@@ -48,13 +48,18 @@ class MultiExitModel(nn.Module):
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_model(cls, model: nn.Module, exits: ExitSet, criterion: CriterionArg = "entropy",
+    def from_model(cls, model: nn.Module, exits: ExitSet, criterion: Optional[CriterionArg] = None,
                    thresholds: ThresholdArg = None, stages: Optional[Sequence[str]] = None) -> "MultiExitModel":
-        """Cut ``model`` at the attach points of ``exits`` (torch.fx, or the ``stages`` child list)."""
-        modules, plan = split_model(model, exits.attach, exits.input_shape, stages)
+        """Cut ``model`` at the attach points of ``exits`` (torch.fx, or the explicit stage list).
+
+        Criteria, thresholds and the stage list default to what the ExitSet declares.
+        """
+        modules, plan = split_model(model, exits.attach, exits.input_shape,
+                                    stages if stages is not None else exits.stages)
         return cls(modules, exits.branch_list(), plan, exit_names=exits.names, final_name=exits.final_name,
-                   criteria=criterion, thresholds=thresholds, input_shape=exits.input_shape,
-                   num_classes=exits.num_classes)
+                   criteria=criterion if criterion is not None else list(exits.criteria),
+                   thresholds=thresholds if thresholds is not None else list(exits.thresholds),
+                   input_shape=exits.input_shape, num_classes=exits.num_classes)
 
     # ----------------------------------------------------------------- settings
     @property

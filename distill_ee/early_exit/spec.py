@@ -18,12 +18,11 @@ import keyword
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from torch import nn
-
 from ..errors import ScheduleError
 from ..registry import EXIT_CRITERIA, UnknownNameError, suggest
 from .branch import LayerSpec, parse_layer
 from .criteria import get_criterion
+from .exit_set import RESERVED_NAMES
 
 INSTANCE_KEYS = ("criterion", "patience", "final_loss_weight", "final_name", "stages", "exits")
 EXIT_KEYS = ("attach", "branch", "loss_weight", "threshold", "criterion")
@@ -46,18 +45,12 @@ class LossWeight:
         """True when the weight does not change over epochs."""
         return self.start == self.end
 
-    def at(self, epoch: int, starting_epoch: Optional[int] = None, ending_epoch: Optional[int] = None,
-           frequency: Optional[int] = None) -> float:
-        """The weight in ``epoch``: ``start`` at the first due epoch, ``end`` at the last one (ending is
-        exclusive, as in the scheduler's ``range(starting_epoch, ending_epoch, frequency)``)."""
-        if self.constant or starting_epoch is None or ending_epoch is None:
+    def at(self, progress: float) -> float:
+        """The weight at ``progress`` through the policy's window (``Policy.progress``): ``start`` at 0,
+        ``end`` at 1, linear in between."""
+        if self.constant:
             return self.start
-        step = max(1, frequency or 1)
-        last = starting_epoch + max(0, (ending_epoch - 1 - starting_epoch) // step) * step
-        if last <= starting_epoch:
-            return self.end
-        frac = min(1.0, max(0.0, (epoch - starting_epoch) / (last - starting_epoch)))
-        return self.start + (self.end - self.start) * frac
+        return self.start + (self.end - self.start) * min(1.0, max(0.0, float(progress)))
 
     def to_config(self) -> Union[float, Dict[str, float]]:
         """A number, or ``{start, end}``."""
@@ -114,10 +107,9 @@ class EarlyExitSpec:
             out.append(e.threshold if e.threshold is not None else default)
         return out
 
-    def exit_weights(self, epoch: int, starting_epoch: Optional[int] = None, ending_epoch: Optional[int] = None,
-                     frequency: Optional[int] = None) -> List[float]:
-        """Every exit's loss weight in ``epoch``."""
-        return [e.loss_weight.at(epoch, starting_epoch, ending_epoch, frequency) for e in self.exits]
+    def exit_weights(self, progress: float) -> List[float]:
+        """Every exit's loss weight at ``progress`` through the policy's window."""
+        return [e.loss_weight.at(progress) for e in self.exits]
 
     def final_weight(self, exit_weights: Sequence[float]) -> float:
         """The final classifier's weight given the exits' current weights (``auto`` = 1 - their sum)."""
@@ -209,7 +201,7 @@ def _exit_name(name: Any, final_name: str) -> str:
         raise ScheduleError(f"exit names must be non-empty strings, got {name!r}", path=path)
     if "." in name or not name.isidentifier() or keyword.iskeyword(name):
         raise ScheduleError(f"exit name {name!r} must be an identifier (letters, digits, _)", path=path)
-    if hasattr(nn.ModuleDict(), name) or name == "attach_points":
+    if name in RESERVED_NAMES:
         raise ScheduleError(f"exit name {name!r} is reserved by torch; choose another", path=path)
     if name == final_name:
         raise ScheduleError(f"exit name {name!r} is the final classifier's name (final_name)", path=path)

@@ -28,7 +28,7 @@ import torch.fx
 from torch import nn
 
 from ..errors import DistillEEError
-from .attach import eval_mode, example_input, strip_module_prefix
+from ..modules import eval_mode, example_input, first_line, strip_module_prefix
 
 _STAGES_HINT = ("give `stages:` (the model's top-level child modules in forward order, e.g. "
                 "[features, avgpool, flatten, classifier]) to cut it without tracing")
@@ -201,7 +201,7 @@ def trace(model: nn.Module, leaves: Sequence[str]) -> torch.fx.GraphModule:
             graph = tracer.trace(model)
         return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as err:  # fx raises many kinds (TraceError, TypeError on proxies, ...)
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = first_line(err)
         raise DistillEEError(f"cannot trace {type(model).__name__} with torch.fx ({msg}); {_STAGES_HINT}") from None
 
 

@@ -10,7 +10,7 @@ branch weights in every checkpoint and export.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -94,12 +94,12 @@ def _check_temperature(value: float) -> None:
         raise ConfigError(f"a temperature must be a positive number, got {value!r}")
 
 
-def fold_temperatures(policy: Any, temperatures: Sequence[float]) -> None:
-    """Fold one temperature per exit into the branches of ``policy`` (an EarlyExit), in exit order."""
-    names = list(policy.exit_names)
+def fold_temperatures(exit_set: Mapping[str, nn.Module], temperatures: Sequence[float]) -> None:
+    """Fold one temperature per exit into the branches of ``exit_set`` (an ExitSet), in exit order."""
+    names = list(exit_set.keys())
     if len(temperatures) != len(names):
         raise ConfigError(f"need one temperature per exit ({', '.join(names)}), got {len(temperatures)}")
-    branches = policy.exit_set.branches
+    branches = exit_set
     for name, temperature in zip(names, temperatures):  # check everything before changing anything
         _check_temperature(temperature)
         last_affine_layer(branches[name])

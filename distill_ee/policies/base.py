@@ -9,15 +9,24 @@ Lifecycle of a policy inside a training run, as the CompressionScheduler drives 
       on_minibatch_end(ctx)
     on_epoch_end(ctx)                   # ctx.metrics holds the validation metrics
 
-Each hook has a no-op default; a policy overrides what it needs and owns its state_dict.
+Each hook has a no-op default; a policy overrides what it needs and owns its state_dict. The scheduler gives
+every policy its window (``set_window``) before the first hook: ``starting_epoch``, ``ending_epoch``
+(exclusive), ``frequency`` (None for an explicit ``epochs:`` list) and the due epochs; ``progress(epoch)``,
+``last_due_epoch`` and ``is_last(epoch)`` are computed from it, once, here.
+
+A policy that schedules a component of a schedule section (a pruner, a regularizer ...) implements
+``from_component(component, args, name)``; ``Args`` is the dataclass of the ``args:`` a policy entry may give,
+declared with the same annotations as component arguments (``distill_ee.arguments``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+
+from ..registry import EXTENSIONS, QUANTIZERS, Section, add_section
 
 
 @dataclass
@@ -51,6 +60,8 @@ class HookContext:
     task_loss: Optional[torch.Tensor] = None
     target: Optional[torch.Tensor] = None
     metrics: Optional[Dict[str, float]] = None
+    #: the CompressionScheduler calling the hook (None when a policy is driven by hand)
+    scheduler: Any = None
 
 
 class Policy:
@@ -60,9 +71,46 @@ class Policy:
     kind: str = "policy"
     #: True when the policy must see every minibatch of an epoch in which it is due
     needs_minibatch_hooks: bool = True
+    #: dataclass of the ``args`` a schedule's policy entry may give (None: no args)
+    Args: ClassVar[Optional[type]] = None
 
     def __init__(self, name: str = ""):
         self.name = name
+        self.starting_epoch: Optional[int] = None
+        self.ending_epoch: Optional[int] = None
+        self.frequency: Optional[int] = None
+        self.due_epochs: Optional[List[int]] = None
+
+    @classmethod
+    def from_component(cls, component: Any, args: Any, name: str) -> "Policy":
+        """The policy scheduling ``component`` of a schedule section, with its entry's ``args`` (an ``Args``)."""
+        raise NotImplementedError(f"{cls.__name__} does not schedule components")
+
+    # ----------------------------------------------------------------- the window
+    def set_window(self, starting_epoch: int, ending_epoch: int, frequency: Optional[int],
+                   due_epochs: Optional[Sequence[int]] = None) -> None:
+        """The epochs the schedule gives this policy (``ending_epoch`` exclusive; frequency None for a list)."""
+        self.starting_epoch, self.ending_epoch, self.frequency = starting_epoch, ending_epoch, frequency
+        self.due_epochs = sorted(due_epochs) if due_epochs is not None else None
+
+    @property
+    def last_due_epoch(self) -> Optional[int]:
+        """The last epoch in which the policy runs; None without a window."""
+        return last_due_epoch(self.starting_epoch, self.ending_epoch, self.frequency)
+
+    def is_last(self, epoch: int) -> bool:
+        """True in the policy's last due epoch."""
+        return epoch == self.last_due_epoch
+
+    def progress(self, epoch: int) -> float:
+        """Position of ``epoch`` in the window: 0 at the first due epoch, 1 at the last (and after)."""
+        last = self.last_due_epoch
+        if self.starting_epoch is None or last is None or last <= self.starting_epoch:
+            return 1.0
+        return min(1.0, max(0.0, (epoch - self.starting_epoch) / (last - self.starting_epoch)))
+
+    def validate_window(self) -> None:
+        """Raise ScheduleError (path relative to the policy entry) if the policy cannot run in its window."""
 
     def on_epoch_begin(self, ctx: HookContext) -> None:
         """Called at the start of every epoch in which the policy is due."""
@@ -92,3 +140,18 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+#: sections whose components are policies themselves (no ``args``); quantizers have no classes yet
+add_section(Section("quantizers", "quantizer", QUANTIZERS, order=30))
+add_section(Section("extensions", "extension", EXTENSIONS, order=50))
+
+
+def last_due_epoch(starting_epoch: Optional[int], ending_epoch: Optional[int],
+                   frequency: Optional[int]) -> Optional[int]:
+    """The last epoch of ``range(starting_epoch, ending_epoch, frequency)``; None when it never ends."""
+    if ending_epoch is None:
+        return None
+    if not frequency or starting_epoch is None:
+        return ending_epoch - 1
+    return starting_epoch + ((ending_epoch - 1 - starting_epoch) // frequency) * frequency

@@ -5,6 +5,7 @@ from typing import Any, Dict
 
 from torch.optim import lr_scheduler as torch_lr
 
+from ..registry import LR_SCHEDULERS, Section, add_section
 from .base import HookContext, Policy
 
 
@@ -17,6 +18,11 @@ class LRPolicy(Policy):
     def __init__(self, lr_scheduler: Any, name: str = ""):
         super().__init__(name)
         self.lr_scheduler = lr_scheduler
+
+    @classmethod
+    def from_component(cls, component: Any, args: Any, name: str) -> "LRPolicy":
+        """The policy stepping ``component`` (a torch LR scheduler)."""
+        return cls(component, name=name)
 
     def on_epoch_end(self, ctx: HookContext) -> None:
         """Advance the LR schedule by one epoch."""
@@ -34,3 +40,6 @@ class LRPolicy(Policy):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore the wrapped scheduler's state."""
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+
+
+add_section(Section("lr_schedulers", "lr_scheduler", LR_SCHEDULERS, order=40, policy=LRPolicy))

@@ -20,68 +20,72 @@ The scheduler sets ``starting_epoch``, ``ending_epoch`` (exclusive) and ``freque
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 
+from ..arguments import ArgumentError, NonNegativeInt, ParamMap, UnitInterval, bind
 from ..errors import ScheduleError
-from ..pruning.agp import AutomatedGradualPrunerBase
 from ..pruning.masks import ParameterMasker
-from ..pruning.pruner import Pruner, check_fraction_map
-from .base import HookContext, Policy
+from ..pruning.pruner import Pruner
+from ..registry import PRUNERS, Section, add_section
+from .base import HookContext, Policy, last_due_epoch  # noqa: F401  (last_due_epoch re-exported)
 
-PRUNING_POLICY_ARGS = (
-    "levels",
-    "keep_mask",
-    "mini_batch_pruning_frequency",
-    "mask_on_forward_only",
-    "mask_gradients",
-    "use_double_copies",
-    "discard_masks_at_minibatch_end",
-)
+
+@dataclass
+class PruningArgs:
+    """The ``args`` of a pruner's policy entry (Distiller's names)."""
+
+    levels: Optional[ParamMap[UnitInterval]] = None
+    keep_mask: bool = False
+    mini_batch_pruning_frequency: NonNegativeInt = 0
+    mask_on_forward_only: bool = False
+    mask_gradients: bool = False
+    use_double_copies: bool = False
+    discard_masks_at_minibatch_end: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mask_gradients and not self.mask_on_forward_only:
+            raise ArgumentError("mask_gradients needs mask_on_forward_only: True (masking after the optimizer "
+                                "step already keeps masked weights at zero)", ("mask_gradients",))
+
+
+#: the policy arguments a schedule may give a pruner (in declaration order)
+PRUNING_POLICY_ARGS = tuple(PruningArgs.__dataclass_fields__)
 
 
 class PruningPolicy(Policy):
     """Schedules a pruner: computes the masks of the weights it handles and sets how they are applied."""
 
     kind = "pruner"
+    Args = PruningArgs
 
-    def __init__(self, pruner: Pruner, pruner_args: Optional[Dict[str, Any]] = None, name: str = ""):
+    def __init__(self, pruner: Pruner, pruner_args: Union[None, PruningArgs, Mapping[str, Any]] = None,
+                 name: str = ""):
         super().__init__(name)
-        args = dict(pruner_args or {})
-        unknown = sorted(set(args) - set(PRUNING_POLICY_ARGS))
-        if unknown:
-            raise ScheduleError(
-                f"unknown pruning policy argument {unknown[0]!r}", path=unknown[0], valid=PRUNING_POLICY_ARGS
-            )
+        args = pruner_args if isinstance(pruner_args, PruningArgs) else _pruning_args(pruner_args or {})
         self.pruner = pruner
-        self.levels = None
-        if args.get("levels") is not None:
-            self.levels = check_fraction_map("pruning policy", "levels", args["levels"])
-        self.keep_mask = _flag(args, "keep_mask")
-        self.mini_batch_pruning_frequency = _count(args, "mini_batch_pruning_frequency")
-        self.mask_on_forward_only = _flag(args, "mask_on_forward_only")
-        self.mask_gradients = _flag(args, "mask_gradients")
-        self.use_double_copies = _flag(args, "use_double_copies")
-        self.discard_masks_at_minibatch_end = _flag(args, "discard_masks_at_minibatch_end")
-        if self.mask_gradients and not self.mask_on_forward_only:
-            raise ScheduleError(
-                "pruning policy: mask_gradients needs mask_on_forward_only: True "
-                "(masking after the optimizer step already keeps masked weights at zero)",
-                path="mask_gradients",
-            )
-        self.starting_epoch: Optional[int] = None
-        self.ending_epoch: Optional[int] = None
-        self.frequency: Optional[int] = None
+        self.levels = args.levels
+        self.keep_mask = args.keep_mask
+        self.mini_batch_pruning_frequency = args.mini_batch_pruning_frequency
+        self.mask_on_forward_only = args.mask_on_forward_only
+        self.mask_gradients = args.mask_gradients
+        self.use_double_copies = args.use_double_copies
+        self.discard_masks_at_minibatch_end = args.discard_masks_at_minibatch_end
         self.is_initialized = False
         self.is_last_epoch = False
 
-    def validate_schedule(self) -> None:
+    @classmethod
+    def from_component(cls, component: Any, args: Any, name: str) -> "PruningPolicy":
+        """The policy running ``component`` (a Pruner) with its entry's PruningArgs."""
+        return cls(component, args, name=name)
+
+    def validate_window(self) -> None:
         """Raise ScheduleError now if the pruner cannot run on the epochs the scheduler gave this policy."""
-        if isinstance(self.pruner, AutomatedGradualPrunerBase) and self.starting_epoch is not None:
-            meta = {"current_epoch": self.starting_epoch, "starting_epoch": self.starting_epoch,
-                    "ending_epoch": self.ending_epoch, "frequency": self.frequency}
-            self.pruner.compute_target_sparsity(meta)
+        check = getattr(self.pruner, "validate_window", None)
+        if check is not None and self.starting_epoch is not None:
+            check(self.starting_epoch, self.ending_epoch, self.frequency)
 
     def _handled(self, ctx: HookContext) -> Iterator[Tuple[str, torch.nn.Parameter, ParameterMasker]]:
         for param_name, param in ctx.model.named_parameters():
@@ -104,7 +108,7 @@ class PruningPolicy(Policy):
 
     def on_epoch_begin(self, ctx: HookContext) -> None:
         """Recompute the masks of every handled weight and apply them."""
-        self.is_last_epoch = ctx.epoch == last_due_epoch(self.starting_epoch, self.ending_epoch, self.frequency)
+        self.is_last_epoch = self.is_last(ctx.epoch)
         if self.levels is not None:
             self.pruner.levels = self.levels
         meta = self._meta(ctx)
@@ -176,26 +180,14 @@ class PruningPolicy(Policy):
         return f"PruningPolicy({self.name!r}, pruner={self.pruner!r})"
 
 
-def last_due_epoch(
-    starting_epoch: Optional[int], ending_epoch: Optional[int], frequency: Optional[int]
-) -> Optional[int]:
-    """The last epoch in which a policy runs (``ending_epoch`` is exclusive); None when it never ends."""
-    if ending_epoch is None:
-        return None
-    if not frequency or starting_epoch is None:
-        return ending_epoch - 1
-    return starting_epoch + ((ending_epoch - 1 - starting_epoch) // frequency) * frequency
+def _pruning_args(args: Mapping[str, Any]) -> PruningArgs:
+    """PruningArgs from a plain mapping (direct construction); errors name the argument."""
+    try:
+        return PruningArgs(**bind(PruningArgs, args, owner="the pruning policy"))
+    except ArgumentError as err:
+        path = ".".join(str(p) for p in err.path)
+        raise ScheduleError(f"pruning policy: {err.message}", path=path, valid=err.valid,
+                            suggestions=err.suggestions) from None
 
 
-def _flag(args: Dict[str, Any], key: str) -> bool:
-    value = args.get(key, False)
-    if not isinstance(value, bool):
-        raise ScheduleError(f"pruning policy: {key} must be true or false, got {value!r}", path=key)
-    return value
-
-
-def _count(args: Dict[str, Any], key: str) -> int:
-    value = args.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ScheduleError(f"pruning policy: {key} must be a whole number >= 0, got {value!r}", path=key)
-    return value
+add_section(Section("pruners", "pruner", PRUNERS, order=10, policy=PruningPolicy))

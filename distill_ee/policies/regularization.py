@@ -12,32 +12,43 @@ weight is zeroed by both, and a kept threshold mask is combined with the pruning
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
 
+from ..registry import REGULARIZERS, Section, add_section
 from ..regularization.regularizer import Regularizer
 from .base import HookContext, LossComponent, Policy, PolicyLoss
-from .pruning import last_due_epoch
+
+
+@dataclass
+class RegularizationArgs:
+    """The ``args`` of a regularizer's policy entry."""
+
+    keep_mask: bool = False
 
 
 class RegularizationPolicy(Policy):
     """Schedules a regularizer over the epochs the schedule gives it."""
 
     kind = "regularizer"
+    Args = RegularizationArgs
 
     def __init__(self, regularizer: Regularizer, keep_mask: bool = False, name: str = ""):
         super().__init__(name)
         self.regularizer = regularizer
         self.keep_mask = keep_mask
-        self.starting_epoch: Optional[int] = None
-        self.ending_epoch: Optional[int] = None
-        self.frequency: Optional[int] = None
         self.is_last_epoch = False
+
+    @classmethod
+    def from_component(cls, component: Any, args: Any, name: str) -> "RegularizationPolicy":
+        """The policy running ``component`` (a Regularizer) with its entry's RegularizationArgs."""
+        return cls(component, keep_mask=args.keep_mask, name=name)
 
     def on_epoch_begin(self, ctx: HookContext) -> None:
         """Note whether this is the policy's last epoch."""
-        self.is_last_epoch = ctx.epoch == last_due_epoch(self.starting_epoch, self.ending_epoch, self.frequency)
+        self.is_last_epoch = self.is_last(ctx.epoch)
 
     def before_backward_pass(self, ctx: HookContext) -> Optional[PolicyLoss]:
         """The loss plus the regularizer's penalty on every weight it names."""
@@ -88,3 +99,6 @@ class RegularizationPolicy(Policy):
 
     def __repr__(self) -> str:
         return f"RegularizationPolicy({self.name!r}, regularizer={self.regularizer!r})"
+
+
+add_section(Section("regularizers", "regularizer", REGULARIZERS, order=20, policy=RegularizationPolicy))

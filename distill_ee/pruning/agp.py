@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from ..arguments import Fraction, ParamNames
 from ..errors import ScheduleError
 from ..registry import PRUNERS
 from .level import level_mask
@@ -53,6 +54,11 @@ class AutomatedGradualPrunerBase(Pruner):
         self.final_sparsity = check_fraction(owner, "final_sparsity", final_sparsity)
         if self.final_sparsity <= self.initial_sparsity:
             raise ScheduleError(f"{owner}: final_sparsity must be greater than initial_sparsity", path="final_sparsity")
+
+    def validate_window(self, starting_epoch: int, ending_epoch: Optional[int], frequency: Optional[int]) -> None:
+        """Raise ScheduleError unless the policy window leaves AGP at least two pruning epochs."""
+        self.compute_target_sparsity({"current_epoch": starting_epoch, "starting_epoch": starting_epoch,
+                                      "ending_epoch": ending_epoch, "frequency": frequency})
 
     def compute_target_sparsity(self, meta: Dict[str, Any]) -> float:
         """The target sparsity for the epoch and schedule in ``meta``."""
@@ -96,7 +102,7 @@ class AutomatedGradualPrunerBase(Pruner):
 class AutomatedGradualPruner(AutomatedGradualPrunerBase):
     """Element-wise AGP: prunes the smallest-magnitude elements of each named weight to the target."""
 
-    def __init__(self, name: str, initial_sparsity: float, final_sparsity: float, weights: Sequence[str]):
+    def __init__(self, name: str, initial_sparsity: Fraction, final_sparsity: Fraction, weights: ParamNames):
         super().__init__(name, initial_sparsity, final_sparsity)
         self.params_names = check_weights(f"AutomatedGradualPruner {name!r}", weights)
 
@@ -154,10 +160,10 @@ class L1RankedStructureParameterPruner_AGP(StructuredAGP):
     def __init__(
         self,
         name: str,
-        initial_sparsity: float,
-        final_sparsity: float,
+        initial_sparsity: Fraction,
+        final_sparsity: Fraction,
         group_type: str,
-        weights: Sequence[str],
+        weights: ParamNames,
         group_dependency: Optional[str] = None,
         kwargs: Optional[Dict[str, Any]] = None,
     ):
@@ -172,10 +178,10 @@ class L2RankedStructureParameterPruner_AGP(StructuredAGP):
     def __init__(
         self,
         name: str,
-        initial_sparsity: float,
-        final_sparsity: float,
+        initial_sparsity: Fraction,
+        final_sparsity: Fraction,
         group_type: str,
-        weights: Sequence[str],
+        weights: ParamNames,
         group_dependency: Optional[str] = None,
         kwargs: Optional[Dict[str, Any]] = None,
     ):

@@ -5,6 +5,7 @@ from typing import Any, Dict, Mapping
 
 import torch
 
+from ..arguments import ParamMap, UnitInterval
 from ..registry import PRUNERS
 from .magnitude import threshold_mask
 from .masks import ParameterMasker
@@ -29,7 +30,7 @@ def level_mask(param: torch.Tensor, sparsity: float) -> torch.Tensor:
 class SparsityLevelParameterPruner(Pruner):
     """Prunes each named weight to the sparsity level given for it (``'*'``: any other weight)."""
 
-    def __init__(self, name: str, levels: Mapping[str, float]):
+    def __init__(self, name: str, levels: ParamMap[UnitInterval]):
         super().__init__(name)
         self.levels = check_fraction_map(f"SparsityLevelParameterPruner {name!r}", "levels", levels)
 

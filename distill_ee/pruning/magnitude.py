@@ -5,6 +5,7 @@ from typing import Any, Dict, Mapping
 
 import torch
 
+from ..arguments import ParamMap
 from ..registry import PRUNERS
 from .masks import ParameterMasker
 from .pruner import Pruner, binary_mask, check_number_map, per_weight_value
@@ -24,7 +25,7 @@ class MagnitudeParameterPruner(Pruner):
     of the model (biases included, as in Distiller).
     """
 
-    def __init__(self, name: str, thresholds: Mapping[str, float]):
+    def __init__(self, name: str, thresholds: ParamMap[float]):
         super().__init__(name)
         self.thresholds = check_number_map(f"MagnitudeParameterPruner {name!r}", "thresholds", thresholds)
 

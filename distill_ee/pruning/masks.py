@@ -1,7 +1,7 @@
 """Binary pruning masks per parameter (Distiller's ``zeros_mask_dict`` of ParameterMasker)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -94,9 +94,32 @@ class ParameterMasker:
         self.is_regularization_mask = bool(state.get("is_regularization_mask", False))
 
 
-def create_masks(model: nn.Module) -> Dict[str, ParameterMasker]:
+class MaskDict(Dict[str, ParameterMasker]):
+    """The masks of a model by parameter name, and who must hear when its parameters were replaced.
+
+    Thinning replaces parameters by smaller ones; code holding the masks tells their owners (the
+    CompressionScheduler re-reads the model's parameters) through ``parameters_replaced``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.listeners: List[Callable[[], None]] = []
+
+    def parameters_replaced(self) -> None:
+        """Tell every listener that parameters of the model were replaced."""
+        for listener in list(self.listeners):
+            listener()
+
+
+def notify_parameters_replaced(masks: Optional[Mapping[str, ParameterMasker]]) -> None:
+    """Tell the owners of ``masks`` (if it is a MaskDict) that parameters were replaced."""
+    if isinstance(masks, MaskDict):
+        masks.parameters_replaced()
+
+
+def create_masks(model: nn.Module) -> MaskDict:
     """One empty ParameterMasker per named parameter of ``model``."""
-    return {name: ParameterMasker(name) for name, _ in model.named_parameters()}
+    return MaskDict((name, ParameterMasker(name)) for name, _ in model.named_parameters())
 
 
 def sparsity(tensor: torch.Tensor) -> float:

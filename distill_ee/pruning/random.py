@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from ..arguments import Fraction, ParamNames
 from ..errors import ScheduleError
 from ..registry import PRUNERS
 from .pruner import check_fraction
@@ -29,8 +30,8 @@ class BernoulliFilterPruner(RankedStructurePruner):
         self,
         name: str,
         group_type: str,
-        desired_sparsity: float,
-        weights: Sequence[str],
+        desired_sparsity: Fraction,
+        weights: ParamNames,
         group_dependency: Optional[str] = None,
     ):
         super().__init__(name, group_type, desired_sparsity, weights, group_dependency)
@@ -56,7 +57,7 @@ class RandomLevelStructureParameterPruner(L1RankedStructureParameterPruner):
         name: str,
         group_type: str,
         sparsity_range: Sequence[float],
-        weights: Sequence[str],
+        weights: ParamNames,
         group_dependency: Optional[str] = None,
         kwargs: Optional[Dict[str, Any]] = None,
     ):

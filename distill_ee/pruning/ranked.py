@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from ..arguments import Fraction, ParamNames
 from ..errors import ScheduleError
 from ..registry import PRUNERS
 from .masks import ParameterMasker
@@ -34,8 +35,8 @@ class RankedStructurePruner(Pruner):
         self,
         name: str,
         group_type: str,
-        desired_sparsity: float,
-        weights: Sequence[str],
+        desired_sparsity: Fraction,
+        weights: ParamNames,
         group_dependency: Optional[str] = None,
         kwargs: Optional[Dict[str, Any]] = None,
     ):

@@ -11,6 +11,7 @@ from typing import Any, Dict, Mapping
 
 import torch
 
+from ..arguments import ParamMap
 from ..registry import PRUNERS
 from .magnitude import threshold_mask
 from .masks import ParameterMasker
@@ -21,7 +22,7 @@ from .pruner import Pruner, check_number_map, per_weight_value
 class SensitivityPruner(Pruner):
     """Prunes elements below ``sensitivity * std(weight)``; ``'*'`` gives the sensitivity of any other weight."""
 
-    def __init__(self, name: str, sensitivities: Mapping[str, float]):
+    def __init__(self, name: str, sensitivities: ParamMap[float]):
         super().__init__(name)
         self.sensitivities = check_number_map(f"SensitivityPruner {name!r}", "sensitivities", sensitivities)
         self.stddev: Dict[str, float] = {}

@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
+from ..arguments import ParamMap
 from ..errors import ScheduleError
 from ..registry import PRUNERS
 from .masks import ParameterMasker
@@ -45,7 +46,7 @@ class SplicingPruner(Pruner):
     def __init__(
         self,
         name: str,
-        sensitivities: Mapping[str, float],
+        sensitivities: ParamMap[float],
         low_thresh_mult: float,
         hi_thresh_mult: float,
         sensitivity_multiplier: float = 0,

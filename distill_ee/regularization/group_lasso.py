@@ -15,6 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from ..arguments import ParamMap
 from ..errors import ScheduleError
 from ..pruning.masks import ParameterMasker
 from ..pruning.pruner import check_number
@@ -67,7 +68,7 @@ class GroupLassoRegularizer(Regularizer):
         self,
         name: str,
         model: Optional[nn.Module],
-        reg_regims: Mapping[str, Any],
+        reg_regims: ParamMap[Any],
         threshold_criteria: Optional[str] = None,
     ):
         regims = check_regims(f"GroupLassoRegularizer {name!r}", reg_regims, model)

@@ -6,6 +6,7 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 
+from ..arguments import ParamMap
 from ..pruning.magnitude import threshold_mask
 from ..pruning.masks import ParameterMasker
 from ..pruning.pruner import check_number_map
@@ -25,7 +26,7 @@ class L1Regularizer(Regularizer):
         self,
         name: str,
         model: Optional[nn.Module],
-        reg_regims: Mapping[str, float],
+        reg_regims: ParamMap[float],
         threshold_criteria: Optional[str] = None,
     ):
         regims = check_number_map(f"L1Regularizer {name!r}", "reg_regims", reg_regims)

@@ -4,36 +4,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..components import load_builtin_components
+from ..components import load_components
 from ..errors import ScheduleError
-from ..policies.pruning import PRUNING_POLICY_ARGS
-from ..registry import (EARLY_EXITS, EXTENSIONS, LR_SCHEDULERS, PRUNERS, QUANTIZERS, REGULARIZERS, Registry,
-                        UnknownNameError, suggest)
+from ..registry import Registry, Section, UnknownNameError, sections, suggest
 from .source import LocatedDict, ScheduleSource, YamlPath, parse_yaml
 
-#: section name -> (policy key, registry)
-SECTIONS: Dict[str, Tuple[str, Registry]] = {
-    "pruners": ("pruner", PRUNERS),
-    "regularizers": ("regularizer", REGULARIZERS),
-    "quantizers": ("quantizer", QUANTIZERS),
-    "lr_schedulers": ("lr_scheduler", LR_SCHEDULERS),
-    "extensions": ("extension", EXTENSIONS),
-    "early_exits": ("early_exit", EARLY_EXITS),
-}
-TOP_LEVEL = ["version", *SECTIONS, "policies"]
-POLICY_KINDS = {kind: section for section, (kind, _) in SECTIONS.items()}
 EPOCH_KEYS = ["epochs", "starting_epoch", "ending_epoch", "frequency"]
-POLICY_ARGS = {
-    "pruner": list(PRUNING_POLICY_ARGS),
-    "regularizer": ["keep_mask"],
-}
+
+
+def top_level_keys() -> List[str]:
+    """The keys a schedule may have at its top level, in order."""
+    return ["version", *(s.name for s in sections()), "policies"]
+
+
+def policy_kinds() -> Dict[str, Section]:
+    """Policy key (``pruner`` ...) -> its section, in section order."""
+    return {s.policy_key: s for s in sections()}
 
 
 @dataclass
 class ComponentSpec:
     """One named component of a section: its class and constructor arguments."""
 
-    section: str
+    section: Section
     name: str
     class_name: str
     cls: Any
@@ -47,6 +40,7 @@ class PolicySpec:
 
     index: int
     kind: str
+    section: Section
     instance_name: str
     args: Dict[str, Any]
     epochs: Optional[List[int]]
@@ -82,19 +76,20 @@ def read_schedule(path: str) -> Schedule:
 
 def parse_schedule(text: str, file: Optional[str] = None) -> Schedule:
     """Parse and validate schedule text (structure, class names, references, epoch ranges, types)."""
-    load_builtin_components()
+    load_components()
     src = parse_yaml(text, file)
     data = src.data
+    top_level = top_level_keys()
     for key in data:
-        if key not in TOP_LEVEL:
-            raise src.error((key,), "unknown top-level section", suggestions=suggest(key, TOP_LEVEL),
-                            valid=TOP_LEVEL)
+        if key not in top_level:
+            raise src.error((key,), "unknown top-level section", suggestions=suggest(key, top_level),
+                            valid=top_level)
     version = data.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
         raise src.error(("version",), f"version must be an integer, got {version!r}")
     schedule = Schedule(src, version)
-    for section, (_, registry) in SECTIONS.items():
-        schedule.components[section] = _components(src, section, registry, data.get(section))
+    for section in sections():
+        schedule.components[section.name] = _components(src, section, data.get(section.name))
     policies = data.get("policies") or []
     if not isinstance(policies, list):
         raise src.error(("policies",), "policies must be a list of policy entries")
@@ -103,14 +98,16 @@ def parse_schedule(text: str, file: Optional[str] = None) -> Schedule:
     return schedule
 
 
-def _components(src: ScheduleSource, section: str, registry: Registry, body: Any) -> Dict[str, ComponentSpec]:
+def _components(src: ScheduleSource, section: Section, body: Any) -> Dict[str, ComponentSpec]:
+    registry: Registry = section.registry
     if body is None:
         return {}
     if not isinstance(body, dict):
-        raise src.error((section,), f"{section} must be a mapping of instance names to {{class: ..., ...}}")
+        raise src.error((section.name,), f"{section.name} must be a mapping of instance names to "
+                                         "{class: ..., ...}")
     specs = {}
     for name, conf in body.items():
-        path = (section, name)
+        path = (section.name, name)
         if not isinstance(conf, dict):
             raise src.error(path, "must be a mapping with a 'class' key and the constructor arguments")
         if "class" not in conf:
@@ -137,22 +134,24 @@ def _policy(schedule: Schedule, index: int, entry: Any) -> PolicySpec:
     path: YamlPath = ("policies", index)
     if not isinstance(entry, dict):
         raise src.error(path, "a policy must be a mapping such as {pruner: {instance_name: ...}, epochs: [...]}")
-    kinds = [k for k in entry if k in POLICY_KINDS]
+    by_kind = policy_kinds()
+    kinds = [k for k in entry if k in by_kind]
     for key in entry:
-        if key not in POLICY_KINDS and key not in EPOCH_KEYS:
+        if key not in by_kind and key not in EPOCH_KEYS:
             raise src.error(path + (key,), "unknown policy key",
-                            suggestions=suggest(key, [*POLICY_KINDS, *EPOCH_KEYS]),
-                            valid=[*POLICY_KINDS, *EPOCH_KEYS])
+                            suggestions=suggest(key, [*by_kind, *EPOCH_KEYS]),
+                            valid=[*by_kind, *EPOCH_KEYS])
     if len(kinds) != 1:
-        raise src.error(path, f"a policy names exactly one of {', '.join(POLICY_KINDS)}; found "
+        raise src.error(path, f"a policy names exactly one of {', '.join(by_kind)}; found "
                               f"{', '.join(kinds) or 'none'}")
     kind = kinds[0]
-    instance_name, args = _policy_target(schedule, path + (kind,), kind, entry[kind])
+    section = by_kind[kind]
+    instance_name, args = _policy_target(schedule, path + (kind,), section, entry[kind])
     epochs, start, end, freq = _epochs(src, path, entry)
-    return PolicySpec(index, kind, instance_name, args, epochs, start, end, freq, path)
+    return PolicySpec(index, kind, section, instance_name, args, epochs, start, end, freq, path)
 
 
-def _policy_target(schedule: Schedule, path: YamlPath, kind: str, body: Any) -> Tuple[str, Dict[str, Any]]:
+def _policy_target(schedule: Schedule, path: YamlPath, section: Section, body: Any) -> Tuple[str, Dict[str, Any]]:
     src = schedule.source
     if not isinstance(body, dict):
         raise src.error(path, "must be a mapping with 'instance_name' (and optionally 'args')")
@@ -163,19 +162,19 @@ def _policy_target(schedule: Schedule, path: YamlPath, kind: str, body: Any) -> 
     if "instance_name" not in body:
         raise src.error(path, "missing 'instance_name'")
     name = body["instance_name"]
-    section = POLICY_KINDS[kind]
-    defined = schedule.components[section]
-    if name not in defined:
+    kind = section.policy_key
+    defined = schedule.components[section.name]
+    if not isinstance(name, str) or name not in defined:
         raise src.error(path + ("instance_name",), f"names an undefined {kind} {name!r}",
                         suggestions=suggest(str(name), defined), valid=list(defined))
     args = body.get("args") or {}
     if not isinstance(args, dict):
         raise src.error(path + ("args",), "args must be a mapping")
-    allowed = POLICY_ARGS.get(kind, [])
+    allowed = section.policy_args
     for key in args:
         if key not in allowed:
             raise src.error(path + ("args", key), f"unknown {kind} policy argument",
-                            suggestions=suggest(key, allowed), valid=allowed)
+                            suggestions=suggest(str(key), allowed), valid=allowed)
     return name, args
 
 

@@ -1,57 +1,36 @@
-"""Where the early exits of a model attach: exit name -> attach module, for the branches in ``model.early_exits``.
+"""The exit branches a model carries, with the module each one reads, for the dependency graph.
 
-The model holds only the branches (an nn.ModuleDict); the attach module names live in the ExitSet that the
-EarlyExit policy built. Thinning needs them, because a branch reads its attach module's output and must lose
-the same channels. They come, in this order, from: a mapping the caller gives, an ``attach_points`` mapping
-on the ModuleDict, the ExitSet that owns the ModuleDict (alive as long as its EarlyExit policy is).
+Exit branches live in ``ExitSet`` modules (``model.early_exits``), which declare their attach points: a
+branch reads its attach module's output, so thinning must take the same channels out of its first layers.
 """
 from __future__ import annotations
 
-import gc
-from typing import Dict, Mapping, Optional
+from typing import List, Mapping, NamedTuple, Optional
 
 from torch import nn
 
-from ..early_exit.attach import EXITS_ATTR, ExitSet
+from ..early_exit.exit_set import exit_sets
 from ..errors import DistillEEError
 
 
-def exit_branches(model: nn.Module) -> Dict[str, nn.Module]:
-    """The exit branches attached to ``model`` by name (empty when it has none)."""
-    branches = getattr(model, EXITS_ATTR, None)
-    if not isinstance(branches, nn.ModuleDict):
-        return {}
-    return dict(branches.items())
+class ExitBranch(NamedTuple):
+    """One exit branch: its module name in the model, the module, and the module whose output it reads."""
+
+    name: str
+    module: nn.Module
+    reads: str
 
 
-def exit_attach_points(model: nn.Module, exits: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """Exit name -> attach module name for every branch of ``model``; ``exits`` overrides the lookup."""
-    branches = getattr(model, EXITS_ATTR, None)
-    if not isinstance(branches, nn.ModuleDict) or len(branches) == 0:
-        return {}
-    found = dict(exits) if exits is not None else _lookup(branches)
-    missing = [name for name in branches if name not in found]
-    if missing:
-        raise DistillEEError(
-            f"cannot tell which module exit {missing[0]!r} reads, so thinning could break its branch; "
-            f"pass exits={{exit name: attach module name}}")
-    return {name: found[name] for name in branches}
-
-
-def _lookup(branches: nn.ModuleDict) -> Dict[str, str]:
-    declared = getattr(branches, "attach_points", None)
-    if isinstance(declared, Mapping):
-        return dict(declared)
-    owner = _owning_exit_set(branches)
-    return dict(zip(owner.names, owner.attach)) if owner is not None else {}
-
-
-def _owning_exit_set(branches: nn.ModuleDict) -> Optional[ExitSet]:
-    """The ExitSet whose ``branches`` is this ModuleDict (found among the objects referring to it)."""
-    for ref in gc.get_referrers(branches):
-        candidates = gc.get_referrers(ref) if isinstance(ref, dict) else [ref]
-        for obj in candidates:
-            if isinstance(obj, ExitSet) and obj.branches is branches:
-                return obj
-    return None
-
+def exit_branches(model: nn.Module, attach: Optional[Mapping[str, str]] = None) -> List[ExitBranch]:
+    """Every exit branch inside ``model``; ``attach`` (exit name -> module name) overrides declared points."""
+    found = []
+    for set_name, exit_set in exit_sets(model):
+        prefix = f"{set_name}." if set_name else ""
+        outer = set_name.rpartition(".")[0]
+        for exit_name, branch in exit_set.items():
+            reads = dict(attach or {}).get(exit_name, exit_set.attach_points.get(exit_name))
+            if reads is None:
+                raise DistillEEError(f"exit {exit_name!r} declares no attach point, so thinning could break its "
+                                     "branch")
+            found.append(ExitBranch(prefix + exit_name, branch, f"{outer}.{reads}" if outer else reads))
+    return found

@@ -4,9 +4,9 @@ A channel group (``groups.py``) is a set of tensors whose channel dimension shri
 creating the channels (convolution filters, linear rows), the per-channel layers carrying them (batch norm,
 depthwise convolutions) and the consumers reading them (a linear layer after a flatten reads each channel as
 a block of ``factor`` features). Element-wise sums and products (residual connections) merge the groups of
-their operands: a channel can only be removed from all of them at once. Early-exit branches
-(``model.early_exits``) are traced too; a branch reads its attach module's output, so its first layers join
-that output's group.
+their operands: a channel can only be removed from all of them at once. Early-exit branches (``ExitSet``
+modules, which declare their attach points) are traced too; a branch reads its attach module's output, so its
+first layers join that output's group.
 
 A group is *blocked*, with the reason, when its channels reach something thinning cannot shrink: the model's
 input or output, a grouped convolution, an operation that mixes or reorders channels (cat, slicing, reshapes
@@ -19,9 +19,10 @@ from typing import List, Mapping, Optional
 from torch import nn
 
 from .builder import GroupBuilder, Source
-from .exits import exit_attach_points, exit_branches
+from .exits import exit_branches
 from .groups import ChannelGroup
-from .tracing import ModuleOutputTracer, trace, unwrap
+from ..modules import unwrap, wrapper_prefix
+from .tracing import ModuleOutputTracer, trace
 
 
 class DependencyGraph:
@@ -44,17 +45,17 @@ class DependencyGraph:
 def build_dependency_graph(model: nn.Module, exits: Optional[Mapping[str, str]] = None) -> DependencyGraph:
     """Trace ``model`` (and its exit branches) with torch.fx and group the layers by shared channels.
 
-    ``exits`` maps exit names to attach module names; by default they are read from the model's exits.
+    ``exits`` maps exit names to attach module names; by default the model's ExitSets declare them.
     """
-    inner, prefix = unwrap(model)
+    inner, prefix = unwrap(model), wrapper_prefix(model)
     builder = GroupBuilder(model)
     tracer, graph = trace(inner)
     builder.add_graph(graph, prefix)
-    attach = exit_attach_points(inner, exits)
-    for name, branch in exit_branches(inner).items():
-        _, branch_graph = trace(branch)
-        builder.add_graph(branch_graph, f"{prefix}early_exits.{name}.", what=f"exit {name!r}",
-                          source=_attach_output(tracer, attach[name], name))
+    for branch in exit_branches(inner, exits):
+        _, branch_graph = trace(branch.module)
+        name = branch.name.rpartition(".")[2]
+        builder.add_graph(branch_graph, f"{prefix}{branch.name}.", what=f"exit {name!r}",
+                          source=_attach_output(tracer, branch.reads, name))
     return DependencyGraph(builder.finish())
 
 

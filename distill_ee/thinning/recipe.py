@@ -8,9 +8,10 @@ A recipe is a dict of plain Python values and tensors (it loads with ``torch.loa
 
 Applying a recipe replaces each sliced parameter by a new, smaller Parameter (with its gradient), swaps it
 into the optimizer's parameter groups with its state sliced (momentum buffers and the like), slices its
-pruning mask, slices the module buffers and sets the module attributes. The CompressionScheduler owning the
-masks re-reads the parameters afterwards. A model's recipes are kept, in order, in its
-``thinning_recipes`` attribute; a thinned checkpoint is loaded by applying them to a fresh model first.
+pruning mask, slices the module buffers and sets the module attributes; the owners of the masks (a
+CompressionScheduler) are told that parameters were replaced. Every recipe applied to a model is recorded
+as a structure step (``{"kind": "thinning", "recipe": ...}``, see ``distill_ee.structure``), so a thinned
+checkpoint loads by replaying the steps on a fresh model.
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..pruning.masks import ParameterMasker
-from .owners import refresh_mask_owners
+from ..pruning.masks import ParameterMasker, notify_parameters_replaced
+from ..structure import STEP_KINDS, ReplayContext, Step, StepKind, record_step, structure_steps
 
 Recipe = Dict[str, Dict[str, Any]]
-#: the model attribute that lists the recipes applied to it (Distiller's name)
-RECIPES_ATTR = "thinning_recipes"
+#: the kind of the structure step that thins a model
+THINNING_STEP = "thinning"
 
 
 def empty_recipe() -> Recipe:
@@ -49,15 +50,13 @@ def select(recipe: Recipe, tensor: str, dim: int, size: int, keep: torch.Tensor)
 
 
 def thinning_recipes(model: nn.Module) -> List[Recipe]:
-    """The recipes applied to ``model`` so far, oldest first (what a checkpoint must store)."""
-    return list(getattr(model, RECIPES_ATTR, []))
+    """The recipes applied to ``model`` so far, oldest first (from its structure steps)."""
+    return [step["recipe"] for step in structure_steps(model) if step.get("kind") == THINNING_STEP]
 
 
 def record_recipe(model: nn.Module, recipe: Recipe) -> None:
-    """Append ``recipe`` to the model's list of applied recipes."""
-    if not isinstance(getattr(model, RECIPES_ATTR, None), list):
-        setattr(model, RECIPES_ATTR, [])
-    getattr(model, RECIPES_ATTR).append(recipe)
+    """Record ``recipe`` as the model's newest structure step."""
+    record_step(model, {"kind": THINNING_STEP, "recipe": recipe})
 
 
 # --------------------------------------------------------------------------- applying
@@ -99,7 +98,7 @@ def apply_thinning_recipes(model: nn.Module, recipes: Sequence[Recipe],
             raise CheckpointError(f"thinning recipe {i + 1} of {len(recipes)}: {exc}") from None
         if changed:
             record_recipe(model, recipe)
-    refresh_mask_owners(masks)
+    notify_parameters_replaced(masks)
 
 
 def check_recipe(model: nn.Module, recipe: Any) -> None:
@@ -183,3 +182,20 @@ def _select_masker(masker: ParameterMasker, param: nn.Parameter, dim: int, size:
         masker.unmasked_copy = masker.unmasked_copy.index_select(dim, keep.to(masker.unmasked_copy.device))
     masker.remove_gradient_hook()  # a gradient-masking hook sat on the replaced parameter
     masker.ensure_gradient_hook(param)
+
+
+class ThinningStep(StepKind):
+    """Replays ``{"kind": "thinning", "recipe": ...}`` (masks and optimizer follow)."""
+
+    def replay(self, model: nn.Module, step: Step, ctx: ReplayContext) -> None:
+        """Thin the model the way the recipe says."""
+        if not isinstance(step.get("recipe"), Mapping):
+            raise CheckpointError("a thinning step needs its recipe")
+        apply_thinning_recipes(model, [step["recipe"]], ctx.optimizer, ctx.masks)
+
+    def describe(self, step: Step) -> str:
+        """``thinning``."""
+        return "thinning"
+
+
+STEP_KINDS.add(THINNING_STEP, ThinningStep())

@@ -21,10 +21,9 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ..pruning.masks import ParameterMasker
+from ..pruning.masks import ParameterMasker, notify_parameters_replaced
 from .graph import build_dependency_graph
 from .groups import ChannelGroup
-from .owners import refresh_mask_owners
 from .recipe import Recipe, apply_recipe, empty_recipe, is_empty, record_recipe, select, set_attribute
 from .rules import CONVS, NORMS
 
@@ -40,7 +39,8 @@ def remove_filters(model: nn.Module, masks: Masks = None, optimizer: Optional[to
     """Remove every channel whose producing filters are all zero (masks applied); returns the recipe applied.
 
     The masks are sliced and their scheduler re-reads the parameters; ``optimizer``'s parameter groups and state
-    follow. ``exits`` maps exit names to attach module names when the model's exits cannot tell.
+    follow; the recipe is recorded as the model's newest structure step. ``exits`` maps exit names to attach
+    module names, overriding what the model's ExitSets declare.
     """
     return _thin(model, masks, optimizer, exits, "filters")
 
@@ -77,7 +77,7 @@ def _thin(model: nn.Module, masks: Masks, optimizer: Optional[torch.optim.Optimi
     before = sum(p.numel() for p in model.parameters())
     apply_recipe(model, recipe, masks, optimizer)
     record_recipe(model, recipe)
-    refresh_mask_owners(masks)
+    notify_parameters_replaced(masks)
     log.info("thinning: removed %d channels (%s); parameters %s -> %s", removed, kind, f"{before:,}",
              f"{sum(p.numel() for p in model.parameters()):,}")
     return recipe

@@ -8,6 +8,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import DistillEEError
+from ..modules import first_line
 
 
 class ModuleOutputTracer(fx.Tracer):
@@ -39,14 +40,7 @@ def trace(module: nn.Module) -> Tuple[ModuleOutputTracer, fx.Graph]:
         with torch.no_grad():
             graph = tracer.trace(module)
     except Exception as exc:  # fx raises many types for untraceable code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DistillEEError(f"thinning needs a model that torch.fx can trace; tracing "
-                             f"{type(module).__name__} failed: {first}") from None
+                             f"{type(module).__name__} failed: {first_line(exc)}") from None
     return tracer, graph
 
-
-def unwrap(model: nn.Module) -> Tuple[nn.Module, str]:
-    """The module inside a DataParallel / DistributedDataParallel wrapper and the name prefix it adds."""
-    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        return model.module, "module."
-    return model, ""

@@ -16,7 +16,8 @@ from distill_ee.apputils.datasets import DatasetInfo, InMemoryLoader, dataset_in
 from distill_ee.apputils.datasets import mnist5k
 from distill_ee.apputils.datasets.splits import stratified_split
 from distill_ee.errors import ConfigError, DataError
-from distill_ee.registry import DATASETS, UnknownNameError
+from distill_ee.apputils.datasets.registry import DATASETS
+from distill_ee.registry import UnknownNameError
 
 CIFAR_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
 

@@ -7,7 +7,8 @@ import torch.fx
 
 from distill_ee.apputils.models import create_model, list_models
 from distill_ee.errors import ConfigError
-from distill_ee.registry import MODELS, UnknownNameError
+from distill_ee.apputils.models.registry import MODELS
+from distill_ee.registry import UnknownNameError
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from distill_ee.early_exit.attach import ExitAttachment, attach_exits
+from distill_ee.early_exit.attach import attach_exits
+from distill_ee.early_exit.hooks import ExitHooks
 from distill_ee.early_exit.spec import parse_early_exit_config
 
 POOL_HEAD = ["adaptive_avgpool", "flatten", "linear"]
@@ -105,10 +106,11 @@ def resnet18() -> nn.Module:
     return randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
 
 
-def attach(model: nn.Module, config: Dict, input_shape=(1, 28, 28), num_classes: int = 10) -> ExitAttachment:
-    """Parse ``config`` and attach its exits to ``model``."""
+def attach(model: nn.Module, config: Dict, input_shape=(1, 28, 28), num_classes: int = 10) -> ExitHooks:
+    """Parse ``config``, attach its exits to ``model``; the (disabled) training hooks of the exits."""
     spec = parse_early_exit_config(config)
-    return attach_exits(model, spec, num_classes=num_classes, input_shape=input_shape)
+    attach_exits(model, spec, num_classes=num_classes, input_shape=input_shape)
+    return ExitHooks(model)
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill_ee.early_exit.attach import EXITS_ATTR
+from distill_ee.early_exit.attach import detach_exits
+from distill_ee.early_exit.exit_set import EXITS_ATTR, ExitSet
+from distill_ee.structure import structure_steps
 from distill_ee.errors import DistillEEError, ScheduleError
 
 
@@ -18,9 +20,9 @@ def test_backbone_parameter_names_are_unchanged(ee, lenet):
     assert list(lenet.state_dict())[:len(before_state)] == before_state
 
 
-def test_branches_live_in_one_module_dict_of_the_model(ee, lenet):
+def test_branches_live_in_one_exit_set_module_that_declares_its_attach_points(ee, lenet):
     att = ee.attach(lenet, ee.exits_config(["conv1", "conv2"], branch=["flatten", "linear"]))
-    assert isinstance(getattr(lenet, EXITS_ATTR), nn.ModuleDict)
+    assert isinstance(getattr(lenet, EXITS_ATTR), ExitSet) and isinstance(lenet.early_exits, nn.ModuleDict)
     assert list(getattr(lenet, EXITS_ATTR)) == ["exit1", "exit2"]
     assert lenet.early_exits.exit1[1].in_features == 6 * 24 * 24
     assert att.exit_set.attach == ["conv1", "conv2"]
@@ -128,7 +130,7 @@ def test_an_attach_output_changed_in_place_later_is_copied_for_the_branch(ee):
     model = InplaceAfterAttach()
     att = ee.attach(model, ee.exits_config(["conv"], branch=[{"type": "conv", "out_channels": 2}, "flatten",
                                                              "linear"]))
-    assert att.copy_input == [True]
+    assert att.exit_set.copy_input == [True]
     att.enable()
     out = model(torch.randn(2, 1, 28, 28))
     (logits,) = att.pop_logits()
@@ -136,11 +138,21 @@ def test_an_attach_output_changed_in_place_later_is_copied_for_the_branch(ee):
     assert model.early_exits.exit1[0].weight.grad is not None
 
 
+def test_attaching_records_a_structure_step_and_detaching_removes_it(ee, lenet):
+    ee.attach(lenet, ee.exits_config(["conv1"], branch=["flatten", "linear"]))
+    (step,) = structure_steps(lenet)
+    assert step["kind"] == "early_exits" and step["config"]["exits"]["exit1"]["attach"] == "conv1"
+    assert step["num_classes"] == 10 and step["input_shape"] == [1, 28, 28]
+    detach_exits(lenet)
+    assert structure_steps(lenet) == []
+
+
 def test_detach_restores_the_model(ee, lenet):
     names = [n for n, _ in lenet.named_parameters()]
     att = ee.attach(lenet, ee.exits_config(["conv1"], branch=["flatten", "linear"]))
     att.enable()
-    att.detach()
+    att.disable()
+    detach_exits(lenet)
     assert not hasattr(lenet, EXITS_ATTR)
     assert [n for n, _ in lenet.named_parameters()] == names
     assert not lenet.conv1._forward_hooks

@@ -8,15 +8,16 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from distill_ee.early_exit.calibrate import (calibrate, calibrate_policy, parse_target,
-                                             run_calibration, yaml_float)
+from distill_ee.apputils.calibration import parse_target, run_calibration
+from distill_ee.early_exit.calibrate import calibrate, calibrate_exits, yaml_float
 from distill_ee.early_exit.criteria import get_criterion
 from distill_ee.early_exit.stats import expected_macs, overall_top1
 from distill_ee.early_exit import tradeoff
 from distill_ee.early_exit.tradeoff import ExitCosts
 from distill_ee.errors import ConfigError
+from distill_ee.early_exit.exits import EarlyExits
 from distill_ee.policies.base import HookContext
-from distill_ee.policies.early_exit import EarlyExit
+from distill_ee.policies.early_exit import EarlyExitPolicy
 
 
 def synthetic(n=600, strengths=(1.0, 2.0, 4.0), classes=10, seed=0):
@@ -33,40 +34,6 @@ def synthetic(n=600, strengths=(1.0, 2.0, 4.0), classes=10, seed=0):
 
 MACS = [30.0, 70.0, 110.0]  # exit1, exit2, final (branches of 5 MACs each included)
 BRANCHES = [5.0, 5.0]
-
-
-# --------------------------------------------------------------------------- targets
-@pytest.mark.parametrize("text, kind, values", [
-    ("drop=0.5", "drop", (0.5,)),
-    (" drop = 0 ", "drop", (0.0,)),
-    ("macs=0.4", "macs", (0.4,)),
-    ("MACS=40%", "macs", (0.4,)),
-    ("proportions=0.5,0.3", "proportions", (0.5, 0.3)),
-    ("proportions=0,1", "proportions", (0.0, 1.0)),
-])
-def test_targets_are_parsed_from_the_command_line_text(text, kind, values):
-    target = parse_target(text)
-    assert target.kind == kind and target.values == pytest.approx(values)
-    assert parse_target(target.text) == target
-
-
-@pytest.mark.parametrize("text, message", [
-    ("", "expected KIND=VALUE"),
-    ("drop", "expected KIND=VALUE"),
-    ("dorp=1", "did you mean 'drop'"),
-    ("speed=2", "valid: drop, macs, proportions"),
-    ("drop=abc", "'abc' is not a number"),
-    ("drop=nan", "not a finite number"),
-    ("drop=-1", "between 0 and 100"),
-    ("drop=1,2", "takes one number"),
-    ("macs=0", r"in \(0, 1\]"),
-    ("macs=40", r"in \(0, 1\]"),
-    ("proportions=0.5,-0.1", r"in \[0, 1\]"),
-    ("proportions=0.7,0.5", "sum to 1.2"),
-])
-def test_bad_targets_are_one_clear_config_error(text, message):
-    with pytest.raises(ConfigError, match=message):
-        parse_target(text)
 
 
 # --------------------------------------------------------------------------- optimality on cached logits
@@ -87,7 +54,7 @@ def hand_made():
 ])
 def test_the_search_finds_the_known_optimum_of_a_hand_made_example(target, taken, top1):
     logits, targets = hand_made()
-    result = calibrate(logits, targets, ["max_prob"], [10.0, 100.0], 100.0, target)
+    result = calibrate(logits, targets, ["max_prob"], [10.0, 100.0], 100.0, parse_target(target))
     assert result.taken_pct == pytest.approx(taken)
     assert result.top1 == pytest.approx(top1)
     assert result.final_top1 == 100.0
@@ -131,7 +98,8 @@ def brute_force(logits, targets, criterion, costs, feasible, better):
 def test_the_grid_matches_an_exhaustive_search_for_a_drop_target(criterion):
     logits, targets = synthetic(n=40, seed=3)
     costs = ExitCosts(MACS, 100.0, BRANCHES)
-    result = calibrate(logits, targets, criterion, MACS, 100.0, "drop=5", branch_macs=BRANCHES, candidates=60)
+    result = calibrate(logits, targets, criterion, MACS, 100.0, parse_target("drop=5"), branch_macs=BRANCHES,
+                       candidates=60)
     floor = result.final_top1 - 5.0 - 1e-9
     top1, macs = brute_force(logits, targets, criterion, costs, lambda t, m: t >= floor,
                              lambda p, b: (p[1], -p[0]) < (b[1], -b[0]))
@@ -143,7 +111,8 @@ def test_the_grid_matches_an_exhaustive_search_for_a_drop_target(criterion):
 def test_the_grid_matches_an_exhaustive_search_for_a_macs_budget():
     logits, targets = synthetic(n=40, seed=4)
     costs = ExitCosts(MACS, 100.0, BRANCHES)
-    result = calibrate(logits, targets, "margin", MACS, 100.0, "macs=0.5", branch_macs=BRANCHES, candidates=60)
+    result = calibrate(logits, targets, "margin", MACS, 100.0, parse_target("macs=0.5"), branch_macs=BRANCHES,
+                       candidates=60)
     top1, macs = brute_force(logits, targets, "margin", costs, lambda t, m: m <= 50.0 + 1e-9,
                              lambda p, b: (p[0], -p[1]) > (b[0], -b[1]))
     assert result.top1 == pytest.approx(top1)
@@ -153,14 +122,16 @@ def test_the_grid_matches_an_exhaustive_search_for_a_macs_budget():
 @pytest.mark.parametrize("budget", [0.35, 0.5, 0.7, 0.9])
 def test_a_macs_budget_is_respected(budget):
     logits, targets = synthetic(n=1000)
-    result = calibrate(logits, targets, "entropy", MACS, 100.0, f"macs={budget}", branch_macs=BRANCHES)
+    result = calibrate(logits, targets, "entropy", MACS, 100.0, parse_target(f"macs={budget}"),
+                       branch_macs=BRANCHES)
     assert result.macs_fraction <= budget + 1e-12
     assert result.expected_macs == pytest.approx(result.macs_fraction * 100.0)
 
 
 def test_a_looser_budget_never_gives_lower_accuracy():
     logits, targets = synthetic(n=1000)
-    tops = [calibrate(logits, targets, "entropy", MACS, 100.0, f"macs={b}", branch_macs=BRANCHES).top1
+    tops = [calibrate(logits, targets, "entropy", MACS, 100.0, parse_target(f"macs={b}"),
+                      branch_macs=BRANCHES).top1
             for b in (0.4, 0.6, 0.8, 1.0)]
     assert tops == sorted(tops)
 
@@ -168,14 +139,14 @@ def test_a_looser_budget_never_gives_lower_accuracy():
 def test_an_impossible_budget_is_a_config_error():
     logits, targets = synthetic(n=200)
     with pytest.raises(ConfigError, match="cheapest searched costs 30.0%"):
-        calibrate(logits, targets, "entropy", MACS, 100.0, "macs=0.2", branch_macs=BRANCHES)
+        calibrate(logits, targets, "entropy", MACS, 100.0, parse_target("macs=0.2"), branch_macs=BRANCHES)
 
 
 def test_proportions_give_the_requested_shares_of_samples():
     logits, targets = synthetic(n=1000)
-    result = calibrate(logits, targets, "entropy", MACS, 100.0, "proportions=0.5,0.3")
+    result = calibrate(logits, targets, "entropy", MACS, 100.0, parse_target("proportions=0.5,0.3"))
     assert result.taken_pct == pytest.approx([50.0, 30.0, 20.0])
-    skip_first = calibrate(logits, targets, "max_prob", MACS, 100.0, "proportions=0,0.4")
+    skip_first = calibrate(logits, targets, "max_prob", MACS, 100.0, parse_target("proportions=0,0.4"))
     assert skip_first.thresholds[0] is None
     assert skip_first.taken_pct == pytest.approx([0.0, 40.0, 60.0])
 
@@ -183,18 +154,19 @@ def test_proportions_give_the_requested_shares_of_samples():
 def test_proportions_need_one_share_per_early_exit():
     logits, targets = synthetic(n=100)
     with pytest.raises(ConfigError, match="one share per early exit"):
-        calibrate(logits, targets, "entropy", MACS, 100.0, "proportions=0.5")
+        calibrate(logits, targets, "entropy", MACS, 100.0, parse_target("proportions=0.5"))
 
 
 def test_patience_is_refused_with_a_clear_message():
     logits, targets = synthetic(n=100)
     with pytest.raises(ConfigError, match="patience.*integer count"):
-        calibrate(logits, targets, ["entropy", "patience"], MACS, 100.0, "drop=1")
+        calibrate(logits, targets, ["entropy", "patience"], MACS, 100.0, parse_target("drop=1"))
 
 
 def test_a_search_over_thousands_of_settings_completes():
     logits, targets = synthetic(n=2000)
-    result = calibrate(logits, targets, "entropy", MACS, 100.0, "drop=0.5", branch_macs=BRANCHES)
+    result = calibrate(logits, targets, "entropy", MACS, 100.0, parse_target("drop=0.5"),
+                       branch_macs=BRANCHES)
     assert result.settings_searched >= 5000
     assert result.drop <= 0.5 + 1e-9
     assert result.macs_fraction < 1.0
@@ -205,6 +177,7 @@ def test_a_search_over_thousands_of_settings_completes():
 def test_beyond_the_grid_a_seeded_descent_finds_the_grid_optimum_here(target, monkeypatch):
     logits, targets = synthetic(n=1000, strengths=(1.0, 1.5, 2.0, 2.5, 4.0))
     macs, branches = [20.0, 40.0, 60.0, 80.0, 104.0], [1.0] * 4
+    target = parse_target(target)
     grid = calibrate(logits, targets, "entropy", macs, 100.0, target, branch_macs=branches, candidates=20)
     monkeypatch.setattr(tradeoff, "MAX_GRID_SETTINGS", 1000)  # four exits of 21 candidates no longer fit
     descent = calibrate(logits, targets, "entropy", macs, 100.0, target, branch_macs=branches, candidates=20)
@@ -216,16 +189,16 @@ def test_beyond_the_grid_a_seeded_descent_finds_the_grid_optimum_here(target, mo
 def test_temperatures_are_fitted_per_exit_and_reported():
     logits, targets = synthetic(n=1000)
     hot = [logits[0] * 4.0, logits[1] * 4.0, logits[2]]
-    result = calibrate(hot, targets, "entropy", MACS, 100.0, "drop=1", temperature=True)
+    result = calibrate(hot, targets, "entropy", MACS, 100.0, parse_target("drop=1"), temperature=True)
     assert len(result.temperatures) == 2 and all(t > 1.5 for t in result.temperatures)
     assert result.drop <= 1.0 + 1e-9
-    assert calibrate(hot, targets, "entropy", MACS, 100.0, "drop=1").temperatures is None
+    assert calibrate(hot, targets, "entropy", MACS, 100.0, parse_target("drop=1")).temperatures is None
 
 
 # --------------------------------------------------------------------------- result
 def test_the_yaml_snippet_reads_back_as_the_thresholds():
     logits, targets = synthetic(n=500)
-    result = calibrate(logits, targets, "entropy", MACS, 100.0, "proportions=0,0.5")
+    result = calibrate(logits, targets, "entropy", MACS, 100.0, parse_target("proportions=0,0.5"))
     snippet = result.yaml_snippet(["early", "late"])
     parsed = yaml.safe_load(snippet)
     assert parsed == {"exits": {"early": {"threshold": None}, "late": {"threshold": result.thresholds[1]}}}
@@ -241,7 +214,7 @@ def test_thresholds_are_written_as_yaml_floats(value):
 
 def test_the_result_is_plain_data_for_summaries_and_checkpoints():
     logits, targets = synthetic(n=300)
-    result = calibrate(logits, targets, "entropy", MACS, 100.0, "drop=1", temperature=True)
+    result = calibrate(logits, targets, "entropy", MACS, 100.0, parse_target("drop=1"), temperature=True)
     data = json.loads(json.dumps(result.to_dict()))
     assert data["target"] == "drop=1" and data["criteria"] == ["entropy", "entropy"]
     assert data["thresholds"] == result.thresholds and data["temperatures"] == result.temperatures
@@ -249,10 +222,10 @@ def test_the_result_is_plain_data_for_summaries_and_checkpoints():
     assert sum(data["valid"]["taken_pct"]) == pytest.approx(100.0)
 
 
-# --------------------------------------------------------------------------- policies
+# --------------------------------------------------------------------------- the exits of a model
 def lenet_policy(ee, lenet):
     config = ee.exits_config(["conv1", "conv2"])
-    return EarlyExit.from_config(config, lenet, num_classes=10, input_shape=(1, 28, 28))
+    return EarlyExits.from_config(config, lenet, num_classes=10, input_shape=(1, 28, 28))
 
 
 def batches(model, n, seed, noise=0.2, batch=64):
@@ -266,22 +239,22 @@ def batches(model, n, seed, noise=0.2, batch=64):
     return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
 
 
-def test_calibrate_policy_sets_the_thresholds_the_policy_then_measures(ee, lenet):
+def test_calibrate_exits_sets_the_thresholds_the_exits_then_measure(ee, lenet):
     policy = lenet_policy(ee, lenet)
     valid = batches(lenet, 256, seed=1)
-    result = calibrate_policy(policy, valid, "macs=0.8")
+    result = calibrate_exits(policy, valid, parse_target("macs=0.8"))
     assert policy.thresholds == result.thresholds
     rows = policy.evaluate(valid)
     assert overall_top1(rows) == pytest.approx(result.top1)
     assert expected_macs(rows) == pytest.approx(result.expected_macs)
 
 
-def test_calibrate_policy_folds_temperatures_into_the_branches(ee, lenet):
+def test_calibrate_exits_folds_temperatures_into_the_branches(ee, lenet):
     policy = lenet_policy(ee, lenet)
     valid = batches(lenet, 256, seed=1)
     x = valid[0][0]
     before = policy.multi_exit_model().eval().simulate(x)
-    result = calibrate_policy(policy, valid, "drop=2", temperature=True)
+    result = calibrate_exits(policy, valid, parse_target("drop=2"), temperature=True)
     after = policy.multi_exit_model().eval().simulate(x)
     for k, t in enumerate(result.temperatures):
         assert torch.allclose(after[k], before[k] / t, atol=1e-5)
@@ -359,7 +332,8 @@ def test_thresholds_calibrated_on_validation_keep_their_promise_on_test(one_thre
     splits = load_dataset("mnist5k", valid_size=0.25, split_seed=0)  # 3,000 train, 1,000 valid, 1,000 test
     train, valid, test = make_loaders(splits, 64, seed=0)
     model = create_model("lenet_mnist", 10, 1)
-    policy = EarlyExit.from_config(LENET_EXIT, model, num_classes=10, input_shape=(1, 28, 28))
+    exits = EarlyExits.from_config(LENET_EXIT, model, num_classes=10, input_shape=(1, 28, 28))
+    policy = EarlyExitPolicy(exits)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)  # branches are model parameters
     for epoch in range(2):
         model.train()
@@ -372,7 +346,7 @@ def test_thresholds_calibrated_on_validation_keep_their_promise_on_test(one_thre
             optimizer.step()
         policy.on_epoch_end(HookContext(epoch=epoch, model=model))
     model.eval()
-    cal = run_calibration(policy, valid, test, "drop=1.0", str(tmp_path))["calibration"]
+    cal = run_calibration(exits, valid, test, "drop=1.0", str(tmp_path))["calibration"]
     assert cal["valid"]["drop"] <= 1.0 + 1e-9
     assert cal["test"]["drop"] <= 1.0 + TOLERANCE
     assert cal["test"]["macs_fraction"] < 1.0

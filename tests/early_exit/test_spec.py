@@ -72,18 +72,18 @@ def test_to_config_parses_back_to_an_equal_spec():
 
 def test_auto_final_weight_is_one_minus_the_exit_weights():
     spec = parse(SCHEDULE)
-    weights = spec.exit_weights(0, 0, 3, 1)
+    weights = spec.exit_weights(0.0)
     assert weights == pytest.approx([0.3, 0.1])
     assert spec.final_weight(weights) == pytest.approx(0.6)
 
 
-def test_a_ramp_goes_from_start_at_the_first_due_epoch_to_end_at_the_last():
+def test_a_ramp_goes_from_start_at_the_windows_beginning_to_end_at_its_end():
     ramp = LossWeight(0.1, 1.0)
-    assert ramp.at(0, 0, 10, 1) == pytest.approx(0.1)
-    assert ramp.at(9, 0, 10, 1) == pytest.approx(1.0)
-    assert ramp.at(3, 0, 10, 1) == pytest.approx(0.4)
-    assert ramp.at(8, 0, 10, 2) == pytest.approx(1.0)  # due epochs 0, 2, 4, 6, 8
-    assert ramp.at(20, 0, 10, 1) == pytest.approx(1.0)
+    assert ramp.at(0.0) == pytest.approx(0.1)
+    assert ramp.at(1.0) == pytest.approx(1.0)
+    assert ramp.at(1 / 3) == pytest.approx(0.4)
+    assert ramp.at(2.0) == pytest.approx(1.0)  # progress is clamped
+    assert LossWeight(0.3, 0.3).at(0.7) == 0.3
 
 
 def test_unknown_keys_name_the_path_and_suggest_the_closest():

@@ -8,7 +8,7 @@ from torch import nn
 from distill_ee.early_exit.temperature import (apply_temperatures, fit_temperature, fit_temperatures,
                                                fold_temperature, fold_temperatures, last_affine_layer)
 from distill_ee.errors import ConfigError
-from distill_ee.policies.early_exit import EarlyExit
+from distill_ee.early_exit.exits import EarlyExits
 
 
 def overconfident(temperature, n=4000, classes=10, seed=0):
@@ -74,25 +74,25 @@ def test_temperatures_must_be_positive_numbers(bad):
         fold_temperature(branch(), bad)
 
 
-def test_fold_temperatures_scales_every_exit_of_a_policy(ee, lenet):
+def test_fold_temperatures_scales_every_exit_of_an_exit_set(ee, lenet):
     config = ee.exits_config(["conv1", "conv2"])
-    policy = EarlyExit.from_config(config, lenet, num_classes=10, input_shape=(1, 28, 28))
+    policy = EarlyExits.from_config(config, lenet, num_classes=10, input_shape=(1, 28, 28))
     multi = policy.multi_exit_model().eval()
     x = torch.randn(5, 1, 28, 28)
     before = multi.simulate(x)
-    fold_temperatures(policy, [2.0, 0.5])
+    fold_temperatures(policy.exit_set, [2.0, 0.5])
     after = multi.simulate(x)
     assert torch.allclose(after[0], before[0] / 2.0, atol=1e-6)
     assert torch.allclose(after[1], before[1] / 0.5, atol=1e-5)
     assert torch.equal(after[2], before[2])
     with pytest.raises(ConfigError, match="one temperature per exit"):
-        fold_temperatures(policy, [2.0])
+        fold_temperatures(policy.exit_set, [2.0])
 
 
 def test_nothing_is_folded_when_one_temperature_is_invalid(ee, lenet):
-    policy = EarlyExit.from_config(ee.exits_config(["conv1", "conv2"]), lenet, num_classes=10,
-                                   input_shape=(1, 28, 28))
+    policy = EarlyExits.from_config(ee.exits_config(["conv1", "conv2"]), lenet, num_classes=10,
+                                    input_shape=(1, 28, 28))
     weights = [p.clone() for p in policy.branch_parameters()]
     with pytest.raises(ConfigError):
-        fold_temperatures(policy, [2.0, -1.0])
+        fold_temperatures(policy.exit_set, [2.0, -1.0])
     assert all(torch.equal(a, b) for a, b in zip(weights, policy.branch_parameters()))

@@ -1,4 +1,5 @@
-"""The EarlyExit policy: joint loss, weights over epochs, hooks only when due, state without the schedule."""
+"""The early-exit policy and the exits it trains: joint loss, weights over epochs, hooks only when due, and exits
+that rebuild from a checkpoint without the schedule."""
 import copy
 import io
 
@@ -7,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill_ee.checkpoint import checkpoint_state, load_checkpoint
+from distill_ee.early_exit.exits import EarlyExits
 from distill_ee.errors import CheckpointError, DistillEEError, ScheduleError
 from distill_ee.policies.base import HookContext
-from distill_ee.policies.early_exit import EarlyExit, rebuild_exits
+from distill_ee.policies.early_exit import EarlyExitPolicy
 from distill_ee.registry import EARLY_EXITS
 from distill_ee.scheduler import CompressionScheduler
 
@@ -41,8 +44,9 @@ def config(**extra):
 def make(cfg=None, seed=0):
     torch.manual_seed(seed)
     model = SmallNet()
-    policy = EarlyExit.from_config(cfg or config(), model, num_classes=10, input_shape=SHAPE, name="branchy")
-    policy.starting_epoch, policy.ending_epoch, policy.frequency = 0, 5, 1
+    exits = EarlyExits.from_config(cfg or config(), model, num_classes=10, input_shape=SHAPE, name="branchy")
+    policy = EarlyExitPolicy(exits)
+    policy.set_window(0, 5, 1)
     return model, policy
 
 
@@ -66,19 +70,21 @@ def exit_losses(model, x, y):
     return [F.cross_entropy(model.early_exits.exit1(a1), y), F.cross_entropy(model.early_exits.exit2(a2), y)]
 
 
-def test_the_policy_is_registered_for_schedules():
-    assert EARLY_EXITS.get("EarlyExit") is EarlyExit
-    assert EarlyExit.kind == "early_exit"
+def test_the_exits_are_registered_for_schedules_and_the_policy_trains_them():
+    assert EARLY_EXITS.get("EarlyExit") is EarlyExits
+    assert EarlyExitPolicy.kind == "early_exit"
+    _, policy = make()
+    assert policy.name == "branchy" and policy.exits.name == "branchy"
 
 
 def test_attaching_keeps_backbone_names_and_exposes_branch_parameters():
     names = [n for n, _ in SmallNet().named_parameters()]
     model, policy = make()
     assert [n for n, _ in model.named_parameters()][:len(names)] == names
-    assert {id(p) for p in policy.branch_parameters()} == {id(p) for p in model.early_exits.parameters()}
+    assert {id(p) for p in policy.exits.branch_parameters()} == {id(p) for p in model.early_exits.parameters()}
     opt = torch.optim.SGD(SmallNet().parameters(), lr=0.1)
-    opt.add_param_group({"params": policy.branch_parameters()})
-    assert policy.exit_names == ["exit1", "exit2"] and policy.output_names == ["exit1", "exit2", "final"]
+    opt.add_param_group({"params": policy.exits.branch_parameters()})
+    assert policy.exits.exit_names == ["exit1", "exit2"] and policy.exits.output_names == ["exit1", "exit2", "final"]
 
 
 def test_joint_loss_is_the_weighted_sum_of_final_and_exit_losses():
@@ -110,7 +116,7 @@ def test_backward_reaches_branches_and_backbone():
     x, y = batch()
     result, _ = training_step(model, policy, 0, x, y)
     result.overall_loss.backward()
-    assert all(p.grad is not None for p in policy.branch_parameters())
+    assert all(p.grad is not None for p in policy.exits.branch_parameters())
     assert model.conv1.weight.grad is not None
 
 
@@ -163,49 +169,52 @@ def test_a_bad_attach_point_is_a_schedule_error_with_its_path():
     assert info.value.path == "exits.exit2.attach" and "conv1" in info.value.suggestions
 
 
-def test_state_round_trip_rebuilds_identical_outputs_without_the_schedule():
+def test_a_checkpoint_rebuilds_exits_with_identical_outputs_without_the_schedule():
     model, policy = make()
     x, y = batch(32)
     training_step(model, policy, 0, x, y)[0].overall_loss.backward()
     with torch.no_grad():
-        for p in policy.branch_parameters():
+        for p in policy.exits.branch_parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    policy.set_thresholds({"exit1": 2.2})
+    policy.exits.set_thresholds({"exit1": 2.2})
     buffer = io.BytesIO()
-    torch.save({"policy": policy.state_dict(), "model": model.state_dict()}, buffer)
+    torch.save(checkpoint_state(model), buffer)
     buffer.seek(0)
     checkpoint = torch.load(buffer, weights_only=True)
 
     fresh = SmallNet()
-    rebuilt = rebuild_exits(fresh, checkpoint["policy"])
-    fresh.load_state_dict(checkpoint["model"])  # the exits' weights are part of the model's state too
+    restored = load_checkpoint(fresh, checkpoint)
+    (rebuilt,) = restored.replayed
     assert rebuilt.thresholds == [2.2, 1.5] and rebuilt.criteria == ["entropy", "entropy"]
-    original, again = policy.multi_exit_model().eval(), rebuilt.multi_exit_model().eval()
+    assert EarlyExits.of(fresh).thresholds == [2.2, 1.5]
+    original, again = policy.exits.multi_exit_model().eval(), rebuilt.multi_exit_model().eval()
     for a, b in zip(original.simulate(x), again.simulate(x)):
         assert torch.equal(a, b)
     (logits, index), (logits2, index2) = original(x), again(x)
     assert torch.equal(index, index2) and torch.equal(logits, logits2)
 
 
-def test_rebuilding_from_a_branch_only_state_restores_branch_weights():
+def test_thresholds_and_criteria_travel_with_the_models_own_state_dict():
     model, policy = make()
-    state = policy.state_dict()
-    fresh = SmallNet()
-    fresh.load_state_dict(model.state_dict(), strict=False)
-    rebuilt = rebuild_exits(fresh, state)
-    for a, b in zip(policy.branch_parameters(), rebuilt.branch_parameters()):
-        assert torch.equal(a, b)
+    policy.exits.set_thresholds([0.5, None])
+    state = model.state_dict()
+    assert state["early_exits._extra_state"] == {"criteria": ["entropy", "entropy"], "thresholds": [0.5, None]}
+    other, _ = make()
+    other.load_state_dict(state)
+    assert EarlyExits.of(other).thresholds == [0.5, None]
 
 
-def test_a_state_that_does_not_fit_is_a_checkpoint_error():
-    _, policy = make()
-    state = policy.state_dict()
-    with pytest.raises(CheckpointError):
-        policy.load_state_dict(dict(state, exit_names=["a", "b"]))
+def test_a_checkpoint_whose_exits_do_not_fit_is_a_checkpoint_error():
+    model, _ = make()
+    state = checkpoint_state(model)
     broken = copy.deepcopy(state)
-    broken["config"]["exits"]["exit1"]["attach"] = "nope"
-    with pytest.raises(CheckpointError):
-        rebuild_exits(SmallNet(), broken)
+    broken["structure"][0]["config"]["exits"]["exit1"]["attach"] = "nope"
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_checkpoint(SmallNet(), broken)
+    bad_state = copy.deepcopy(state)
+    bad_state["state_dict"]["early_exits._extra_state"] = {"criteria": ["entropy"], "thresholds": [1.0]}
+    with pytest.raises(CheckpointError, match="saved exits do not fit"):
+        load_checkpoint(SmallNet(), bad_state)
 
 
 def test_multi_exit_model_of_a_copy_uses_the_copys_branches():
@@ -213,7 +222,7 @@ def test_multi_exit_model_of_a_copy_uses_the_copys_branches():
     twin = copy.deepcopy(model)
     with torch.no_grad():
         twin.early_exits.exit1[2].weight.zero_()
-    multi = policy.multi_exit_model(twin)
+    multi = policy.exits.multi_exit_model(twin)
     assert multi.branches[0] is twin.early_exits.exit1
     assert multi.stages[0].conv1 is twin.conv1
 
@@ -221,31 +230,31 @@ def test_multi_exit_model_of_a_copy_uses_the_copys_branches():
 def test_evaluate_reports_rows_and_ignores_labels_for_decisions():
     model, policy = make()
     x, y = batch(64)
-    rows = policy.evaluate([(x, y)])
+    rows = policy.exits.evaluate([(x, y)])
     assert [r["name"] for r in rows] == ["exit1", "exit2", "final"]
     assert sum(r["taken_pct"] for r in rows) == pytest.approx(100.0)
     assert rows[0]["macs"] < rows[1]["macs"] < rows[2]["macs"]
-    shuffled = policy.evaluate([(x, y[torch.randperm(64)])])
+    shuffled = policy.exits.evaluate([(x, y[torch.randperm(64)])])
     assert [r["taken_pct"] for r in rows] == [r["taken_pct"] for r in shuffled]
 
 
 def test_detach_leaves_the_plain_model():
     model, policy = make()
-    policy.detach()
+    policy.exits.detach()
     assert not hasattr(model, "early_exits")
     assert model(batch()[0]).shape == (8, 10)
 
 
 def test_thresholds_are_set_by_name_or_list_and_checked():
     _, policy = make()
-    policy.set_thresholds({"exit2": 0.25})
-    assert policy.thresholds == [1.0, 0.25]
-    policy.set_thresholds([None, 2.0])
-    assert policy.thresholds == [None, 2.0]
+    policy.exits.set_thresholds({"exit2": 0.25})
+    assert policy.exits.thresholds == [1.0, 0.25]
+    policy.exits.set_thresholds([None, 2.0])
+    assert policy.exits.thresholds == [None, 2.0]
     with pytest.raises(DistillEEError, match="exit1"):
-        policy.set_thresholds([-1.0, 2.0])
+        policy.exits.set_thresholds([-1.0, 2.0])
     with pytest.raises(DistillEEError):
-        policy.set_thresholds({"exit3": 0.1})
+        policy.exits.set_thresholds({"exit3": 0.1})
 
 
 def test_terms_added_by_an_earlier_policy_are_not_scaled_by_the_final_exit_weight():

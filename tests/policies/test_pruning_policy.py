@@ -296,6 +296,6 @@ def test_masks_recomputed_each_minibatch_start_from_the_unmasked_weights_with_do
 
 def test_validate_schedule_rejects_an_agp_window_with_a_single_pruning_epoch():
     policy = PruningPolicy(AutomatedGradualPruner("agp", 0.1, 0.5, weights=["w"]))
-    scheduled(policy, 0, 2, 1).validate_schedule()
+    scheduled(policy, 0, 2, 1).validate_window()
     with pytest.raises(ScheduleError, match="AGP"):
-        scheduled(policy, 0, 1, 1).validate_schedule()
+        scheduled(policy, 0, 1, 1).validate_window()

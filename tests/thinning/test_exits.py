@@ -1,14 +1,13 @@
 """Early-exit branches read a thinned layer's output: their first layers lose the same channels."""
 import copy
+import gc
 
-import pytest
 import torch
 
 from distill_ee.apputils.models import create_model
-from distill_ee.errors import DistillEEError
+from distill_ee.early_exit.exits import EarlyExits
+from distill_ee.early_exit.hooks import ExitHooks
 from distill_ee.thinning import apply_thinning_recipes, build_dependency_graph, remove_filters, thinning_recipes
-
-EarlyExit = pytest.importorskip("distill_ee.policies.early_exit", reason="early exits are not available").EarlyExit
 
 CONV_BRANCH = {"attach": "layer1.0.relu1",
                "branch": [{"type": "conv", "out_channels": 8, "kernel_size": 3}, "relu", "adaptive_avgpool",
@@ -18,24 +17,25 @@ POOL_BRANCH = {"attach": "layer3.0.relu1",
 
 
 def with_exits(model, **exits):
-    return EarlyExit.from_config({"exits": exits}, model, num_classes=10, input_shape=(3, 32, 32))
+    return EarlyExits.from_config({"exits": exits}, model, num_classes=10, input_shape=(3, 32, 32))
 
 
 def exit_logits(policy, model, x):
     """Every exit's logits and the final logits, in eval mode (hooks run only with autograd on)."""
     model.eval()
-    policy.attachment.enable()
+    hooks = ExitHooks(model)
+    hooks.enable()
     try:
         with torch.enable_grad():
             final = model(x)
-        return [t.detach() for t in policy.attachment.pop_logits()] + [final.detach()]
+        return [t.detach() for t in hooks.pop_logits()] + [final.detach()]
     finally:
-        policy.attachment.disable()
+        hooks.disable()
 
 
 def test_a_branch_joins_the_channel_group_of_the_module_it_reads():
     model = create_model("resnet20_cifar", 10, 3)
-    policy = with_exits(model, exit1=CONV_BRANCH, exit2=POOL_BRANCH)  # the policy knows the attach points
+    policy = with_exits(model, exit1=CONV_BRANCH, exit2=POOL_BRANCH)
     graph = build_dependency_graph(model)
     assert {c.module: c.factor for c in graph.producer_group("layer1.0.conv1").consumers} == \
         {"layer1.0.conv2": 1, "early_exits.exit1.0": 1}
@@ -66,6 +66,7 @@ def test_a_thinned_model_with_exits_reloads_from_its_recipes(pruned_resnet, imag
     policy = with_exits(model, exit1=CONV_BRANCH)
     remove_filters(model, run["scheduler"].masks)
     saved = {"state_dict": copy.deepcopy(model.state_dict()), "thinning_recipes": thinning_recipes(model)}
+    assert len(thinning_recipes(model)) == 1
 
     fresh = create_model("resnet20_cifar", 10, 3)
     fresh_policy = with_exits(fresh, exit1=CONV_BRANCH)
@@ -75,16 +76,18 @@ def test_a_thinned_model_with_exits_reloads_from_its_recipes(pruned_resnet, imag
         assert torch.equal(a, b)
 
 
-def test_exits_whose_attach_point_is_unknown_stop_thinning_with_a_clear_message(pruned_resnet):
+def test_the_model_alone_tells_where_its_exits_read(pruned_resnet):
     model = pruned_resnet()["model"]
-    with_exits(model, exit1=CONV_BRANCH)
-    with pytest.raises(DistillEEError, match="exit 'exit1'"):
-        remove_filters(model, exits={})
+    with_exits(model, exit1=CONV_BRANCH)  # the EarlyExits object is dropped: the ExitSet declares its points
+    gc.collect()
+    assert model.early_exits.attach_points == {"exit1": "layer1.0.relu1"}
+    remove_filters(model)
+    assert model.early_exits.exit1[0].in_channels == 8
 
 
 def test_the_attach_point_can_be_given_explicitly(pruned_resnet):
     model = pruned_resnet()["model"]
-    with_exits(model, exit1=CONV_BRANCH)  # the policy is dropped: only the caller knows the attach point
+    with_exits(model, exit1=CONV_BRANCH)
     remove_filters(model, exits={"exit1": "layer1.0.relu1"})
     assert model.early_exits.exit1[0].in_channels == 8
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from distill_ee.apputils.checkpoint import load_checkpoint, save_checkpoint
+from distill_ee.checkpoint import read_checkpoint, write_checkpoint
 from distill_ee.apputils.models import create_model
 from distill_ee.errors import ScheduleError
 from distill_ee.registry import EXTENSIONS
@@ -93,10 +93,10 @@ def test_a_thinned_run_resumes_from_its_checkpoint(tmp_path):
     data = batches()
     for epoch in range(2):
         run_epoch(model, optimizer, scheduler, epoch, data)
-    save_checkpoint(tmp_path / "ckpt", {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+    write_checkpoint(tmp_path / "ckpt", {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "compression_sched": scheduler.state_dict(),
                                         "thinning_recipes": thinning_recipes(model)})
-    saved = load_checkpoint(tmp_path / "ckpt")
+    saved = read_checkpoint(tmp_path / "ckpt")
 
     fresh, fresh_optimizer, fresh_scheduler = setup()
     apply_thinning_recipes(fresh, saved["thinning_recipes"], fresh_optimizer, fresh_scheduler.masks)

@@ -61,7 +61,7 @@ def test_agp_filter_thinning_thins_once_after_the_pruning_ends():
             assert block_widths(model) == [16, 16, 16, 32, 32, 32, 64, 64, 64]
         scheduler.on_epoch_end(epoch, metrics={"min": 1.0, "max": 10.0})
     assert block_widths(model) == [8, 8, 8, 16, 16, 16, 32, 32, 32]
-    multi = scheduler.find("early_exit")[0].multi_exit_model().eval()
+    multi = scheduler.find("early_exit")[0].exits.multi_exit_model().eval()
     x = torch.randn(4, 3, 32, 32)
     logits, _ = multi(x)
     assert logits.shape == (4, 10)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from distill_ee.apputils.checkpoint import load_checkpoint, save_checkpoint
+from distill_ee.checkpoint import read_checkpoint, write_checkpoint
 from distill_ee.apputils.models import create_model
 from distill_ee.errors import CheckpointError
 from distill_ee.scheduler import CompressionScheduler
@@ -22,10 +22,10 @@ def test_a_thinned_checkpoint_loads_into_a_fresh_model_and_evaluates_identically
     with torch.no_grad():
         model.layer3[2].conv2.weight[:, :5] = 0
     remove_channels(model)  # a second recipe, relative to the first
-    save_checkpoint(tmp_path / "ckpt.pth.tar", {"state_dict": model.state_dict(),
+    write_checkpoint(tmp_path / "ckpt.pth.tar", {"state_dict": model.state_dict(),
                                                 "thinning_recipes": thinning_recipes(model)})
 
-    ckpt = load_checkpoint(tmp_path / "ckpt.pth.tar")  # weights_only: recipes are plain data
+    ckpt = read_checkpoint(tmp_path / "ckpt.pth.tar")  # weights_only: recipes are plain data
     fresh = create_model("resnet20_cifar", 10, 3)
     apply_thinning_recipes(fresh, ckpt["thinning_recipes"])
     fresh.load_state_dict(ckpt["state_dict"])

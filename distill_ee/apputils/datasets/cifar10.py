@@ -18,7 +18,7 @@ from distill_ee.apputils.datasets.in_memory import InMemoryImages
 from distill_ee.apputils.datasets.safe_pickle import load_restricted
 from distill_ee.apputils.datasets.splits import stratified_split
 from distill_ee.errors import DataError
-from distill_ee.registry import DATASETS
+from distill_ee.apputils.datasets.registry import DATASETS
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 from distill_ee.apputils.datasets.base import DatasetInfo, DataSplits, DatasetSource, check_valid_size
 from distill_ee.apputils.datasets.splits import stratified_split
 from distill_ee.errors import ConfigError, DataError
-from distill_ee.registry import DATASETS
+from distill_ee.apputils.datasets.registry import DATASETS
 
 if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder

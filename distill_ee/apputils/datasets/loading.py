@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from distill_ee.apputils.datasets.base import DatasetInfo, DataSplits, DatasetSource
-from distill_ee.registry import DATASETS
+from distill_ee.apputils.datasets.registry import DATASETS
 
 
 def dataset_source(name: str) -> DatasetSource:

@@ -19,7 +19,7 @@ from distill_ee.apputils.datasets.base import (
 from distill_ee.apputils.datasets.in_memory import InMemoryImages
 from distill_ee.apputils.datasets.splits import stratified_split
 from distill_ee.errors import DataError
-from distill_ee.registry import DATASETS
+from distill_ee.apputils.datasets.registry import DATASETS
 
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)

@@ -21,7 +21,7 @@ from distill_ee.apputils.datasets.in_memory import InMemoryImages
 from distill_ee.apputils.datasets.mnist import MNIST_CLASSES, MNIST_MEAN, MNIST_STD
 from distill_ee.apputils.datasets.splits import stratified_split
 from distill_ee.errors import DataError
-from distill_ee.registry import DATASETS
+from distill_ee.apputils.datasets.registry import DATASETS
 
 FILE_NAME = "mnist_5k.csv.gz"
 PACKAGE_PATH = ("data", "data", FILE_NAME)

@@ -6,7 +6,7 @@ from typing import Callable, List
 from torch import nn
 
 from distill_ee.errors import ConfigError
-from distill_ee.registry import MODELS
+from distill_ee.apputils.models.registry import MODELS
 
 
 def create_model(arch: str, num_classes: int, in_channels: int, pretrained: bool = False) -> nn.Module:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from distill_ee.apputils.models.factory import require_no_pretrained
-from distill_ee.registry import MODELS
+from distill_ee.apputils.models.registry import MODELS
 
 
 class EltwiseAdd(nn.Module):

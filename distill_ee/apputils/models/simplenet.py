@@ -6,7 +6,7 @@ from torch import nn
 
 from distill_ee.apputils.models.factory import require_no_pretrained
 from distill_ee.apputils.models.lenet import LeNet
-from distill_ee.registry import MODELS
+from distill_ee.apputils.models.registry import MODELS
 
 
 class Simplenet(LeNet):

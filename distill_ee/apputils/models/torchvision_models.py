@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from distill_ee.errors import ConfigError
-from distill_ee.registry import MODELS
+from distill_ee.apputils.models.registry import MODELS
 
 # Auxiliary heads would make these return tuples in training mode; a plain classifier returns logits only
 # (with weights, drop_aux_heads removes them after loading, as torchvision refuses aux_logits=False then).

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from distill_ee.apputils.models.factory import require_no_pretrained
-from distill_ee.registry import MODELS
+from distill_ee.apputils.models.registry import MODELS
 
 CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],

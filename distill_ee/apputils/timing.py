@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Sequence
 import torch
 from torch import nn
 
-from .multi_exit import MultiExitModel
+from ..early_exit.multi_exit import MultiExitModel
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:

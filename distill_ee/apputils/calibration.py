@@ -1,0 +1,85 @@
+"""The app's threshold calibration: ``--ee-calibrate TARGET`` parsed, run on validation, reported on test.
+
+``parse_target`` reads the command line's text (``drop=0.5``, ``macs=0.4`` or ``macs=40%``,
+``proportions=0.5,0.3``); ``run_calibration`` calibrates a model's exits on the validation split, measures
+the test split at the chosen thresholds, writes the trade-off files and returns the ``calibration`` part
+of summary.json.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Dict, Mapping, Optional
+
+from ..early_exit.calibrate import (TARGET_KINDS, CalibrationTarget, calibrate_exits, check_target_range,
+                                    measure_exits, split_figures)
+from ..early_exit.exits import EarlyExits
+from ..errors import ConfigError
+from ..registry import suggest
+from .tradeoff_files import write_tradeoff
+
+log = logging.getLogger("distill_ee")
+
+_EXAMPLES = ("drop=0.5 (top-1 points below the final exit), macs=0.4 (share of the backbone's MACs per sample) "
+             "or proportions=0.5,0.3 (share of the samples leaving at each early exit)")
+
+
+def parse_target(text: str) -> CalibrationTarget:
+    """A CalibrationTarget from ``drop=0.5``, ``macs=0.4`` / ``macs=40%`` or ``proportions=0.5,0.3``."""
+    if not isinstance(text, str) or "=" not in text:
+        raise ConfigError(f"calibration target {text!r}: expected KIND=VALUE, e.g. {_EXAMPLES}")
+    kind, _, raw = text.partition("=")
+    kind, raw = kind.strip().lower(), raw.strip()
+    if kind not in TARGET_KINDS:
+        close = suggest(kind, TARGET_KINDS)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"calibration target {text!r}: unknown kind {kind!r}{hint} "
+                          f"(valid: {', '.join(TARGET_KINDS)})")
+    values = tuple(_target_number(part, kind, text) for part in raw.split(","))
+    if kind != "proportions" and len(values) != 1:
+        raise ConfigError(f"calibration target {text!r}: {kind} takes one number, e.g. {kind}=0.5")
+    check_target_range(kind, values, text)
+    return CalibrationTarget(kind, values)
+
+
+def _target_number(part: str, kind: str, text: str) -> float:
+    part = part.strip()
+    scale = 1.0
+    if kind == "macs" and part.endswith("%"):
+        part, scale = part[:-1].strip(), 0.01
+    try:
+        value = float(part) * scale
+    except ValueError:
+        raise ConfigError(f"calibration target {text!r}: {part!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"calibration target {text!r}: {part!r} is not a finite number")
+    return value
+
+
+def run_calibration(exits: EarlyExits, valid_loader: Any, test_loader: Any, target_text: str, out_dir: str, *,
+                    masks: Optional[Mapping[str, Any]] = None, temperature: bool = False) -> Dict[str, Any]:
+    """Calibrate on validation, measure test at the chosen thresholds, write the trade-off files; returns the
+    ``{"calibration": ...}`` part of summary.json."""
+    if valid_loader is None:
+        raise ConfigError("threshold calibration needs a validation split (it never looks at the test split); "
+                          "set a validation size above 0")
+    target = parse_target(target_text)
+    result = calibrate_exits(exits, valid_loader, target, masks=masks, temperature=temperature)
+    names = list(exits.output_names)
+    test_point, test_final = measure_exits(exits, test_loader, masks)
+    files = write_tradeoff(result.front, result.chosen, out_dir, final=result.final_point, exit_names=names,
+                           guides=target.guides(result.final_top1))
+    snippet = result.yaml_snippet(exits.exit_names)
+    valid = split_figures(result.chosen, result.final_top1, names)
+    test = split_figures(test_point, test_final, names)
+    log.info("Calibrated exit thresholds for %s (%s): %d settings searched in %.2f s", target.text,
+             target.describe(), result.settings_searched, result.seconds)
+    for split, fig in (("validation", valid), ("test", test)):
+        log.info("  %-10s top1 %.2f (final exit %.2f, drop %.2f points), MACs %.1f%% of the backbone, "
+                 "samples per exit: %s", split, fig["top1"], fig["final_top1"], fig["drop"],
+                 100 * fig["macs_fraction"], ", ".join(f"{k} {v:.1f}%" for k, v in fig["taken_pct"].items()))
+    log.info("Schedule lines for these thresholds:\n%s", snippet)
+    return {"calibration": {"target": target.text, "criteria": result.criteria, "thresholds": result.thresholds,
+                            "temperatures": result.temperatures, "valid": valid, "test": test, "yaml": snippet,
+                            "settings_searched": result.settings_searched, "seconds": result.seconds,
+                            "files": files}}

@@ -1,0 +1,77 @@
+"""Forward hooks that run the exit branches during an ordinary ``model(x)``, for joint training.
+
+A hook on each attach module runs its branch on the module's output and keeps the logits until the loss asks
+for them. The hooks exist only while enabled (the early-exit policy enables them in its due epochs), and
+even then they do nothing when autograd is off (validation), so branches cost nothing outside training.
+The branches are looked up on the model at each enable, so exits that were re-attached (a checkpoint replayed
+under a schedule) are the ones that run.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional
+
+import torch
+from torch import nn
+
+from ..errors import DistillEEError
+from ..modules import unwrap
+from .exit_set import ExitSet, exits_of
+
+
+class ExitHooks:
+    """The forward hooks that compute every exit's logits in training forward passes of ``model``."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._logits: List[Optional[torch.Tensor]] = []
+        self._handles: List[Any] = []
+
+    @property
+    def exit_set(self) -> ExitSet:
+        """The model's exits."""
+        found = exits_of(unwrap(self.model))
+        if found is None:
+            raise DistillEEError("the model has no early exits attached (they were detached)")
+        return found
+
+    @property
+    def enabled(self) -> bool:
+        """True while the hooks are installed."""
+        return bool(self._handles)
+
+    def enable(self) -> None:
+        """Install the hooks (idempotent)."""
+        if self._handles:
+            return
+        exit_set = self.exit_set
+        modules = dict(unwrap(self.model).named_modules())
+        self._logits = [None] * len(exit_set)
+        self._handles = [modules[a].register_forward_hook(self._hook(exit_set, k))
+                         for k, a in enumerate(exit_set.attach)]
+
+    def disable(self) -> None:
+        """Remove the hooks and drop kept logits: branches cost nothing in forward."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._logits = []
+
+    def _hook(self, exit_set: ExitSet, k: int) -> Callable:
+        branch, copy = exit_set.branch_list()[k], exit_set.copy_input[k]
+
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            if torch.is_grad_enabled():
+                self._logits[k] = branch(output.clone() if copy else output)
+        return hook
+
+    def pop_logits(self) -> List[torch.Tensor]:
+        """The exits' logits of the last training forward pass, in exit order; forgotten afterwards."""
+        names = self.exit_set.names
+        logits = self._logits if self._logits else [None] * len(names)
+        self._logits = [None] * len(names) if self._handles else []
+        missing = [n for n, l in zip(names, logits) if l is None]
+        if missing:
+            state = "enabled" if self.enabled else "disabled (on_epoch_begin was not called)"
+            raise DistillEEError(f"no logits for exit {missing[0]!r}: the exit hooks are {state}, or the forward "
+                                 f"pass ran without autograd")
+        return logits  # type: ignore[return-value]
