@@ -173,7 +173,9 @@ def _load_weights(model: nn.Module, state: Mapping[str, Any], new_prefixes: List
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise CheckpointError(f"weights do not fit this model: {lines[-1] if lines else exc}") from None
-    missing = [k for k in missing if not any(k.startswith(p) for p in new_prefixes)]
+    legacy = "structure" not in state  # format 1 saved no extra state (the exits' thresholds were in the config)
+    missing = [k for k in missing if not any(k.startswith(p) for p in new_prefixes)
+               and not (legacy and k.endswith("._extra_state"))]
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise CheckpointError(f"weights do not fit this model ({what})")

@@ -1,119 +1,165 @@
-"""The README's ten-line integration into a plain PyTorch loop, and exact resume from a checkpoint."""
+"""The README's own loop, run literally: exits, AGP filter pruning and thinning in a plain PyTorch loop; the
+checkpoint restored into a fresh model with one call; a resumed run identical to an uninterrupted one."""
+import os
+import re
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
 import distill_ee
-from distill_ee.checkpoint import read_checkpoint, write_checkpoint
+from distill_ee.apputils.models import create_model
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = "## Your training loop, with a schedule"
 
 SCHEDULE = """
 version: 1
+early_exits:
+  branchy:
+    class: EarlyExit
+    final_loss_weight: auto
+    exits:
+      exit1:
+        attach: pool1
+        branch: [{type: conv, out_channels: 8, kernel_size: 3, padding: 1}, relu, adaptive_avgpool, flatten, linear]
+        loss_weight: 0.3
+        threshold: 0.5
+      exit2:
+        attach: relu2               # reads conv2's filters: thinning must shrink this branch too
+        branch: [{type: conv, out_channels: 8, kernel_size: 3}, relu, adaptive_avgpool, flatten, linear]
+        loss_weight: 0.2
+        threshold: 0.5
 pruners:
-  agp:
-    class: AutomatedGradualPruner
-    initial_sparsity: 0.10
-    final_sparsity: 0.70
-    weights: [module.conv1.weight, module.fc.weight]
+  filters:
+    class: L1RankedStructureParameterPruner_AGP
+    initial_sparsity: 0.2
+    final_sparsity: 0.5
+    group_type: Filters
+    weights: [conv2.weight]
+extensions:
+  thinner:
+    class: FilterRemover
+    thinning_func_str: remove_filters
 lr_schedulers:
-  step:
-    class: StepLR
-    step_size: 2
-    gamma: 0.5
+  step: {class: StepLR, step_size: 2, gamma: 0.5}
 policies:
-  - pruner:
-      instance_name: agp
+  - early_exit: {instance_name: branchy}
     starting_epoch: 0
     ending_epoch: 4
-    frequency: 1
-  - lr_scheduler:
-      instance_name: step
+  - pruner: {instance_name: filters}
     starting_epoch: 0
-    ending_epoch: 6
-    frequency: 1
+    ending_epoch: 3
+  - extension: {instance_name: thinner}
+    epochs: [2]
+  - lr_scheduler: {instance_name: step}
+    starting_epoch: 0
+    ending_epoch: 4
 """
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(6 * 4 * 4, 3)
-
-    def forward(self, x):
-        return self.fc(self.flatten(self.pool(self.relu(self.conv1(x)))))
+def readme_blocks():
+    """The python blocks of the README's section on a user's own loop, in order."""
+    text = README.read_text()
+    section = text[text.index(SECTION):]
+    section = section[:section.index("\n## ", len(SECTION))]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
-def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(96, 1, 8, 8, generator=g)
-    y = torch.randint(0, 3, (96,), generator=g)
-    return [(x[i:i + 16], y[i:i + 16]) for i in range(0, 96, 16)]
+SETUP, LOOP, RESTORE, RESUME = readme_blocks()
 
 
-def setup(tmp_path: Path):
+def Net():
+    """The model "your code builds": the zoo's B-LeNet."""
+    return create_model("lenet_mnist", 10, 1)
+
+
+def data(seed, n=96):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return [(x[i:i + 16], y[i:i + 16]) for i in range(0, n, 16)]
+
+
+def validate(model, loader):
+    """The user's own evaluation: (loss, top-1)."""
+    model.eval()
+    with torch.no_grad():
+        x, y = loader[0]
+        out = model(x)
+    return float(nn.functional.cross_entropy(out, y)), 100.0 * float((out.argmax(1) == y).float().mean())
+
+
+def user_namespace(epochs):
+    """What the README's blocks expect the user to have: imports, model, optimizer, data, criterion, validate."""
     torch.manual_seed(1)
     model = Net()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-    path = tmp_path / "schedule.yaml"
-    path.write_text(SCHEDULE)
-    scheduler = distill_ee.load_schedule(model, optimizer, str(path))
-    return model, optimizer, scheduler
+    return {"torch": torch, "distill_ee": distill_ee, "Net": Net, "model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+            "train_loader": data(0), "val_loader": data(1, 16), "criterion": nn.CrossEntropyLoss(),
+            "validate": validate, "epochs": epochs, "x": data(2, 32)[0][0]}
 
 
-def train(model, optimizer, scheduler, epochs, start=0):
-    """The README's loop: a standard one with the scheduler's six calls."""
-    criterion = nn.CrossEntropyLoss()
-    batches = data()
-    for epoch in range(start, epochs):
-        scheduler.on_epoch_begin(epoch)
-        for i, (x, y) in enumerate(batches):
-            scheduler.on_minibatch_begin(epoch, i, len(batches))
-            loss = criterion(model(x), y)
-            loss = scheduler.before_backward_pass(epoch, i, len(batches), loss, target=y)
-            optimizer.zero_grad()
-            loss.backward()
-            scheduler.before_parameter_optimization(epoch, i, len(batches))
-            optimizer.step()
-            scheduler.on_minibatch_end(epoch, i, len(batches))
-        scheduler.on_epoch_end(epoch, metrics={"min": float(loss.detach()), "max": 0.0})
+@pytest.fixture
+def in_tmp(tmp_path):
+    """Run in a folder holding schedule.yaml, as the README's relative paths assume."""
+    (tmp_path / "schedule.yaml").write_text(SCHEDULE)
+    before = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(before)
 
 
-def test_the_schedule_prunes_and_decays_the_lr_inside_a_plain_loop(tmp_path):
-    model, optimizer, scheduler = setup(tmp_path)
-    train(model, optimizer, scheduler, 6)
-    conv_sparsity = float((model.conv1.weight == 0).float().mean())
-    assert abs(conv_sparsity - 0.70) < 0.03
-    assert float((model.fc.weight == 0).float().mean()) > 0.65
-    assert optimizer.param_groups[0]["lr"] == 0.1 * 0.5 ** 3
+def test_the_readme_has_its_four_blocks():
+    assert "load_schedule" in SETUP and "on_minibatch_begin" in LOOP
+    assert "load_checkpoint" in RESTORE and "load_checkpoint" in RESUME and "load_schedule" in RESUME
 
 
-def test_a_resumed_run_ends_with_exactly_the_weights_and_masks_of_an_uninterrupted_one(tmp_path):
-    model_a, opt_a, sched_a = setup(tmp_path)
-    train(model_a, opt_a, sched_a, 6)
+def test_the_readme_loop_trains_exits_prunes_and_thins(in_tmp):
+    ns = user_namespace(epochs=4)
+    exec(SETUP + LOOP, ns)
+    model, scheduler = ns["model"], ns["scheduler"]
+    assert model.conv2.out_channels == 25  # half of conv2's 50 filters pruned and removed in epoch 2
+    assert model.early_exits.exit2[0].in_channels == 25 and model.fc1.in_features == 25 * 4 * 4
+    assert [s["kind"] for s in distill_ee.structure_steps(model)] == ["early_exits", "thinning"]
+    assert ns["optimizer"].param_groups[0]["lr"] == pytest.approx(0.05 * 0.5 ** 2)
+    assert scheduler.find("early_exit")[0].exits.exit_names == ["exit1", "exit2"]
 
-    model_b, opt_b, sched_b = setup(tmp_path)
-    train(model_b, opt_b, sched_b, 3)
-    ckpt = tmp_path / "checkpoint.pth.tar"
-    write_checkpoint(ckpt, {"epoch": 2, "state_dict": model_b.state_dict(), "optimizer": opt_b.state_dict(),
-                           "compression_sched": sched_b.state_dict()})
-    del model_b, opt_b, sched_b
 
-    model_c, opt_c, sched_c = setup(tmp_path)
-    state = read_checkpoint(ckpt)
-    model_c.load_state_dict(state["state_dict"])
-    opt_c.load_state_dict(state["optimizer"])
-    sched_c.load_state_dict(state["compression_sched"])
-    train(model_c, opt_c, sched_c, 6, start=state["epoch"] + 1)
+def test_a_fresh_model_restored_by_one_call_evaluates_identically(in_tmp):
+    ns = user_namespace(epochs=4)
+    exec(SETUP + LOOP, ns)
+    trained, x = ns["model"].eval(), ns["x"]
+    expected = distill_ee.EarlyExits.of(trained).multi_exit_model().eval()
+    exec(RESTORE, ns)  # rebinds model to a fresh Net() and restores it
+    restored = ns["model"]
+    assert restored is not trained and restored.conv2.out_channels == 25
+    assert torch.equal(restored.eval()(x), trained(x))
+    logits, index = ns["logits"], ns["exit_index"]
+    want_logits, want_index = expected(x)
+    assert torch.equal(index, want_index) and torch.equal(logits, want_logits)
+    for a, b in zip(ns["multi"].simulate(x), expected.simulate(x)):
+        assert torch.equal(a, b)
 
-    for (name, a), (_, c) in zip(model_a.state_dict().items(), model_c.state_dict().items()):
-        assert torch.equal(a, c), name
-    for name, masker in sched_a.masks.items():
-        other = sched_c.masks[name].mask
+
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(in_tmp):
+    whole = user_namespace(epochs=4)
+    exec(SETUP + LOOP, whole)
+    first = user_namespace(epochs=2)
+    exec(SETUP + LOOP, first)  # stops after epoch 1, before the thinning epoch
+    resumed = user_namespace(epochs=4)
+    exec(RESUME + LOOP, resumed)
+    assert resumed["start_epoch"] == 2
+    a, b = whole["model"].state_dict(), resumed["model"].state_dict()
+    assert list(a) == list(b)
+    for name in a:
+        if isinstance(a[name], torch.Tensor):
+            assert torch.equal(a[name], b[name]), name
+        else:
+            assert a[name] == b[name], name
+    for name, masker in whole["scheduler"].masks.items():
+        other = resumed["scheduler"].masks[name].mask
         assert (masker.mask is None) == (other is None), name
         if masker.mask is not None:
             assert torch.equal(masker.mask, other), name
-    assert opt_a.param_groups[0]["lr"] == opt_c.param_groups[0]["lr"]
+    assert whole["optimizer"].param_groups[0]["lr"] == resumed["optimizer"].param_groups[0]["lr"]

@@ -2,7 +2,17 @@
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional
+import sys
+from typing import List, NoReturn, Optional
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and a hint to ``--help`` (exit status 2, as argparse's)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message (see prog --help)`` and exit with status 2."""
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _fraction(text: str) -> float:
@@ -14,10 +24,11 @@ def _fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of compress_classifier.py."""
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="compress_classifier.py",
         description="Train or fine-tune a classifier under a compression schedule (early exit, pruning, "
-                    "regularization, thinning, LR) and report what it bought.")
+                    "regularization, thinning, LR) and report what it bought. "
+                    "`distill-ee check SCHEDULE --arch ARCH` validates a schedule and prints its plan.")
     p.add_argument("data", nargs="?", default=None, metavar="DATASET_DIR",
                    help="dataset directory (not needed for the embedded default mnist5k)")
     p.add_argument("-a", "--arch", default="lenet_mnist", help="model architecture (default: lenet_mnist)")
