@@ -30,7 +30,7 @@ from ..errors import ScheduleError
 from ..pruning.masks import ParameterMasker
 from ..pruning.pruner import Pruner
 from ..registry import PRUNERS, Section, add_section
-from .base import HookContext, Policy, last_due_epoch  # noqa: F401  (last_due_epoch re-exported)
+from .base import HookContext, Policy
 
 
 @dataclass

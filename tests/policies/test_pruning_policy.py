@@ -7,7 +7,7 @@ from torch import nn
 
 from distill_ee.errors import ScheduleError
 from distill_ee.policies.base import HookContext
-from distill_ee.policies.pruning import PruningPolicy, last_due_epoch
+from distill_ee.policies.pruning import PruningPolicy
 from distill_ee.pruning.agp import AutomatedGradualPruner, L1RankedStructureParameterPruner_AGP, agp_target_sparsity
 from distill_ee.pruning.level import SparsityLevelParameterPruner
 from distill_ee.pruning.masks import apply_masks, create_masks, sparsity
@@ -251,12 +251,6 @@ def test_state_dict_carries_the_pruner_state():
     restored = PruningPolicy(SensitivityPruner("s", {"w": 1.0}))
     restored.load_state_dict(policy.state_dict())
     assert restored.is_initialized and restored.pruner.stddev == {"w": 0.25}
-
-
-def test_last_due_epoch_respects_the_frequency():
-    assert last_due_epoch(0, 5, 2) == 4
-    assert last_due_epoch(0, 6, 2) == 4
-    assert last_due_epoch(3, 8, None) == 7
 
 
 def test_bad_policy_arguments_are_schedule_errors():
