@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from distill_ee.apputils.sensitivity_files import (run_sensitivity, sensitivities_to_csv, sensitivities_to_png,
-                                                   sensitivity_levels)
+from distill_ee.apputils.sensitivity_files import (run_sensitivity, sensitivities_to_csv, sensitivity_levels)
 from distill_ee.errors import ConfigError
 from distill_ee.sensitivity import perform_sensitivity_analysis
 

@@ -95,7 +95,8 @@ def user_namespace(epochs):
     """What the README's blocks expect the user to have: imports, model, optimizer, data, criterion, validate."""
     torch.manual_seed(1)
     model = Net()
-    return {"torch": torch, "distill_ee": distill_ee, "Net": Net, "model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return {"torch": torch, "distill_ee": distill_ee, "Net": Net, "model": model, "optimizer": optimizer,
             "train_loader": data(0), "val_loader": data(1, 16), "criterion": nn.CrossEntropyLoss(),
             "validate": validate, "epochs": epochs, "x": data(2, 32)[0][0]}
 

@@ -117,6 +117,7 @@ class ExitSet(nn.ModuleDict):
             raise CheckpointError(f"the saved exits do not fit: {err}") from None
 
     def extra_repr(self) -> str:
+        """``exit1@conv1, exit2@layer2``: each exit and where it reads."""
         return ", ".join(f"{n}@{a}" for n, a in self.attach_points.items())
 
 

@@ -11,7 +11,7 @@ exactly as Distiller's ``AutomatedGradualPrunerBase.compute_target_sparsity``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import torch
 

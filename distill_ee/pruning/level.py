@@ -1,7 +1,7 @@
 """Pruning to an exact sparsity level per weight (Distiller's SparsityLevelParameterPruner)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict
 
 import torch
 

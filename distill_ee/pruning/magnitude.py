@@ -1,7 +1,7 @@
 """Magnitude pruning with a fixed threshold per weight (Distiller's MagnitudeParameterPruner)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict
 
 import torch
 

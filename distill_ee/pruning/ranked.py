@@ -12,7 +12,7 @@ leader), e.g. to prune the same channels of weights whose outputs are added toge
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 

@@ -7,7 +7,7 @@ pruning goes on more weights fall below the fixed threshold.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict
 
 import torch
 

@@ -13,7 +13,7 @@ recomputes masks often (``mini_batch_pruning_frequency``), as in Distiller's net
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 

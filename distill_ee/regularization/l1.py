@@ -1,7 +1,7 @@
 """L1 regularization: ``strength * sum(|w|)`` per weight (Distiller's L1Regularizer)."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn

@@ -86,8 +86,8 @@ def test_a_pattern_in_an_argument_of_any_name_expands_to_the_models_parameters()
 def test_a_name_matching_nothing_is_a_located_error_with_did_you_mean():
     text = schedule("    targets: [conv1.weight, conv2.wieght]\n    amount: 0.5")
     assert error(text) == ("s.yaml:5: pruners.mine.targets[1]: parameter 'conv2.wieght' matches no parameter of "
-                           "the model; did you mean 'conv2.weight' or 'conv1.weight' or 'fc.weight'? (valid: conv1.weight, "
-                           "conv1.bias, conv2.weight, conv2.bias, fc.weight, fc.bias)")
+                           "the model; did you mean 'conv2.weight' or 'conv1.weight' or 'fc.weight'? "
+                           "(valid: conv1.weight, conv1.bias, conv2.weight, conv2.bias, fc.weight, fc.bias)")
 
 
 def test_ranges_types_and_module_names_come_from_the_annotations():
