@@ -25,7 +25,7 @@ from ..errors import CheckpointError, DistillEEError, ScheduleError
 from ..modules import eval_mode, unwrap
 from ..pruning.masks import notify_parameters_replaced
 from ..registry import EARLY_EXITS
-from ..structure import STEP_KINDS, ReplayContext, Step, StepKind
+from ..structure import STEP_KINDS, ReplayContext, Step, StepKind, structure_steps
 from .attach import EXITS_STEP, attach_exits, detach_exits
 from .cost import exit_macs
 from .exit_set import EXITS_ATTR, ExitSet, ThresholdArg, exits_of
@@ -39,8 +39,9 @@ class EarlyExits:
     """The exits of one model: names, criteria, thresholds, the multi-exit model and its statistics."""
 
     def __init__(self, model: nn.Module):
+        if exits_of(unwrap(model)) is None:
+            raise DistillEEError(f"{type(unwrap(model)).__name__} has no early exits attached")
         self.model = model
-        self.exit_set  # noqa: B018  (fails now, not later, when the model has no exits)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -92,7 +93,7 @@ class EarlyExits:
     @property
     def config(self) -> Dict[str, Any]:
         """The configuration the exits were attached with (plain values)."""
-        for step in getattr(unwrap(self.model), "structure_steps", []):
+        for step in structure_steps(self.model):
             if step.get("kind") == EXITS_STEP:
                 return dict(step["config"])
         raise DistillEEError("the model's structure steps do not record how its exits were attached")

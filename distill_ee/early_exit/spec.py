@@ -202,7 +202,8 @@ def _exit_name(name: Any, final_name: str) -> str:
     if "." in name or not name.isidentifier() or keyword.iskeyword(name):
         raise ScheduleError(f"exit name {name!r} must be an identifier (letters, digits, _)", path=path)
     if name in RESERVED_NAMES:
-        raise ScheduleError(f"exit name {name!r} is reserved by torch; choose another", path=path)
+        raise ScheduleError(f"exit name {name!r} is reserved (an attribute of the exits' module); choose another",
+                            path=path)
     if name == final_name:
         raise ScheduleError(f"exit name {name!r} is the final classifier's name (final_name)", path=path)
     return name

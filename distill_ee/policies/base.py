@@ -103,9 +103,12 @@ class Policy:
         return epoch == self.last_due_epoch
 
     def progress(self, epoch: int) -> float:
-        """Position of ``epoch`` in the window: 0 at the first due epoch, 1 at the last (and after)."""
+        """Position of ``epoch`` in the window: 0 at the first due epoch, 1 at the last (and after); 0 for a
+        policy without a window."""
         last = self.last_due_epoch
-        if self.starting_epoch is None or last is None or last <= self.starting_epoch:
+        if self.starting_epoch is None or last is None:
+            return 0.0
+        if last <= self.starting_epoch:
             return 1.0
         return min(1.0, max(0.0, (epoch - self.starting_epoch) / (last - self.starting_epoch)))
 

@@ -24,7 +24,7 @@ def test_progress_runs_from_0_at_the_first_due_epoch_to_1_at_the_last():
     assert policy.progress(3) == pytest.approx(1 / 3) and policy.progress(20) == 1.0
     assert windowed(0, 10, 2).progress(8) == 1.0  # due epochs 0, 2, 4, 6, 8
     assert windowed(4, 5, 1).progress(4) == 1.0  # a one-epoch window is at its end at once
-    assert Policy("unscheduled").progress(3) == 1.0
+    assert Policy("unscheduled").progress(3) == 0.0
 
 
 def test_the_scheduler_gives_each_policy_its_window_and_due_epochs():
