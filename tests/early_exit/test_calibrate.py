@@ -18,18 +18,7 @@ from distill_ee.errors import ConfigError
 from distill_ee.early_exit.exits import EarlyExits
 from distill_ee.policies.base import HookContext
 from distill_ee.policies.early_exit import EarlyExitPolicy
-
-
-def synthetic(n=600, strengths=(1.0, 2.0, 4.0), classes=10, seed=0):
-    """Logits of exits of increasing strength (the last is the final classifier) and random labels."""
-    gen = torch.Generator().manual_seed(seed)
-    targets = torch.randint(0, classes, (n,), generator=gen)
-    logits = []
-    for s in strengths:
-        l = torch.randn(n, classes, generator=gen)
-        l[torch.arange(n), targets] += s
-        logits.append(l)
-    return logits, targets
+from support import synthetic
 
 
 MACS = [30.0, 70.0, 110.0]  # exit1, exit2, final (branches of 5 MACs each included)
