@@ -270,6 +270,8 @@ def check_value(hint: Any, value: Any, names: Optional[NameSource] = None) -> An
         return value
     if hint in (float, int, bool, str):
         return _check_simple(hint, value)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return _check_fixed_tuple(hint, args, value, names)
     if origin in _SEQUENCES or hint in (list, tuple):
         return _check_sequence(hint, args[0] if args else Any, value, names)
     if origin in _MAPPINGS or hint is dict:
@@ -309,6 +311,18 @@ def _check_sequence(hint: Any, item: Any, value: Any, names: Optional[NameSource
     return out
 
 
+def _check_fixed_tuple(hint: Any, items: Sequence[Any], value: Any, names: Optional[NameSource]) -> List[Any]:
+    if not isinstance(value, (list, tuple)) or len(value) != len(items):
+        raise ArgumentError(f"must be a list of {len(items)}, got {type(value).__name__} {value!r}")
+    out = []
+    for i, (item, v) in enumerate(zip(items, value)):
+        try:
+            out.append(check_value(item, v, names))
+        except ArgumentError as err:
+            raise err.under(i) from None
+    return out
+
+
 def _check_union(options: Sequence[Any], value: Any, names: Optional[NameSource]) -> Any:
     if value is None and type(None) in options:
         return None
@@ -336,6 +350,8 @@ def describe(hint: Any) -> str:
         return meanings[0].describe() if meanings else describe(args[0])
     if origin is typing.Union or type(hint).__name__ == "UnionType":
         return " or ".join(describe(a) for a in args if a is not type(None))
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return f"a list of {len(args)}"
     if origin in _SEQUENCES or hint in (list, tuple):
         return "a list"
     if origin in _MAPPINGS or hint is dict:

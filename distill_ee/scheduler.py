@@ -21,18 +21,22 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .policies.base import HookContext, LossComponent, Policy, PolicyLoss
+from .policies.base import HookContext, LossComponent, Policy, PolicyLoss, Window
 from .pruning.masks import MaskDict, ParameterMasker, apply_masks, create_masks
 
 
 class ScheduledPolicy:
     """A policy with the epochs in which it is due."""
 
-    def __init__(self, policy: Policy, epochs: List[int], starting_epoch: int, ending_epoch: int,
+    def __init__(self, policy: Policy, epochs: Optional[List[int]], starting_epoch: int, ending_epoch: int,
                  frequency: Optional[int]):
         self.policy = policy
-        self.epochs = set(epochs)
+        self.window = Window(starting_epoch, ending_epoch, frequency, epochs)
         policy.set_window(starting_epoch, ending_epoch, frequency, epochs)
+
+    def is_due(self, epoch: int) -> bool:
+        """True when the policy runs in ``epoch``."""
+        return self.window.is_due(epoch)
 
 
 class CompressionScheduler:
@@ -63,8 +67,7 @@ class CompressionScheduler:
             epochs = sorted(set(int(e) for e in epochs))
             sp = ScheduledPolicy(policy, epochs, epochs[0], epochs[-1] + 1, None)
         else:
-            sp = ScheduledPolicy(policy, list(range(starting_epoch, ending_epoch, frequency)),
-                                 starting_epoch, ending_epoch, frequency)
+            sp = ScheduledPolicy(policy, None, starting_epoch, ending_epoch, frequency)
         self.scheduled.append(sp)
         self._due_epoch = None
 
@@ -97,7 +100,7 @@ class CompressionScheduler:
 
     def policies_for(self, epoch: int) -> List[Policy]:
         """The policies due in ``epoch``, in declaration order."""
-        return [sp.policy for sp in self.scheduled if epoch in sp.epochs]
+        return [sp.policy for sp in self.scheduled if sp.is_due(epoch)]
 
     def find(self, kind: str) -> List[Policy]:
         """Scheduled policies of one kind (``pruner``, ``early_exit`` ...)."""

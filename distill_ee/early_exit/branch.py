@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from ..arguments import ArgumentError, Range, check_value, signature_of
 from ..errors import ScheduleError
+from ..modules import first_line
 from ..registry import BRANCH_LAYERS, UnknownNameError, suggest
 
 Shape = Tuple[int, ...]
-#: an option that is one integer or a pair (kernel sizes, strides, paddings)
-Size2 = Union[int, Tuple[int, int]]
+#: a positive size (channels, kernel, stride, output size) within reason
+Dim = Annotated[int, Range(1, 65536, integer=True)]
+#: a padding
+Pad = Annotated[int, Range(0, 65536, integer=True)]
+#: an option that is one size or a pair (kernel sizes, strides, output sizes)
+Size2 = Union[Dim, Tuple[Dim, Dim]]
+Pad2 = Union[Pad, Tuple[Pad, Pad]]
+#: most parameters one branch layer may hold, and most values it may output per sample (checked before
+#: anything is allocated: a typo in out_channels must not take the machine's memory)
+MAX_LAYER_PARAMETERS = 1 << 26
+MAX_LAYER_OUTPUTS = 1 << 24
 
 
 class BranchShapeError(ValueError):
@@ -39,29 +50,6 @@ class LayerSpec:
 
 
 # --------------------------------------------------------------------------- option parsing
-def _int(value: Any) -> Optional[int]:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _convert(value: Any, kind: str) -> Any:
-    """``value`` converted to ``kind`` (an annotation string), or raise ValueError with what was expected."""
-    if kind == "int" and _int(value) is not None:
-        return value
-    if kind == "Optional[int]" and (value is None or _int(value) is not None):
-        return value
-    if kind == "bool" and isinstance(value, bool):
-        return value
-    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind == "Size2":
-        if _int(value) is not None:
-            return value
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(_int(v) is not None for v in value):
-            return list(value)
-    expected = {"Size2": "an integer or a pair of integers", "Optional[int]": "an integer"}.get(kind, f"a {kind}")
-    raise ValueError(f"expected {expected}, got {value!r}")
-
-
 def layer_options(layer_type: str) -> Dict[str, inspect.Parameter]:
     """The options a registered layer type accepts, by name."""
     params = inspect.signature(BRANCH_LAYERS.get(layer_type)).parameters
@@ -91,15 +79,16 @@ def parse_layer(raw: Any, path: str) -> LayerSpec:
 
 def _check_options(layer_type: str, options: Mapping[str, Any], path: str) -> Dict[str, Any]:
     accepted = layer_options(layer_type)
+    hints = signature_of(BRANCH_LAYERS.get(layer_type)).hints
     out: Dict[str, Any] = {}
     for key, value in options.items():
         if key not in accepted:
             raise ScheduleError(f"{layer_type} has no option {key!r}", path=f"{path}.{key}",
                                 valid=sorted(accepted), suggestions=suggest(str(key), accepted))
         try:
-            out[key] = _convert(value, str(accepted[key].annotation))
-        except ValueError as err:
-            raise ScheduleError(str(err), path=f"{path}.{key}") from None
+            out[key] = check_value(hints.get(key, Any), value)
+        except ArgumentError as err:
+            raise ScheduleError(err.message, path=".".join([f"{path}.{key}", *map(str, err.path)])) from None
     for key, param in accepted.items():
         if param.default is inspect.Parameter.empty and key not in out:
             raise ScheduleError(f"{layer_type} needs `{key}`", path=path)
@@ -117,8 +106,8 @@ _FLAT = "a flat input (N, features); put `flatten` (or `adaptive_avgpool` then `
 
 
 @BRANCH_LAYERS.register("conv", aliases=("conv2d",))
-def conv(in_shape: Shape, *, out_channels: int, kernel_size: Size2 = 3, stride: Size2 = 1,
-         padding: Size2 = 0, dilation: Size2 = 1, groups: int = 1, bias: bool = True) -> nn.Module:
+def conv(in_shape: Shape, *, out_channels: Dim, kernel_size: Size2 = 3, stride: Size2 = 1,
+         padding: Pad2 = 0, dilation: Size2 = 1, groups: Dim = 1, bias: bool = True) -> nn.Module:
     """2-D convolution; ``in_channels`` is the input's channel count."""
     _need_rank(in_shape, 4, _IMAGE)
     return nn.Conv2d(in_shape[1], out_channels, kernel_size, stride=stride, padding=padding,
@@ -141,16 +130,16 @@ def relu(in_shape: Shape) -> nn.Module:
 
 
 @BRANCH_LAYERS.register("maxpool", aliases=("max_pool",))
-def maxpool(in_shape: Shape, *, kernel_size: Size2 = 2, stride: Optional[int] = None,
-            padding: Size2 = 0) -> nn.Module:
+def maxpool(in_shape: Shape, *, kernel_size: Size2 = 2, stride: Optional[Dim] = None,
+            padding: Pad2 = 0) -> nn.Module:
     """2-D max pooling (stride defaults to the kernel size)."""
     _need_rank(in_shape, 4, _IMAGE)
     return nn.MaxPool2d(kernel_size, stride=stride, padding=padding)
 
 
 @BRANCH_LAYERS.register("avgpool", aliases=("avg_pool",))
-def avgpool(in_shape: Shape, *, kernel_size: Size2 = 2, stride: Optional[int] = None,
-            padding: Size2 = 0) -> nn.Module:
+def avgpool(in_shape: Shape, *, kernel_size: Size2 = 2, stride: Optional[Dim] = None,
+            padding: Pad2 = 0) -> nn.Module:
     """2-D average pooling (stride defaults to the kernel size)."""
     _need_rank(in_shape, 4, _IMAGE)
     return nn.AvgPool2d(kernel_size, stride=stride, padding=padding)
@@ -170,7 +159,7 @@ def flatten(in_shape: Shape) -> nn.Module:
 
 
 @BRANCH_LAYERS.register("linear", aliases=("fc",))
-def linear(in_shape: Shape, *, out_features: Optional[int] = None, bias: bool = True) -> nn.Module:
+def linear(in_shape: Shape, *, out_features: Optional[Dim] = None, bias: bool = True) -> nn.Module:
     """Fully connected layer; ``in_features`` inferred; ``out_features`` defaults to the class count on the
     branch's last linear."""
     _need_rank(in_shape, 2, _FLAT)
@@ -208,6 +197,7 @@ def build_branch(layers: Sequence[LayerSpec], example: torch.Tensor, num_classes
             options = dict(spec.options)
             if i == last_linear and options.get("out_features") is None:
                 options["out_features"] = num_classes
+            _check_size(spec.type, options, x, exit_name, i, f"{path}[{i}]")
             layer = _build_layer(spec.type, options, x, exit_name, i, f"{path}[{i}]")
             layer.to(device=example.device)
             layer.eval()
@@ -220,14 +210,33 @@ def build_branch(layers: Sequence[LayerSpec], example: torch.Tensor, num_classes
     return nn.Sequential(*modules)
 
 
+def _check_size(layer_type: str, options: Dict[str, Any], x: torch.Tensor, exit_name: str, index: int,
+                path: str) -> None:
+    """Build the layer on the meta device (nothing allocated) and refuse one that is absurdly large."""
+    with torch.device("meta"):
+        layer = _build_layer(layer_type, options, x, exit_name, index, path)
+    params = sum(p.numel() for p in layer.parameters())
+    where = f"exit {exit_name!r}: layer {index} ({layer_type})"
+    if params > MAX_LAYER_PARAMETERS:
+        raise ScheduleError(f"{where} would hold {params:,} parameters, more than {MAX_LAYER_PARAMETERS:,}; "
+                            "check its sizes", path=path)
+    out = _run_layer(layer, x.to("meta"), layer_type, exit_name, index, path)
+    per_sample = out[0].numel() if out.dim() else 1
+    if per_sample > MAX_LAYER_OUTPUTS:
+        raise ScheduleError(f"{where} would output {per_sample:,} values per sample, more than "
+                            f"{MAX_LAYER_OUTPUTS:,}; check its sizes", path=path)
+    if out.numel() == 0 or 0 in out.shape:
+        raise ScheduleError(f"{where} gives an empty output of shape {format_shape(out.shape)}", path=path)
+
+
 def _build_layer(layer_type: str, options: Dict[str, Any], x: torch.Tensor, exit_name: str, index: int,
                  path: str) -> nn.Module:
     builder: Callable[..., nn.Module] = BRANCH_LAYERS.get(layer_type)
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     try:
         return builder(tuple(x.shape), **args)
-    except (BranchShapeError, ValueError, TypeError) as err:
-        raise ScheduleError(f"exit {exit_name!r}: layer {index} ({layer_type}) {_first_line(err)}",
+    except (BranchShapeError, ValueError, TypeError, OverflowError, RuntimeError) as err:
+        raise ScheduleError(f"exit {exit_name!r}: layer {index} ({layer_type}) {first_line(err)}",
                             path=path) from None
 
 
@@ -235,11 +244,6 @@ def _run_layer(layer: nn.Module, x: torch.Tensor, layer_type: str, exit_name: st
                path: str) -> torch.Tensor:
     try:
         return layer(x)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError, OverflowError) as err:
         raise ScheduleError(f"exit {exit_name!r}: layer {index} ({layer_type}) cannot take an input of shape "
-                            f"{format_shape(x.shape)}: {_first_line(err)}", path=path) from None
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+                            f"{format_shape(x.shape)}: {first_line(err)}", path=path) from None

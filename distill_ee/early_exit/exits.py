@@ -46,9 +46,16 @@ class EarlyExits:
     # ----------------------------------------------------------------- construction
     @classmethod
     def build(cls, ctx: BuildContext, **config: Any) -> "EarlyExits":
-        """Build from a schedule instance: attach the exits and give their parameters to the optimizer."""
+        """Build from a schedule instance: attach the exits, check that the model can be cut into stages at
+        them (now, not after training), and give the branch parameters to the optimizer."""
         exits = cls.from_config(config, ctx.model, num_classes=ctx.num_classes, input_shape=ctx.input_shape,
                                 name=ctx.name)
+        try:
+            exits.multi_exit_model()
+        except ScheduleError:
+            raise
+        except DistillEEError as err:
+            raise ScheduleError(str(err), path="stages" if "stages" in config else "") from None
         ctx.add_parameters(exits.branch_parameters())
         return exits
 

@@ -15,6 +15,7 @@ Errors are ScheduleErrors whose ``path`` is relative to the instance (``exits.ex
 from __future__ import annotations
 
 import keyword
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -173,16 +174,19 @@ def _check_keys(raw: Mapping[str, Any], valid: Sequence[str], path: str) -> None
 
 def _number(value: Any, path: str) -> float:
     """A float from a YAML scalar (PyYAML reads ``1e-3`` as a string, so numeric strings are accepted)."""
-    if isinstance(value, bool):
-        raise ScheduleError(f"expected a number, got {value!r}", path=path)
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+    number: Optional[float] = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
-    raise ScheduleError(f"expected a number, got {value!r}", path=path)
+    if number is None:
+        raise ScheduleError(f"expected a number, got {value!r}", path=path)
+    if not math.isfinite(number):
+        raise ScheduleError(f"expected a finite number, got {value!r}", path=path)
+    return number
 
 
 def _criterion_name(value: Any, path: str) -> str:

@@ -28,6 +28,7 @@ import torch.fx
 from torch import nn
 
 from ..errors import DistillEEError
+from .exit_set import ExitSet
 from ..modules import eval_mode, example_input, first_line, strip_module_prefix
 
 _STAGES_HINT = ("give `stages:` (the model's top-level child modules in forward order, e.g. "
@@ -79,7 +80,8 @@ def split_model(model: nn.Module, attach: Sequence[str], input_shape: Sequence[i
         modules, plan = split_sequential(model, stages, attach)
     else:
         modules, plan = split_traced(model, attach, input_shape)
-    check_stages(model, modules, plan, input_shape, "given `stages:`" if stages is not None else "traced")
+    check_stages(model, modules, plan, input_shape, "stages listed in `stages:`" if stages is not None
+                 else "traced stages")
     return modules, plan
 
 
@@ -97,29 +99,38 @@ def run_stages(modules: Sequence[nn.Module], plan: StagePlan, x: torch.Tensor) -
     return attach_out, env[plan.result]
 
 
+_GIVEN_HINT = ("the listed children, run one after the other, must compute the model's forward pass: check "
+               "that they are in forward order, that none is missing, and that `flatten` is listed where the "
+               "forward flattens")
+
+
 def check_stages(model: nn.Module, modules: Sequence[nn.Module], plan: StagePlan, input_shape: Sequence[int],
                  how: str) -> None:
     """Raise DistillEEError unless the stages reproduce ``model(x)`` on a dummy batch."""
     x = example_input(model, input_shape, batch=3)
+    hint = _GIVEN_HINT if "`stages:`" in how else _STAGES_HINT
     with eval_mode(model), torch.no_grad():
         expected = model(x)
+        if isinstance(expected, torch.Tensor) and not bool(torch.isfinite(expected).all()):
+            raise DistillEEError(f"{type(model).__name__}'s own output on a dummy batch is not finite (NaN or "
+                                 "inf): its weights are not finite, so its stages cannot be checked")
         try:
             _, got = run_stages(modules, plan, x)
-        except Exception as err:  # any failure of a cut model is reported the same way
-            raise DistillEEError(f"the {how} stages of {type(model).__name__} fail on a dummy batch ({err}); "
-                                 f"{_STAGES_HINT}") from None
+        except Exception as err:  # noqa: BLE001  (any failure of a cut model is reported the same way)
+            raise DistillEEError(f"the {how} of {type(model).__name__} fail on a dummy batch "
+                                 f"({first_line(err)}); {hint}") from None
     same = (isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor) and got.shape == expected.shape
             and torch.allclose(got, expected, rtol=1e-4, atol=1e-5))
     if not same:
-        raise DistillEEError(f"the {how} stages of {type(model).__name__} do not reproduce its output on a dummy "
-                             f"batch; {_STAGES_HINT}")
+        raise DistillEEError(f"the {how} of {type(model).__name__} do not reproduce its output on a dummy "
+                             f"batch; {hint}")
 
 
 # --------------------------------------------------------------------------- sequential fallback
 def split_sequential(model: nn.Module, stages: Sequence[str],
                      attach: Sequence[str]) -> Tuple[List[nn.Module], StagePlan]:
     """Cut a model that is the composition of its listed top-level children."""
-    children = dict(model.named_children())
+    children = {n: c for n, c in model.named_children() if not isinstance(c, ExitSet)}
     layers: List[nn.Module] = []
     names: List[str] = []
     for name in stages:

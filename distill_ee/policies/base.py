@@ -73,13 +73,15 @@ class Policy:
     needs_minibatch_hooks: bool = True
     #: dataclass of the ``args`` a schedule's policy entry may give (None: no args)
     Args: ClassVar[Optional[type]] = None
+    #: False when two policy entries may not schedule the same component in a common epoch
+    may_overlap: ClassVar[bool] = True
 
     def __init__(self, name: str = ""):
         self.name = name
         self.starting_epoch: Optional[int] = None
         self.ending_epoch: Optional[int] = None
         self.frequency: Optional[int] = None
-        self.due_epochs: Optional[List[int]] = None
+        self._listed: Optional[List[int]] = None
 
     @classmethod
     def from_component(cls, component: Any, args: Any, name: str) -> "Policy":
@@ -88,15 +90,30 @@ class Policy:
 
     # ----------------------------------------------------------------- the window
     def set_window(self, starting_epoch: int, ending_epoch: int, frequency: Optional[int],
-                   due_epochs: Optional[Sequence[int]] = None) -> None:
-        """The epochs the schedule gives this policy (``ending_epoch`` exclusive; frequency None for a list)."""
+                   listed: Optional[Sequence[int]] = None) -> None:
+        """The epochs the schedule gives this policy: ``range(starting_epoch, ending_epoch, frequency)``, or the
+        ``listed`` epochs (frequency None)."""
         self.starting_epoch, self.ending_epoch, self.frequency = starting_epoch, ending_epoch, frequency
-        self.due_epochs = sorted(due_epochs) if due_epochs is not None else None
+        self._listed = sorted(set(listed)) if listed is not None else None
+
+    @property
+    def window(self) -> "Window":
+        """The policy's window as set by the scheduler."""
+        return Window(self.starting_epoch, self.ending_epoch, self.frequency, self._listed)
+
+    def is_due(self, epoch: int) -> bool:
+        """True when the policy runs in ``epoch``."""
+        return self.window.is_due(epoch)
+
+    @property
+    def due_epochs(self) -> List[int]:
+        """Every epoch in which the policy runs, in order (empty without a window)."""
+        return self.window.due_epochs()
 
     @property
     def last_due_epoch(self) -> Optional[int]:
         """The last epoch in which the policy runs; None without a window."""
-        return last_due_epoch(self.starting_epoch, self.ending_epoch, self.frequency)
+        return self.window.last_due_epoch
 
     def is_last(self, epoch: int) -> bool:
         """True in the policy's last due epoch."""
@@ -105,12 +122,7 @@ class Policy:
     def progress(self, epoch: int) -> float:
         """Position of ``epoch`` in the window: 0 at the first due epoch, 1 at the last (and after); 0 for a
         policy without a window."""
-        last = self.last_due_epoch
-        if self.starting_epoch is None or last is None:
-            return 0.0
-        if last <= self.starting_epoch:
-            return 1.0
-        return min(1.0, max(0.0, (epoch - self.starting_epoch) / (last - self.starting_epoch)))
+        return self.window.progress(epoch)
 
     def validate_window(self) -> None:
         """Raise ScheduleError (path relative to the policy entry) if the policy cannot run in its window."""
@@ -148,6 +160,58 @@ class Policy:
 #: sections whose components are policies themselves (no ``args``); quantizers have no classes yet
 add_section(Section("quantizers", "quantizer", QUANTIZERS, order=30))
 add_section(Section("extensions", "extension", EXTENSIONS, order=50))
+
+
+@dataclass(frozen=True)
+class Window:
+    """The epochs a policy runs in: ``range(starting_epoch, ending_epoch, frequency)`` or a ``listed`` set."""
+
+    starting_epoch: Optional[int]
+    ending_epoch: Optional[int]
+    frequency: Optional[int] = 1
+    listed: Optional[Sequence[int]] = None
+
+    def is_due(self, epoch: int) -> bool:
+        """True when ``epoch`` is in the window."""
+        if self.listed is not None:
+            return epoch in self.listed
+        if self.starting_epoch is None or self.ending_epoch is None:
+            return False
+        return self.starting_epoch <= epoch < self.ending_epoch and \
+            (epoch - self.starting_epoch) % (self.frequency or 1) == 0
+
+    def due_epochs(self) -> List[int]:
+        """Every epoch of the window, in order."""
+        if self.listed is not None:
+            return list(self.listed)
+        if self.starting_epoch is None or self.ending_epoch is None:
+            return []
+        return list(range(self.starting_epoch, self.ending_epoch, self.frequency or 1))
+
+    @property
+    def last_due_epoch(self) -> Optional[int]:
+        """The window's last epoch; None without one."""
+        if self.listed is not None:
+            return max(self.listed) if self.listed else None
+        return last_due_epoch(self.starting_epoch, self.ending_epoch, self.frequency)
+
+    def progress(self, epoch: int) -> float:
+        """0 at the first epoch of the window, 1 at the last (and after); 0 without a window."""
+        last = self.last_due_epoch
+        if self.starting_epoch is None or last is None:
+            return 0.0
+        if last <= self.starting_epoch:
+            return 1.0
+        return min(1.0, max(0.0, (epoch - self.starting_epoch) / (last - self.starting_epoch)))
+
+    def overlaps(self, other: "Window") -> bool:
+        """True when the two windows share an epoch."""
+        if self.listed is not None or other.listed is not None:
+            few, many = (self, other) if self.listed is not None else (other, self)
+            return any(many.is_due(e) for e in few.due_epochs())
+        low = max(self.starting_epoch or 0, other.starting_epoch or 0)
+        high = min(self.ending_epoch or 0, other.ending_epoch or 0)
+        return any(self.is_due(e) and other.is_due(e) for e in range(low, high))
 
 
 def last_due_epoch(starting_epoch: Optional[int], ending_epoch: Optional[int],

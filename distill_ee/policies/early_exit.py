@@ -31,6 +31,7 @@ class EarlyExitPolicy(Policy):
 
     kind = "early_exit"
     needs_minibatch_hooks = True
+    may_overlap = False  # two joint losses of the same exits in one step would each pop the same logits
 
     def __init__(self, exits: EarlyExits, name: str = ""):
         super().__init__(name or exits.name)

@@ -52,7 +52,21 @@ def build_scheduler(schedule: Schedule, model: nn.Module, optimizer: Optional[to
             policy.validate_window()
         except (ScheduleError, ArgumentError) as exc:
             raise relocate(schedule, pspec.path, exc) from None
+        _check_overlap(schedule, pspec, scheduler)
     return scheduler
+
+
+def _check_overlap(schedule: Schedule, pspec: PolicySpec, scheduler: CompressionScheduler) -> None:
+    """Refuse a second policy entry of the same component in a common epoch when its policy forbids it."""
+    new = scheduler.scheduled[-1]
+    if type(new.policy).may_overlap:
+        return
+    for earlier, entry in zip(scheduler.scheduled[:-1], schedule.policies):
+        same = (entry.section.name, entry.instance_name) == (pspec.section.name, pspec.instance_name)
+        if same and earlier.window.overlaps(new.window):
+            raise schedule.error(pspec.path, f"{pspec.kind} {pspec.instance_name!r} is already scheduled in a "
+                                             f"common epoch by policies[{entry.index}]; one policy at a time may "
+                                             "run it (make the epoch ranges disjoint)")
 
 
 def build_component(schedule: Schedule, spec: ComponentSpec, ctx: BuildContext) -> Any:

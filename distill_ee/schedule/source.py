@@ -1,7 +1,8 @@
 """Safe YAML reading that remembers where every key and item came from (file and line)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+import logging
+from typing import Any, List, Optional, Sequence, Set, Tuple, Union
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -56,6 +57,8 @@ class ScheduleSource:
     def __init__(self, data: LocatedDict, file: Optional[str]):
         self.data = data
         self.file = file
+        #: located warnings about the text (a duplicate key repeating its value)
+        self.warnings: List[str] = []
 
     def line_of(self, path: Sequence[PathKey]) -> Optional[int]:
         """The line of the deepest node of ``path`` that exists."""
@@ -77,11 +80,36 @@ class ScheduleSource:
         return ScheduleError(message, file=self.file, line=self.line_of(path), path=format_path(path), **kwargs)
 
 
-def parse_yaml(text: str, file: Optional[str] = None) -> ScheduleSource:
-    """Parse schedule text with PyYAML's safe loader; duplicate keys and object tags are errors."""
-    loader = yaml.SafeLoader(text)
+#: deepest nesting of mappings and lists a schedule may have
+MAX_DEPTH = 64
+#: most values a schedule may expand to (YAML aliases repeated inside each other multiply them)
+MAX_VALUES = 100_000
+
+log = logging.getLogger("distill_ee")
+
+
+def decode_schedule(data: bytes, file: Optional[str] = None) -> str:
+    """Schedule bytes as text (UTF-8, an optional BOM dropped); a located ScheduleError when it is not UTF-8."""
     try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ScheduleError(f"not UTF-8 text: byte 0x{data[err.start]:02x} cannot be decoded (save the schedule "
+                            "as UTF-8)", file=file, line=line) from None
+
+
+def parse_yaml(text: str, file: Optional[str] = None) -> ScheduleSource:
+    """Parse schedule text with PyYAML's safe loader; object tags, recursive or exploding aliases, deep nesting
+    and unreadable values are located ScheduleErrors; a duplicate key is one too unless its value repeats."""
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(exc, text, file) from None
+    try:
+        _check_depth(text, file)
         root = loader.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(exc, text, file) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -92,40 +120,91 @@ def parse_yaml(text: str, file: Optional[str] = None) -> ScheduleSource:
         loader.dispose()
     if root is None:
         raise ScheduleError("the schedule is empty", file=file, line=1)
-    data = _Converter(loader, file).convert(root, ())
+    converter = _Converter(loader, file)
+    data = converter.convert(root, ())
     if not isinstance(data, LocatedDict):
         raise ScheduleError("the schedule must be a mapping of sections (version, pruners, policies ...)",
                             file=file, line=1)
-    return ScheduleSource(data, file)
+    source = ScheduleSource(data, file)
+    source.warnings = converter.warnings
+    for warning in converter.warnings:
+        log.warning("%s", warning)
+    return source
+
+
+def _reader_error(exc: "yaml.reader.ReaderError", text: str, file: Optional[str]) -> ScheduleError:
+    line = text[:exc.position].count("\n") + 1 if isinstance(exc.position, int) else None
+    char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+    return ScheduleError(f"not valid YAML: character {char!r} is not allowed (control characters other "
+                         "than tab and newline cannot appear in a schedule)", file=file, line=line)
+
+
+def _check_depth(text: str, file: Optional[str]) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before composing (the composer recurses once per level)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ScheduleError(f"nested more than {MAX_DEPTH} levels deep; a schedule is a few levels of "
+                                    "mappings and lists", file=file, line=event.start_mark.line + 1)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 class _Converter:
-    """Turns composed YAML nodes into Located containers, checking tags and duplicate keys."""
+    """Turns composed YAML nodes into Located containers, checking tags, aliases and duplicate keys."""
 
     def __init__(self, loader: yaml.SafeLoader, file: Optional[str]):
         self.loader = loader
         self.file = file
+        self.values = 0
+        self.active: Set[int] = set()
+        self.warnings: List[str] = []
 
     def _fail(self, node: Node, path: YamlPath, message: str) -> ScheduleError:
         return ScheduleError(message, file=self.file, line=node.start_mark.line + 1, path=format_path(path))
 
     def convert(self, node: Node, path: YamlPath) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise self._fail(node, path, f"the schedule expands to more than {MAX_VALUES:,} values (YAML aliases "
+                                         "repeated inside each other?)")
         if node.tag not in _PLAIN_TAGS:
             raise self._fail(node, path, f"YAML tag {node.tag!r} is not allowed: schedules hold plain data only "
                                          "(tags that construct Python objects are refused)")
-        if isinstance(node, MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, SequenceNode):
+        if id(node) in self.active:
+            raise self._fail(node, path, "a YAML alias refers to a node that contains it (a recursive anchor)")
+        if not isinstance(node, (MappingNode, SequenceNode)):
+            return self._scalar(node, path)
+        self.active.add(id(node))
+        try:
+            if isinstance(node, MappingNode):
+                return self._mapping(node, path)
             out = LocatedList()
             out.line = node.start_mark.line + 1
             for i, item in enumerate(node.value):
                 out.append(self.convert(item, path + (i,)))
                 out.item_lines.append(item.start_mark.line + 1)
             return out
-        return self.loader.construct_object(node, deep=True)
+        finally:
+            self.active.discard(id(node))
+
+    def _scalar(self, node: Node, path: YamlPath) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except Exception as exc:  # noqa: BLE001  (ValueError, KeyError, OverflowError ... from the constructors)
+            kind = str(node.tag).rpartition(":")[2]
+            text = str(node.value)
+            shown = repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+            raise self._fail(node, path, f"cannot read {shown} as a YAML {kind} ({_reason(exc)})") from None
 
     def _mapping(self, node: MappingNode, path: YamlPath) -> LocatedDict:
-        self.loader.flatten_mapping(node)
+        try:
+            self.loader.flatten_mapping(node)
+        except yaml.MarkedYAMLError as exc:
+            raise self._fail(node, path, f"a merge key `<<` must name a mapping or a list of mappings "
+                                         f"({exc.problem})") from None
         out = LocatedDict()
         out.line = node.start_mark.line + 1
         for key_node, value_node in node.value:
@@ -134,9 +213,34 @@ class _Converter:
             key = self.convert(key_node, path)
             if isinstance(key, (int, float, bool)) or key is None:
                 key = str(key_node.value)
+            if not isinstance(key, str):
+                raise self._fail(key_node, path, f"mapping keys must be names or numbers, got {key!r}")
+            value = self.convert(value_node, path + (key,))
+            line = key_node.start_mark.line + 1
             if key in out:
-                raise self._fail(key_node, path + (key,),
-                                 f"duplicate key {key!r} (first given on line {out.key_lines[key]})")
-            out.key_lines[key] = key_node.start_mark.line + 1
-            out[key] = self.convert(value_node, path + (key,))
+                first = out.key_lines[key]
+                if _plain(out[key]) != _plain(value):
+                    raise self._fail(key_node, path + (key,),
+                                     f"duplicate key {key!r} with another value (first given on line {first})")
+                self.warnings.append(f"{self.file or '<schedule>'}:{line}: {format_path(path + (key,))}: duplicate "
+                                     f"key {key!r} repeats the value given on line {first}; the repetition is "
+                                     "ignored")
+                continue
+            out.key_lines[key] = line
+            out[key] = value
         return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"{exc.args[0]!r} is not one of its values"
+    text = str(exc).strip().splitlines()
+    return text[0].split(";")[0] if text else type(exc).__name__

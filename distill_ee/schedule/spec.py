@@ -7,9 +7,15 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..components import load_components
 from ..errors import ScheduleError
 from ..registry import Registry, Section, UnknownNameError, sections, suggest
-from .source import LocatedDict, ScheduleSource, YamlPath, parse_yaml
+from .source import LocatedDict, ScheduleSource, YamlPath, decode_schedule, parse_yaml
 
 EPOCH_KEYS = ["epochs", "starting_epoch", "ending_epoch", "frequency"]
+#: the schedule format versions this loader reads (Distiller's)
+VERSIONS = (1,)
+#: the largest epoch number a schedule may name
+MAX_EPOCH = 1_000_000
+#: schedules are small text files; anything larger is refused unread
+MAX_SCHEDULE_BYTES = 1 << 20
 
 
 def top_level_keys() -> List[str]:
@@ -67,11 +73,14 @@ class Schedule:
 def read_schedule(path: str) -> Schedule:
     """Read and validate a schedule file."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SCHEDULE_BYTES + 1)
     except OSError as exc:
-        raise ScheduleError(f"cannot read schedule: {exc.strerror}", file=str(path)) from None
-    return parse_schedule(text, file=str(path))
+        raise ScheduleError(f"cannot read schedule: {exc.strerror or exc}", file=str(path)) from None
+    if len(data) > MAX_SCHEDULE_BYTES:
+        raise ScheduleError(f"the file is larger than {MAX_SCHEDULE_BYTES // 1024} KiB: not a schedule",
+                            file=str(path))
+    return parse_schedule(decode_schedule(data, str(path)), file=str(path))
 
 
 def parse_schedule(text: str, file: Optional[str] = None) -> Schedule:
@@ -87,12 +96,16 @@ def parse_schedule(text: str, file: Optional[str] = None) -> Schedule:
     version = data.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
         raise src.error(("version",), f"version must be an integer, got {version!r}")
+    if version not in VERSIONS:
+        raise src.error(("version",), f"unknown schedule version {version}", valid=list(VERSIONS))
     schedule = Schedule(src, version)
     for section in sections():
         schedule.components[section.name] = _components(src, section, data.get(section.name))
-    policies = data.get("policies") or []
+    policies = data.get("policies")
+    if policies is None:
+        policies = []
     if not isinstance(policies, list):
-        raise src.error(("policies",), "policies must be a list of policy entries")
+        raise src.error(("policies",), f"policies must be a list of policy entries, got {policies!r}")
     for i, entry in enumerate(policies):
         schedule.policies.append(_policy(schedule, i, entry))
     return schedule
@@ -164,7 +177,10 @@ def _policy_target(schedule: Schedule, path: YamlPath, section: Section, body: A
     name = body["instance_name"]
     kind = section.policy_key
     defined = schedule.components[section.name]
-    if not isinstance(name, str) or name not in defined:
+    if not isinstance(name, str):
+        raise src.error(path + ("instance_name",), f"instance_name must be the name of a {kind}, got {name!r}",
+                        valid=list(defined))
+    if name not in defined:
         raise src.error(path + ("instance_name",), f"names an undefined {kind} {name!r}",
                         suggestions=suggest(str(name), defined), valid=list(defined))
     args = body.get("args") or {}
@@ -183,6 +199,8 @@ def _int(src: ScheduleSource, path: YamlPath, value: Any, minimum: int) -> int:
         raise src.error(path, f"must be an integer, got {value!r}")
     if value < minimum:
         raise src.error(path, f"must be at least {minimum}, got {value}")
+    if value > MAX_EPOCH:
+        raise src.error(path, f"must be at most {MAX_EPOCH:,}, got {value}")
     return value
 
 

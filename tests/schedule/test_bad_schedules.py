@@ -30,13 +30,13 @@ class Net(nn.Module):
 
 
 def expected_message(path: Path) -> str:
-    first = path.read_text().splitlines()[0]
+    first = path.read_bytes().split(b"\n", 1)[0].decode("utf-8")  # some files are not UTF-8 past this line
     assert first.startswith("# expect: "), f"{path.name} lacks its '# expect:' line"
     return first[len("# expect: "):].replace("{file}", str(path))
 
 
 def test_the_corpus_is_not_empty():
-    assert len(BAD) >= 20
+    assert len(BAD) >= 50
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
