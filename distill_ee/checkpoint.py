@@ -11,13 +11,13 @@ scheduler state. The sample app and a user's own loop use the same two calls::
     exits = distill_ee.EarlyExits.of(model)              # if the run had exits: thresholds included
 
 A checkpoint is a dict of plain values and tensors: ``format``, ``structure``, ``state_dict`` and, when
-given, ``optimizer``, ``compression_sched`` and any ``extra`` keys (``epoch``, ``arch`` ...).
+given, ``optimizer``, ``compression_sched`` and any ``extra`` keys (``epoch``, ``arch`` ...), plus ``sha256``,
+the digest of all the rest: a file whose bytes changed after it was written is refused when read.
 """
 from __future__ import annotations
 
-import os
+import hashlib
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
@@ -25,50 +25,124 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .components import load_components
 from .errors import CheckpointError
-from .modules import unwrap
+from .modules import first_line, unwrap
 from .structure import ReplayContext, reconcile_steps, structure_steps
 
 PathLike = Union[str, Path]
 #: version of the checkpoint layout written by ``save_checkpoint``
 CHECKPOINT_FORMAT = 2
+#: the key holding the SHA-256 of everything else in the file
+CHECKSUM_KEY = "sha256"
 
 
 # --------------------------------------------------------------------------- files
 def write_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``state`` to ``path`` atomically, with the SHA-256 of its contents (key ``sha256``)."""
+    state = {k: v for k, v in state.items() if k != CHECKSUM_KEY}
+    state[CHECKSUM_KEY] = payload_digest(state)
+    atomic_write(path, lambda fh: torch.save(state, fh))
 
 
-def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint safely; one holding pickled Python objects is refused with a clear message."""
+def read_checkpoint(path: PathLike, map_location: Any = "cpu", *, verify: bool = True) -> Dict[str, Any]:
+    """Read a checkpoint safely: pickled Python objects refused, structure checked and, when the file carries
+    one, its SHA-256 verified (``verify=False`` skips that); every problem is one CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty, not a checkpoint")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch.save: a zip archive (a pickle: legacy)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this file "
+                              f"starts with {head!r})")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        if "weights only" not in str(exc).lower():
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a file torch.save wrote: "
+                                  f"{first_line(exc)})") from None
         raise CheckpointError(
             f"{path}: refused to load: the checkpoint carries pickled Python objects that could run code "
-            f"(only tensors, numbers, strings, lists and dicts are accepted). {first}".strip()) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+            "(only tensors, numbers, strings, lists and dicts are accepted)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or damaged: "
+                              f"{first_line(exc)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dictionary, found {type(state).__name__}")
+    try:
+        check_checkpoint(state)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    if verify and CHECKSUM_KEY in state:
+        saved = state.pop(CHECKSUM_KEY)
+        if saved != payload_digest(state):
+            raise CheckpointError(f"{path}: the checkpoint is damaged: its contents do not match the SHA-256 it "
+                                  "was saved with (bytes changed on disk or in a copy)")
+    state.pop(CHECKSUM_KEY, None)
     return state
+
+
+def payload_digest(state: Mapping[str, Any]) -> str:
+    """The SHA-256 of a checkpoint dict's contents: every key, value and tensor (dtype, shape and bytes)."""
+    digest = hashlib.sha256()
+    _feed(digest, state)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        try:
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        except (RuntimeError, TypeError):  # dtypes without a byte view
+            digest.update(repr(tensor.tolist()).encode())
+    elif isinstance(value, Mapping):
+        digest.update(b"{")
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[")
+        for item in value:
+            _feed(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+
+def check_checkpoint(state: Mapping[str, Any]) -> None:
+    """CheckpointError naming the first key whose value has the wrong type or shape."""
+    _expect(state, "structure", list, "a list of structure steps")
+    for i, step in enumerate(state.get("structure") or []):
+        if not isinstance(step, Mapping) or not isinstance(step.get("kind"), str):
+            raise CheckpointError(f"malformed checkpoint: structure step {i + 1} is not a mapping with a 'kind'")
+    _expect(state, "state_dict", Mapping, "a mapping of parameter names to tensors")
+    for name, value in (state.get("state_dict") or {}).items():
+        if not isinstance(name, str) or (not isinstance(value, torch.Tensor) and not name.endswith("_extra_state")):
+            raise CheckpointError(f"malformed checkpoint: state_dict entry {name!r} is not a tensor")
+    _expect(state, "optimizer", Mapping, "an optimizer state dict")
+    optimizer = state.get("optimizer")
+    if optimizer is not None and (not isinstance(optimizer.get("state"), Mapping)
+                                  or not isinstance(optimizer.get("param_groups"), list)):
+        raise CheckpointError("malformed checkpoint: 'optimizer' lacks its 'state' mapping or 'param_groups' list")
+    _expect(state, "compression_sched", Mapping, "a schedule state dict")
+    schedule = state.get("compression_sched")
+    if schedule is not None:
+        for key in ("masks", "policies"):
+            if not isinstance(schedule.get(key, {}), Mapping):
+                raise CheckpointError(f"malformed checkpoint: 'compression_sched.{key}' must be a mapping, got "
+                                      f"{type(schedule.get(key)).__name__}")
+
+
+def _expect(state: Mapping[str, Any], key: str, kind: Any, what: str) -> None:
+    if key in state and state[key] is not None and not isinstance(state[key], kind):
+        raise CheckpointError(f"malformed checkpoint: {key!r} must be {what}, got {type(state[key]).__name__}")
 
 
 # --------------------------------------------------------------------------- saving
@@ -112,28 +186,34 @@ class RestoredCheckpoint:
 def load_checkpoint(model: nn.Module, source: Union[PathLike, Mapping[str, Any]], *,
                     optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
                     restore_optimizer: bool = True, strict_schedule: bool = True,
-                    map_location: Any = "cpu") -> RestoredCheckpoint:
+                    map_location: Any = "cpu", verify: bool = True) -> RestoredCheckpoint:
     """Give ``model`` the checkpoint's structure and weights; then the optimizer's and scheduler's state.
 
     ``model`` is freshly built, or has the structure a schedule just gave it (exits); ``optimizer`` and
     ``scheduler`` are the ones built on it: replaying thinning updates their parameters and masks.
     ``restore_optimizer=False`` keeps the optimizer's state (a fresh start); ``strict_schedule=False``
-    accepts a schedule whose policies differ from the checkpoint's. Raises CheckpointError when anything
-    does not fit.
+    accepts a schedule whose policies differ from the checkpoint's; ``verify=False`` loads a file whose
+    checksum does not match. Raises CheckpointError when anything does not fit.
     """
     load_components()  # the structure step kinds
-    where = str(source) if isinstance(source, (str, Path)) else "checkpoint"
-    state = read_checkpoint(source, map_location) if isinstance(source, (str, Path)) else dict(source)
+    where = str(source)
+    if isinstance(source, (str, Path)):
+        state = read_checkpoint(source, map_location, verify=verify)
+    else:
+        state = dict(source)
+        check_checkpoint(state)
     masks = scheduler.masks if scheduler is not None else None
     try:
         done = reconcile_steps(model, saved_steps(state), ReplayContext(optimizer, masks))
         _load_weights(unwrap(model), state, done.new_prefixes)
         if scheduler is not None and "compression_sched" in state:
-            scheduler.load_state_dict(state["compression_sched"], strict=strict_schedule)
+            _load_schedule_state(scheduler, state["compression_sched"], strict_schedule)
         if optimizer is not None and restore_optimizer and "optimizer" in state:
             _load_optimizer(optimizer, state["optimizer"])
     except CheckpointError as err:
-        raise type(err)(f"{where}: {err}") from None
+        if isinstance(source, (str, Path)):
+            raise type(err)(f"{where}: {err}") from None
+        raise
     return RestoredCheckpoint(state, done.replayed)
 
 
@@ -179,6 +259,16 @@ def _load_weights(model: nn.Module, state: Mapping[str, Any], new_prefixes: List
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise CheckpointError(f"weights do not fit this model ({what})")
+
+
+def _load_schedule_state(scheduler: Any, state: Any, strict: bool) -> None:
+    try:
+        scheduler.load_state_dict(state, strict=strict)
+    except CheckpointError:
+        raise
+    except (TypeError, KeyError, ValueError, AttributeError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(f"the schedule state does not fit this schedule ({type(exc).__name__}: "
+                              f"{first_line(exc)})") from None
 
 
 class OptimizerStateError(CheckpointError):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .arguments import ArgumentError
-from .modules import eval_mode, module_names, unwrap
+from .modules import eval_mode, first_line, module_names, unwrap
 
 
 @dataclass
@@ -67,8 +67,12 @@ class BuildContext:
         """The number of classes: the width of the model's (batch, classes) output on the example input."""
         if self._num_classes is None:
             x = self.require_example_input("early exits")
-            with eval_mode(self.model), torch.no_grad():
-                out = self.model(x)
+            try:
+                with eval_mode(self.model), torch.no_grad():
+                    out = self.model(x)
+            except Exception as err:  # noqa: BLE001  (a model that cannot take the example input)
+                raise ArgumentError(f"the model fails on the example input of shape {tuple(x.shape)}: "
+                                    f"{first_line(err)}") from None
             if not isinstance(out, torch.Tensor) or out.dim() != 2:
                 raise ArgumentError("early exits need a classifier whose output is (batch, classes) logits")
             self._num_classes = int(out.shape[1])

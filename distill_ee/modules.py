@@ -87,7 +87,8 @@ class eval_mode:
 
     def __enter__(self) -> nn.Module:
         self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
+        for module, _ in self.modes:  # each module itself: a model's own train() may not recurse
+            module.training = False
         return self.model
 
     def __exit__(self, *exc: Any) -> None:

@@ -11,24 +11,26 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from ..checkpoint import OptimizerStateError, load_checkpoint, read_checkpoint, save_checkpoint
 from ..early_exit.exits import EarlyExits, backbone_parameters
 from ..early_exit.export import export_torchscript
 from ..errors import CheckpointError, ConfigError, DistillEEError
-from ..schedule import load_schedule, read_schedule
+from ..atomic import atomic_write_text
+from ..schedule import read_schedule, schedule_from_text
 from ..scheduler import CompressionScheduler
 from ..summaries import compute_table, model_table, sparsity_table, total_sparsity
-from .args import parse_args
-from .calibration import run_calibration
-from .datasets import dataset_info, load_dataset, make_loaders
-from .earlyexit_flags import shorthand_config, shorthand_schedule
+from .args import check_args, parse_args
+from .calibration import parse_target, run_calibration
+from .datasets import check_inputs, dataset_info, load_dataset, make_loaders
+from .earlyexit_flags import SHORTHAND_FILE, shorthand_config
 from .models import create_model
 from .report import final_report
 from .run_dir import RunDir, setup_logging
 from .sensitivity_files import run_sensitivity, sensitivity_levels
-from .train import evaluate, train_one_epoch
+from .train import check_finite_weights, evaluate, train_one_epoch
 
 log = logging.getLogger("distill_ee")
 
@@ -71,32 +73,33 @@ def select_device(args: argparse.Namespace) -> torch.device:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The whole job; see compress_classifier.py --help."""
+    """The whole job; see compress_classifier.py --help. Every input (flags, schedule, checkpoint, data) is
+    checked before the run directory is made and before the first training step."""
+    check_args(args)
+    setup_logging(None)  # the console now; the run's log file gets these lines once it exists
     dataset = args.dataset or "mnist5k"
-    if args.compress:
-        read_schedule(args.compress)  # validate structure before any work
-    if args.earlyexit_thresholds is not None or args.earlyexit_lossweights is not None:
-        shorthand_config(args.arch, args.earlyexit_thresholds, args.earlyexit_lossweights, args.epochs)
+    if args.ee_calibrate is not None:
+        parse_target(args.ee_calibrate)
+    schedule_text = _schedule_text(args)
     info = dataset_info(dataset, args.data)
     seed_everything(args.seed, args.deterministic)
     model = create_model(args.arch, num_classes=info.num_classes, in_channels=info.input_shape[0],
                          pretrained=args.pretrained)
     example = torch.zeros(1, *info.input_shape)
+    check_inputs(model, info, args.arch, torch.device("cpu"))
     if args.summary:
         return _print_summaries(args.summary, model, example)
     device = select_device(args)
-    run_dir = RunDir(args.out_dir, args.name or args.arch)
-    setup_logging(run_dir.log_file)
-    log.info("Log directory: %s", run_dir.path)
-    log.info("Command: %s", " ".join(sys.argv))
     splits = load_dataset(dataset, args.data, valid_size=args.valid_size)
     loaders = make_loaders(splits, args.batch_size, args.workers, seed=args.seed, deterministic=args.deterministic)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    scheduler = _make_scheduler(args, model, optimizer, example.to(device), run_dir)
+    scheduler = _make_scheduler(args, model, optimizer, example.to(device), schedule_text)
     start_epoch, best = _resume(args, model, optimizer, scheduler, device)
     exits = EarlyExits.of(model)
+    _check_exit_flags(args, exits)
+    run_dir = _open_run_dir(args, schedule_text)
     criterion = nn.CrossEntropyLoss().to(device)
     if args.sense:
         return _sensitivity(args, model, loaders, criterion, device, run_dir)
@@ -108,12 +111,39 @@ def run(args: argparse.Namespace) -> int:
     summary.update(calibration)
     if args.ee_export:
         summary["torchscript"] = _export(exits, run_dir)
-    if calibration and not args.evaluate:
-        _save(run_dir, args, max(args.epochs - 1, start_epoch), model, optimizer, scheduler, best, False,
+    if calibration and not args.evaluate:  # the last epoch trained (or the checkpoint's, if none was)
+        _save(run_dir, args, max(args.epochs, start_epoch) - 1, model, optimizer, scheduler, best, False,
               extra=calibration)
     run_dir.write_json("summary.json", summary)
     log.info("Results in %s", run_dir.path)
     return 0
+
+
+def _schedule_text(args: argparse.Namespace) -> Optional[str]:
+    """The schedule to run, validated independently of the model: the --compress file or the one the
+    --earlyexit_* flags describe."""
+    shorthand = args.earlyexit_thresholds is not None or args.earlyexit_lossweights is not None
+    if shorthand and args.compress:
+        raise ConfigError("give early exits either in the --compress schedule or with --earlyexit_* flags")
+    if shorthand:
+        config = shorthand_config(args.arch, args.earlyexit_thresholds, args.earlyexit_lossweights, args.epochs)
+        return yaml.safe_dump(config, sort_keys=False)
+    if args.compress:
+        return read_schedule(args.compress).source.text
+    return None
+
+
+def _open_run_dir(args: argparse.Namespace, schedule_text: Optional[str]) -> RunDir:
+    """The run directory, with the log file (holding what was logged so far) and the schedule's copy."""
+    run_dir = RunDir(args.out_dir, args.name or args.arch)
+    setup_logging(run_dir.log_file)
+    log.info("Log directory: %s", run_dir.path)
+    log.info("Command: %s", " ".join(sys.argv))
+    if args.compress:
+        run_dir.copy_schedule(args.compress)
+    elif schedule_text is not None:
+        atomic_write_text(run_dir.file(SHORTHAND_FILE), schedule_text)
+    return run_dir
 
 
 def _print_summaries(kinds: List[str], model: nn.Module, example: torch.Tensor) -> int:
@@ -128,19 +158,12 @@ def _print_summaries(kinds: List[str], model: nn.Module, example: torch.Tensor) 
 
 
 def _make_scheduler(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    example: torch.Tensor, run_dir: RunDir) -> Optional[CompressionScheduler]:
-    path = args.compress
-    if args.earlyexit_thresholds is not None or args.earlyexit_lossweights is not None:
-        if path:
-            raise ConfigError("give early exits either in the --compress schedule or with --earlyexit_* flags")
-        path = str(run_dir.file("earlyexit_schedule.yaml"))
-        shorthand_schedule(args.arch, args.earlyexit_thresholds, args.earlyexit_lossweights, args.epochs, path)
-    if not path:
+                    example: torch.Tensor, text: Optional[str]) -> Optional[CompressionScheduler]:
+    if text is None:
         return None
-    if path == args.compress:
-        run_dir.copy_schedule(path)
-    scheduler = load_schedule(model, optimizer, path, example_input=example)
-    log.info("Schedule %s: %d policies", path, len(scheduler.policies))
+    label = args.compress or "the --earlyexit_* flags' schedule"
+    scheduler = schedule_from_text(model, optimizer, text, file=label, example_input=example)
+    log.info("Schedule %s: %d policies", label, len(scheduler.policies))
     return scheduler
 
 
@@ -150,11 +173,12 @@ def _resume(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.O
     best score so far (a fresh start with --reset-optimizer, --evaluate and --sense)."""
     if not args.resume_from:
         return 0, None
-    state = read_checkpoint(args.resume_from)
+    state = read_checkpoint(args.resume_from, verify=not args.skip_checksum)
     if state.get("arch") != args.arch:
         raise CheckpointError(f"{args.resume_from}: checkpoint is for --arch {state.get('arch')!r}, "
                               f"not {args.arch!r}")
     fresh = bool(args.reset_optimizer or args.evaluate or args.sense)
+    _check_run_state(args.resume_from, state, fresh)
     try:
         restored = load_checkpoint(model, state, optimizer=optimizer, scheduler=scheduler,
                                    restore_optimizer=not fresh, strict_schedule=not fresh)
@@ -173,6 +197,30 @@ def _resume(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.O
     return state["epoch"] + 1, state.get("best_top1")
 
 
+def _check_run_state(path: str, state: Dict[str, Any], fresh: bool) -> None:
+    """The app's own checkpoint keys: ``epoch``, ``rng_state`` and ``best_top1`` of the right types."""
+    epoch = state.get("epoch")
+    if not fresh and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+        got = "none" if epoch is None else f"{type(epoch).__name__} {epoch!r}"
+        raise CheckpointError(f"{path}: malformed checkpoint: 'epoch' must be a whole number >= 0 to resume "
+                              f"from, got {got} (--reset-optimizer starts from its weights at epoch 0)")
+    rng = state.get("rng_state")
+    if rng is not None and not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.dim() == 1):
+        raise CheckpointError(f"{path}: malformed checkpoint: 'rng_state' must be a byte tensor, got "
+                              f"{getattr(rng, 'dtype', type(rng).__name__)}")
+    best = state.get("best_top1")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+        raise CheckpointError(f"{path}: malformed checkpoint: 'best_top1' must be a number, got {best!r}")
+
+
+def _check_exit_flags(args: argparse.Namespace, exits: Optional[EarlyExits]) -> None:
+    """Flags that need exits, refused before the first epoch when neither schedule nor checkpoint has any."""
+    if exits is None:
+        for flag, given in (("--ee-calibrate", args.ee_calibrate), ("--ee-export", args.ee_export)):
+            if given:
+                raise ConfigError(f"{flag} needs early exits (in the --compress schedule or the checkpoint)")
+
+
 def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
            scheduler: Optional[CompressionScheduler], criterion: nn.Module, loaders: tuple,
            device: torch.device, run_dir: RunDir, start_epoch: int, best: Optional[float]) -> Optional[float]:
@@ -189,6 +237,7 @@ def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Op
         if scheduler:
             scheduler.on_epoch_end(epoch, optimizer, metrics={"min": valid.get("loss", train["loss"]),
                                                               "max": valid.get("top1", train["top1"])})
+        check_finite_weights(model, epoch, optimizer.param_groups[0]["lr"])
         row = _epoch_row(epoch, optimizer, model, scheduler, train, valid, time.perf_counter() - started)
         run_dir.append_metrics(row)
         score = valid.get("top1", train["top1"])

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from typing import List, NoReturn, Optional
+from typing import Any, List, NoReturn, Optional
+
+from ..errors import ConfigError
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -77,9 +80,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sense-range", type=float, nargs=3, default=[0.0, 0.95, 0.05],
                    metavar=("START", "END", "STEP"), help="sparsity levels of --sense (default 0 0.95 0.05)")
     p.add_argument("--no-timing", action="store_true", help="skip the wall-clock speed measurement")
+    p.add_argument("--skip-checksum", action="store_true",
+                   help="with --resume-from: load a checkpoint whose contents do not match its SHA-256")
     return p
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Parse ``argv`` (default: sys.argv)."""
     return build_parser().parse_args(argv)
+
+
+#: bounds of the numeric flags: (name, attribute, low, high, low is open)
+_RANGES = (
+    ("--epochs", "epochs", 0, 1_000_000, False),
+    ("-b/--batch-size", "batch_size", 1, 1 << 20, False),
+    ("-j/--workers", "workers", 0, 256, False),
+    ("-p/--print-freq", "print_freq", 1, None, False),
+    ("--lr", "lr", 0.0, None, True),
+    ("--momentum", "momentum", 0.0, 1.0, False),
+    ("--wd", "weight_decay", 0.0, None, False),
+    ("--seed", "seed", 0, 2 ** 32 - 1, False),
+)
+#: at most this many sparsity levels per weight in a sensitivity analysis
+MAX_SENSE_LEVELS = 1000
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """ConfigError for values and combinations of flags no run can use (before anything is read or written)."""
+    for flag, attr, low, high, open_low in _RANGES:
+        _check_range(flag, getattr(args, attr), low, high, open_low)
+    if args.momentum is not None and args.momentum >= 1.0:
+        raise ConfigError(f"--momentum must be below 1, got {args.momentum}")
+    _check_name(args.name)
+    _check_sense_range(args.sense_range)
+    if args.evaluate and not args.resume_from and not args.pretrained:
+        raise ConfigError("--evaluate needs a trained model: give --resume-from CHECKPOINT (or --pretrained)")
+    for flag, needs, given in (("--reset-optimizer", "--resume-from", args.resume_from),
+                               ("--skip-checksum", "--resume-from", args.resume_from),
+                               ("--ee-temperature", "--ee-calibrate", args.ee_calibrate)):
+        if getattr(args, flag[2:].replace("-", "_")) and not given:
+            raise ConfigError(f"{flag} applies only with {needs}")
+    if args.ee_calibrate is not None and args.valid_size == 0:
+        raise ConfigError("--ee-calibrate chooses thresholds on the validation split, and --vs 0 leaves none")
+    if args.gpus is not None and not all(part.strip().isdigit() for part in args.gpus.split(",")):
+        raise ConfigError(f"--gpus takes comma-separated GPU numbers, e.g. 0 or 0,1; got {args.gpus!r}")
+
+
+def _check_range(flag: str, value: Any, low: Any, high: Any, open_low: bool) -> None:
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{flag} must be a finite number, got {value}")
+    if (value <= low if open_low else value < low) or (high is not None and value > high):
+        bound = f"above {low}" if open_low else f"at least {low}"
+        bound += f" and at most {high}" if high is not None else ""
+        raise ConfigError(f"{flag} must be {bound}, got {value}")
+
+
+def _check_name(name: Optional[str]) -> None:
+    if name is None:
+        return
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or len(name) > 100:
+        raise ConfigError(f"-n/--name must be a plain name (no path separators, at most 100 characters), got "
+                          f"{name!r}; use -o/--out-dir to choose the folder")
+
+
+def _check_sense_range(values: List[float]) -> None:
+    start, end, step = values
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--sense-range takes three finite numbers, got {' '.join(map(str, values))}")
+    if not (0.0 <= start < end <= 1.0 and step > 0):
+        raise ConfigError(f"--sense-range needs 0 <= START < END <= 1 and STEP > 0, got {start} {end} {step}")
+    if (end - start) / step > MAX_SENSE_LEVELS:
+        raise ConfigError(f"--sense-range {start} {end} {step} asks for {int((end - start) / step):,} sparsity "
+                          f"levels per weight; at most {MAX_SENSE_LEVELS} (use a larger STEP)")

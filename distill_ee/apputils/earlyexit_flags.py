@@ -1,19 +1,18 @@
 """Distiller's --earlyexit_thresholds / --earlyexit_lossweights shorthand, written out as a schedule."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
-
 from ..errors import ConfigError
-from .run_dir import atomic_write_text
 
 _POOL_LINEAR: List[Any] = [{"type": "adaptive_avgpool", "output_size": 1}, "flatten", {"type": "linear"}]
 _CONV_BRANCH: List[Any] = [{"type": "conv", "out_channels": 32, "kernel_size": 3, "stride": 2, "padding": 1},
                            {"type": "bn"}, "relu", *_POOL_LINEAR]
 _LENET_BRANCH: List[Any] = [{"type": "conv", "out_channels": 10, "kernel_size": 3, "padding": 1}, "relu",
                             {"type": "maxpool", "kernel_size": 2}, "flatten", {"type": "linear"}]
+
+#: the run directory's copy of the schedule the shorthand flags describe
+SHORTHAND_FILE = "earlyexit_schedule.yaml"
 
 #: arch pattern -> exit points and branches used by the shorthand flags
 DEFAULT_EXITS: Dict[str, List[Dict[str, Any]]] = {
@@ -59,10 +58,3 @@ def shorthand_config(arch: str, thresholds: Optional[List[float]],
         "policies": [{"early_exit": {"instance_name": "exits"}, "starting_epoch": 0,
                       "ending_epoch": max(epochs, 1), "frequency": 1}],
     }
-
-
-def shorthand_schedule(arch: str, thresholds: Optional[List[float]], lossweights: Optional[List[float]],
-                       epochs: int, path: str) -> None:
-    """Write the shorthand's schedule to ``path``."""
-    config = shorthand_config(arch, thresholds, lossweights, epochs)
-    atomic_write_text(Path(path), yaml.safe_dump(config, sort_keys=False))

@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from typing import Any, Dict, List, Optional
 
 import torch
 from tabulate import tabulate
 from torch import nn
 
-from ..early_exit.exits import EarlyExits
+from ..early_exit.exits import EarlyExits, backbone_parameters
+from ..modules import eval_mode
 from ..early_exit.stats import expected_macs, overall_top1
 from ..scheduler import CompressionScheduler
-from ..summaries import compute_table, params_nnz, sparsity_table, total_macs, total_sparsity
+from ..summaries import (compute_table, masked_parameters, params_nnz, sparsity_table, total_macs,
+                         total_sparsity)
 from .run_dir import RunDir
+from .timing import compare_speed
 from .train import evaluate
 
 log = logging.getLogger("distill_ee")
@@ -37,6 +39,7 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
         "arch": args.arch, "dataset": dataset,
         "top1": test["top1"], "top5": test["top5"], "top1_final_exit": test["top1"],
         "sparsity": total_sparsity(model, masks), "params": total, "params_nnz": nnz,
+        **_part_figures(model, masks),
         "macs_dense": dense, "macs_effective": effective, "macs_expected": float(dense),
         "exits": [{"name": "final", "threshold": None, "taken_pct": 100.0, "top1_taken": test["top1"],
                    "top1_if_all_exit_here": test["top1"], "macs": dense}],
@@ -52,11 +55,33 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
             else:
                 summary["timing"] = timing
             log.info("Wall-clock speedup of real early exit over the backbone: %s",
-                     ", ".join(f"batch {b}: {v['speedup']:.2f}x" for b, v in timing.items()))
+                     ", ".join(f"batch {b}: {v['speedup']:.2f}x ({v['real_vs_oracle']:.2f} of the oracle bound)"
+                               for b, v in timing.items()))
+            busy = [b for b, v in timing.items() if v["busy"]]
+            if busy:
+                log.warning("The machine was busy while timing batch %s: rounds differed by up to %.0f%%, so "
+                            "these speedups are not to be trusted (benchmarks/early_exit_speed.py measures "
+                            "more carefully)", ", ".join(busy), 100 * max(timing[b]["spread"] for b in busy))
     log.info("Test: top1 %.2f (final exit %.2f) top5 %.2f | sparsity %.2f%% | MACs dense %d expected %.0f",
              summary["top1"], summary["top1_final_exit"], summary["top5"], summary["sparsity"],
              summary["macs_dense"], summary["macs_expected"])
     return summary
+
+
+def _part_figures(model: nn.Module, masks: Any) -> Dict[str, Any]:
+    """Parameters, nonzeros and weight sparsity of the backbone and of the exit branches, separately."""
+    values = masked_parameters(model, masks)
+    backbone = {name for name, _ in backbone_parameters(model)}
+    out: Dict[str, Any] = {}
+    for part, names in (("backbone", [n for n in values if n in backbone]),
+                        ("exits", [n for n in values if n not in backbone])):
+        weights = [values[n] for n in names if values[n].dim() > 1 and "weight" in n.rsplit(".", 1)[-1]]
+        dense = sum(w.numel() for w in weights)
+        nonzero = sum(int(torch.count_nonzero(w)) for w in weights)
+        out[f"params_{part}"] = sum(values[n].numel() for n in names)
+        out[f"params_nnz_{part}"] = sum(int(torch.count_nonzero(values[n])) for n in names)
+        out[f"sparsity_{part}"] = 100.0 * (1.0 - nonzero / dense) if dense else 0.0
+    return out
 
 
 def _exit_summary(exits: EarlyExits, test_loader: Any, valid_loader: Any, masks: Any, dense: int) -> Dict[str, Any]:
@@ -88,29 +113,24 @@ def _log_exits(rows: List[Dict[str, Any]]) -> None:
                         "MACs (sparse)"], tablefmt="psql"))
 
 
-@torch.inference_mode()
+#: rounds whose times differ by more than this share make a timing untrustworthy (a busy machine)
+BUSY_SPREAD = 0.25
+
+
 def measure_speed(model: nn.Module, exits: EarlyExits, loader: Any, device: torch.device,
-                  batch_sizes: tuple = (256, 1), max_single: int = 300, repeats: int = 3) -> Dict[str, Any]:
-    """Wall-clock time of the backbone vs. real early exit on the test inputs, per batch size."""
+                  batch_sizes: tuple = (256, 1), max_single: int = 300, repeats: int = 4) -> Dict[str, Any]:
+    """Backbone vs. real early exit on the test inputs, timed in interleaved rounds, with the oracle bound
+    (each exit's measured cost times the share of samples taking it) beside them, per batch size."""
     inputs = torch.cat([x for x, _ in loader]).to(device)
     multi = exits.multi_exit_model().eval()
-    model.eval()
     out: Dict[str, Any] = {}
-    for bs in batch_sizes:
-        data = inputs[:max_single] if bs == 1 else inputs
-        batches = list(torch.split(data, bs))
-        backbone = _best_time(lambda: [model(b) for b in batches], repeats)
-        early = _best_time(lambda: [multi(b) for b in batches], repeats)
-        out[str(bs)] = {"samples": int(data.shape[0]), "backbone_s": backbone, "early_exit_s": early,
-                        "speedup": backbone / early}
+    with eval_mode(model):
+        for bs in batch_sizes:
+            data = inputs[:max_single] if bs == 1 else inputs
+            r = compare_speed(model, multi, data, bs, repeats=repeats)
+            n = int(data.shape[0])
+            out[str(bs)] = {"samples": n, "backbone_s": r["backbone"] * n, "early_exit_s": r["real"] * n,
+                            "oracle_s": r["oracle"] * n, "speedup": r["backbone"] / r["real"],
+                            "real_vs_oracle": r["oracle"] / r["real"], "spread": r["spread"],
+                            "busy": r["spread"] > BUSY_SPREAD}
     return out
-
-
-def _best_time(fn: Any, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best

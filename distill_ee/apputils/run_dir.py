@@ -13,22 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..atomic import atomic_write_text
 from ..errors import ConfigError
 
 log = logging.getLogger("distill_ee")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class RunDir:
@@ -112,17 +100,37 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _Recorder(logging.Handler):
+    """Keeps the records logged before the run's log file exists, to write them into it then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep ``record``."""
+        self.records.append(record)
+
+
 def setup_logging(log_file: Optional[Path] = None, level: int = logging.INFO) -> None:
-    """Log to the console and, when given, to ``log_file`` (replacing an earlier run's handlers)."""
+    """Log to the console and to ``log_file``; without a file yet, records are kept and written into the file
+    given by the next call (the handlers of an earlier run are replaced)."""
     root = logging.getLogger("distill_ee")
     root.setLevel(level)
+    early: List[logging.LogRecord] = []
     for handler in list(root.handlers):
+        if isinstance(handler, _Recorder) and log_file is not None:
+            early = handler.records
         root.removeHandler(handler)
         handler.close()
     console = _StderrHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(console)
-    if log_file is not None:
-        fh = logging.FileHandler(log_file, encoding="utf-8")
-        fh.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
-        root.addHandler(fh)
+    if log_file is None:
+        root.addHandler(_Recorder())
+        return
+    fh = logging.FileHandler(log_file, encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
+    for record in early:
+        fh.handle(record)
+    root.addHandler(fh)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from typing import Any, Dict, Iterable, Optional, Tuple
 
@@ -9,9 +10,23 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..errors import DistillEEError
 from ..scheduler import CompressionScheduler
 
 log = logging.getLogger("distill_ee")
+
+
+class NonFiniteError(DistillEEError):
+    """Training produced a non-finite loss or non-finite weights."""
+
+
+def check_finite_weights(model: nn.Module, epoch: int, lr: float) -> None:
+    """NonFiniteError unless every parameter of ``model`` is finite."""
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise NonFiniteError(f"epoch {epoch}: weights are not finite after training ({bad[0]}"
+                             f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); nothing is saved from this "
+                             f"epoch; lower the learning rate (it is {lr:g})")
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Tuple[int, ...] = (1, 5)) -> Tuple[int, ...]:
@@ -70,6 +85,11 @@ def train_one_epoch(model: nn.Module, loader: Any, criterion: nn.Module, optimiz
             loss = agg.overall_loss
             for comp in agg.loss_components:
                 totals[comp.name] = totals.get(comp.name, 0.0) + float(comp.value.detach()) * len(target)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteError(f"epoch {epoch}, step {i}: the training loss is {value} (not finite), so training "
+                                 f"stops here; lower the learning rate (it is "
+                                 f"{optimizer.param_groups[0]['lr']:g})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if scheduler:
@@ -79,7 +99,7 @@ def train_one_epoch(model: nn.Module, loader: Any, criterion: nn.Module, optimiz
             scheduler.on_minibatch_end(epoch, i, steps, optimizer)
         n = len(target)
         seen += n
-        loss_sum += float(loss.detach()) * n
+        loss_sum += value * n
         correct += int((output.detach().argmax(1) == target).sum())
         progress.update(i, {"loss": loss_sum / seen, "top1": 100.0 * correct / seen})
     progress.close()

@@ -97,13 +97,37 @@ class MultiExitModel(nn.Module):
         self._active = [t is not None or c.stateful for t, c in zip(self._thresholds, self.criteria)]
         self._limits = [float("inf") if t is None else t for t in self._thresholds]
 
+    # ----------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> "MultiExitModel":
+        """Set the mode this model runs in, without touching the modules it shares with the model it was cut
+        from: those are put in this mode for each call and given their own mode back afterwards, so
+        ``multi.eval()`` during a training loop leaves the training model's batch norms and dropouts alone."""
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.training = mode
+        return self
+
+    def _run_in_mode(self, fn: Any, x: torch.Tensor) -> Any:
+        shared = self.__dict__.get("_shared")
+        if shared is None:
+            shared = self.__dict__["_shared"] = [m for m in self.modules() if m is not self]
+        mode = self.training
+        changed = [m for m in shared if m.training != mode]
+        for m in changed:
+            m.training = mode
+        try:
+            if mode:
+                return fn(x)
+            with torch.inference_mode():
+                return fn(x)
+        finally:
+            for m in changed:
+                m.training = not mode
+
     # ----------------------------------------------------------------- simulated inference
     def simulate(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Logits of every exit for every sample, the final classifier's last."""
-        if self.training:
-            return self._simulate(x)
-        with torch.inference_mode():
-            return self._simulate(x)
+        return self._run_in_mode(self._simulate, x)
 
     def _simulate(self, x: torch.Tensor) -> List[torch.Tensor]:
         plan = self.plan
@@ -126,10 +150,7 @@ class MultiExitModel(nn.Module):
     # ----------------------------------------------------------------- real early exit
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Real early exit: (logits from the exit each sample took, that exit's index; final = num_exits)."""
-        if self.training:
-            return self._real(x)
-        with torch.inference_mode():
-            return self._real(x)
+        return self._run_in_mode(self._real, x)
 
     def _real(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if x.shape[0] == 1:

@@ -54,9 +54,11 @@ def format_path(path: Sequence[PathKey]) -> str:
 class ScheduleSource:
     """The parsed schedule plus its file name, for locating errors."""
 
-    def __init__(self, data: LocatedDict, file: Optional[str]):
+    def __init__(self, data: LocatedDict, file: Optional[str], text: str = ""):
         self.data = data
         self.file = file
+        #: the schedule's text as read
+        self.text = text
         #: located warnings about the text (a duplicate key repeating its value)
         self.warnings: List[str] = []
 
@@ -125,7 +127,7 @@ def parse_yaml(text: str, file: Optional[str] = None) -> ScheduleSource:
     if not isinstance(data, LocatedDict):
         raise ScheduleError("the schedule must be a mapping of sections (version, pruners, policies ...)",
                             file=file, line=1)
-    source = ScheduleSource(data, file)
+    source = ScheduleSource(data, file, text)
     source.warnings = converter.warnings
     for warning in converter.warnings:
         log.warning("%s", warning)

@@ -332,6 +332,14 @@ def test_mnist_images_and_labels_must_agree_in_number(tmp_path):
         load_dataset("mnist", str(tmp_path))
 
 
+def test_mnist_files_without_images_are_a_data_error(tmp_path):
+    write_mnist(tmp_path)
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((0, 28, 28)), 2051)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(0), 2049)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte holds no images"):
+        load_dataset("mnist", str(tmp_path))
+
+
 # --- cifar10 from python pickles ----------------------------------------------------------------------------------
 
 
@@ -377,6 +385,21 @@ def test_cifar10_batch_without_data_entry_is_a_data_error(tmp_path):
     write_cifar(tmp_path)
     (tmp_path / "test_batch").write_bytes(pickle.dumps({b"labels": [1, 2]}))
     with pytest.raises(DataError, match="test_batch lacks the 'data' and 'labels'"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda b: b.update({b"labels": ["cat"] * len(b[b"labels"])}), "'labels' must be whole numbers 0-9"),
+    (lambda b: b.update({b"data": [[float("nan")] * 3072] * len(b[b"labels"])}),
+     "'data' must be pixel values 0-255, got non-finite values"),
+    (lambda b: b.update({b"data": [[300] * 3072] * len(b[b"labels"])}), "'data' holds values outside 0-255"),
+], ids=["string labels", "nan pixels", "pixels above 255"])
+def test_cifar10_labels_and_pixels_of_the_wrong_kind_are_data_errors(tmp_path, edit, message):
+    write_cifar(tmp_path)
+    batch = cifar_batch(20, 0)
+    edit(batch)
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match=f"test_batch: {message}"):
         load_dataset("cifar10", str(tmp_path))
 
 

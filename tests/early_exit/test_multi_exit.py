@@ -155,3 +155,23 @@ def test_channels_last_models_keep_their_layout_through_the_batch_shrink():
     assert torch.equal(rows, x[keep])
     plain = torch.randn(6, 4, 5, 5)
     assert torch.equal(_select_rows(plain, keep), plain[keep])
+
+
+def test_eval_of_the_multi_exit_model_leaves_the_training_models_modes_alone(ee):
+    torch.manual_seed(0)
+    model = ee.randomize_bn(ee.ResNetCifar())
+    ee.attach(model, ee.exits_config(["layer1", "layer2"]), input_shape=(3, 32, 32))
+    from distill_ee.early_exit.exits import EarlyExits
+    multi = EarlyExits.of(model).multi_exit_model().eval()
+    model.train()  # the user's training loop goes on
+    x = torch.randn(8, 3, 32, 32)
+    stats = model.bn1.running_mean.clone()
+    logits, _ = multi(x)
+    multi.simulate(x)
+    assert model.training and all(m.training for m in model.modules())  # nothing switched behind the user's back
+    assert torch.equal(model.bn1.running_mean, stats)  # inference ran with frozen statistics
+    with torch.no_grad():
+        model.eval()
+        expected = multi.simulate(x)[-1]
+        model.train()
+    assert torch.allclose(multi.simulate(x)[-1], expected)

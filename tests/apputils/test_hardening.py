@@ -1,0 +1,213 @@
+"""Bad input to the sample app: every case is one line on stderr and exit status 2, found before the first
+training step where it can be, never a traceback; damaged and malformed checkpoints included."""
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill_ee.apputils.app import main
+from distill_ee.checkpoint import read_checkpoint, write_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEDULE = ROOT / "schedules" / "lenet_mnist.earlyexit_agp.yaml"
+BAD = ROOT / "tests" / "schedule" / "bad"
+NAME_MESSAGE = ("-n/--name must be a plain name (no path separators, at most 100 characters), got {!r}; use "
+                "-o/--out-dir to choose the folder")
+
+#: (arguments, the exact error line after "error: "), each refused before any run directory exists
+BEFORE_ANY_OUTPUT = [
+    (["--lr", "-1"], "--lr must be above 0.0, got -1.0"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--momentum", "-0.5"], "--momentum must be at least 0.0 and at most 1.0, got -0.5"),
+    (["--momentum", "1"], "--momentum must be below 1, got 1.0"),
+    (["--wd", "-1"], "--wd must be at least 0.0, got -1.0"),
+    (["--seed", "-1"], "--seed must be at least 0 and at most 4294967295, got -1"),
+    (["--seed", "99999999999"], "--seed must be at least 0 and at most 4294967295, got 99999999999"),
+    (["--epochs", "-1"], "--epochs must be at least 0 and at most 1000000, got -1"),
+    (["-b", "0"], "-b/--batch-size must be at least 1 and at most 1048576, got 0"),
+    (["-n", "a/b"], NAME_MESSAGE.format("a/b")),
+    (["-n", "../../escaped"], NAME_MESSAGE.format("../../escaped")),
+    (["--sense", "filter", "--sense-range", "0", "0.5", "nan"],
+     "--sense-range takes three finite numbers, got 0.0 0.5 nan"),
+    (["--sense", "filter", "--sense-range", "0", "1", "1e-10"],
+     "--sense-range 0.0 1.0 1e-10 asks for 10,000,000,000 sparsity levels per weight; at most 1000 (use a "
+     "larger STEP)"),
+    (["--evaluate"], "--evaluate needs a trained model: give --resume-from CHECKPOINT (or --pretrained)"),
+    (["--reset-optimizer"], "--reset-optimizer applies only with --resume-from"),
+    (["--skip-checksum"], "--skip-checksum applies only with --resume-from"),
+    (["--ee-temperature"], "--ee-temperature applies only with --ee-calibrate"),
+    (["--ee-calibrate", "foo"], "calibration target 'foo': expected KIND=VALUE, e.g. drop=0.5 (top-1 points below "
+                                "the final exit), macs=0.4 (share of the backbone's MACs per sample) or "
+                                "proportions=0.5,0.3 (share of the samples leaving at each early exit)"),
+    (["--ee-calibrate", "drop=1", "--vs", "0"],
+     "--ee-calibrate chooses thresholds on the validation split, and --vs 0 leaves none"),
+    (["--gpus", "first"], "--gpus takes comma-separated GPU numbers, e.g. 0 or 0,1; got 'first'"),
+    ([str(ROOT)], f"dataset 'mnist5k' is embedded and takes no DATASET_DIR, but {str(ROOT)!r} was given and holds "
+                  "no mnist_5k.csv.gz to use instead; drop it, or name its dataset with --dataset"),
+    (["--arch", "lenet_mnist", "--dataset", "cifar10"],
+     "--arch lenet_mnist cannot take the 'cifar10' images (N, 3, 32, 32): mat1 and mat2 shapes cannot be "
+     "multiplied (2x1250 and 800x500); choose an architecture made for this dataset"),
+    (["--compress", str(BAD / "gamma_nan.yaml")],
+     f"{BAD / 'gamma_nan.yaml'}:4: lr_schedulers.step.gamma: must be a number, got nan"),
+]
+
+
+def run(argv, capsys, out):
+    """Exit status and the last line on stderr (progress lines may come before an error found in training)."""
+    code = main([*argv, "-o", str(out), "--no-timing", "-p", "1000"])
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return code, err.splitlines()[-1] if err else ""
+
+
+@pytest.mark.parametrize("argv, message", BEFORE_ANY_OUTPUT, ids=[" ".join(a)[:40] for a, _ in BEFORE_ANY_OUTPUT])
+def test_bad_flags_are_one_line_before_any_output(argv, message, capsys, tmp_path):
+    code = main([*argv, "-o", str(tmp_path / "runs"), "--no-timing"])
+    assert code == 2 and capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ee-calibrate", "drop=1"], "--ee-calibrate needs early exits (in the --compress schedule or the checkpoint)"),
+    (["--ee-export"], "--ee-export needs early exits (in the --compress schedule or the checkpoint)"),
+])
+def test_flags_that_need_exits_are_refused_before_the_first_epoch(argv, message, capsys, tmp_path):
+    code, err = run([*argv, "--epochs", "3"], capsys, tmp_path)
+    assert code == 2 and err == f"error: {message}"
+    assert not list(tmp_path.glob("*/checkpoint.pth.tar")) and not list(tmp_path.glob("*/metrics.csv"))
+
+
+def test_argparse_errors_are_one_line_with_a_hint(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--epochs", "abc"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == ("compress_classifier.py: error: argument --epochs: invalid int "
+                                               "value: 'abc' (see compress_classifier.py --help)")
+
+
+@pytest.mark.parametrize("argv", [["--lr", "nan"], ["-n", "a/b"], ["--compress", str(BAD / "alias_bomb.yaml")],
+                                  ["--compress", str(BAD / "not_utf8.yaml")], ["--epochs", "x"]])
+def test_through_the_real_entry_point_no_traceback(argv, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "compress_classifier.py"), *argv, "-o", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_non_finite_loss_stops_training_with_its_epoch_and_step(capsys, tmp_path):
+    code, err = run(["--compress", str(SCHEDULE), "--epochs", "2", "--lr", "1000", "--seed", "0"], capsys, tmp_path)
+    assert code == 2
+    assert err.startswith("error: epoch 0, step ") and "the training loss is nan (not finite)" in err
+    assert "lower the learning rate (it is 1000)" in err
+    assert not list(tmp_path.glob("*/best.pth.tar")) and not list(tmp_path.glob("*/checkpoint.pth.tar"))
+
+
+# --------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    args = ["--compress", str(SCHEDULE), "--epochs", "1", "-b", "128", "--lr", "0.02", "--seed", "3",
+            "--deterministic", "--no-timing", "-o", str(out), "-n", "exp", "-p", "1000"]
+    assert main(args) == 0
+    return next(out.glob("exp___*")) / "checkpoint.pth.tar"
+
+
+def edited(checkpoint, tmp_path, edit):
+    state = torch.load(checkpoint, weights_only=True)
+    state.pop("sha256")  # an edited file: only the structure checks apply
+    edit(state)
+    path = tmp_path / "edited.pth.tar"
+    torch.save(state, path)
+    return path
+
+
+def resume(path, capsys, tmp_path, *extra):
+    return run(["--resume-from", str(path), "--compress", str(SCHEDULE), "--epochs", "2", *extra], capsys,
+               tmp_path / "runs")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.pop("epoch"), "malformed checkpoint: 'epoch' must be a whole number >= 0 to resume from, got none "
+                               "(--reset-optimizer starts from its weights at epoch 0)"),
+    (lambda s: s.update(epoch="three"), "malformed checkpoint: 'epoch' must be a whole number >= 0 to resume "
+                                        "from, got str 'three' (--reset-optimizer starts from its weights at epoch 0)"),
+    (lambda s: s.update(state_dict=[1, 2]), "malformed checkpoint: 'state_dict' must be a mapping of parameter "
+                                            "names to tensors, got list"),
+    (lambda s: s.update(rng_state=torch.zeros(3)), "malformed checkpoint: 'rng_state' must be a byte tensor, got "
+                                                   "torch.float32"),
+    (lambda s: s["compression_sched"].update(policies=3), "malformed checkpoint: 'compression_sched.policies' must "
+                                                          "be a mapping, got int"),
+    (lambda s: s.update(structure=[{"kind": "quantize"}]), "unknown structure step kind 'quantize' (valid: "
+                                                           "early_exits, thinning); is the plugin that made it "
+                                                           "installed?"),
+])
+def test_malformed_checkpoints_are_one_line(checkpoint, edit, message, capsys, tmp_path):
+    path = edited(checkpoint, tmp_path, edit)
+    code, err = resume(path, capsys, tmp_path)
+    assert code == 2 and err == f"error: {path}: {message}"
+
+
+def flip_bytes_in_the_largest_tensor(source, target):
+    state = read_checkpoint(source)
+    biggest = max((t for t in state["state_dict"].values() if isinstance(t, torch.Tensor)), key=torch.Tensor.numel)
+    data = bytearray(source.read_bytes())
+    at = bytes(data).find(biggest.numpy().tobytes()[:4096]) + 1000
+    for i in range(at, at + 64):
+        data[i] ^= 0xFF
+    target.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_are_caught_by_the_checksum_unless_told_to_skip_it(checkpoint, capsys, tmp_path):
+    damaged = tmp_path / "damaged.pth.tar"
+    flip_bytes_in_the_largest_tensor(checkpoint, damaged)
+    code, err = resume(damaged, capsys, tmp_path)
+    assert code == 2 and err == (f"error: {damaged}: the checkpoint is damaged: its contents do not match the SHA-256 "
+                                 "it was saved with (bytes changed on disk or in a copy)")
+    code, _ = run(["--resume-from", str(damaged), "--evaluate", "--skip-checksum"], capsys, tmp_path / "runs")
+    assert code == 0
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "the file is empty, not a checkpoint"),
+    (random.Random(0).randbytes(4096), "not a PyTorch checkpoint"),
+    (b"PK\x03\x04" + random.Random(1).randbytes(4096), "not a readable PyTorch checkpoint (truncated or damaged"),
+], ids=["empty", "random bytes", "a damaged zip"])
+def test_files_that_are_not_checkpoints_say_so(content, message, capsys, tmp_path):
+    path = tmp_path / "junk.pth.tar"
+    path.write_bytes(content)
+    code, err = resume(path, capsys, tmp_path)
+    assert code == 2 and err.startswith(f"error: {path}: {message}")
+
+
+def test_a_checkpoint_with_exits_resumes_without_its_schedule(checkpoint, capsys, tmp_path):
+    code, err = run(["--resume-from", str(checkpoint), "--epochs", "2"], capsys, tmp_path)
+    assert code == 0, err
+    saved = read_checkpoint(next(tmp_path.glob("*/checkpoint.pth.tar")))
+    assert saved["epoch"] == 1 and [s["kind"] for s in saved["structure"]] == ["early_exits"]
+
+
+def test_resuming_with_nothing_left_to_train_keeps_the_epoch_counter(checkpoint, capsys, tmp_path):
+    code, err = run(["--resume-from", str(checkpoint), "--compress", str(SCHEDULE), "--epochs", "1",
+                     "--ee-calibrate", "drop=1"], capsys, tmp_path)
+    assert code == 0, err
+    assert read_checkpoint(next(tmp_path.glob("*/checkpoint.pth.tar")))["epoch"] == 0  # epoch 0 was trained, not 1
+
+
+def test_temporaries_of_killed_writers_are_removed_and_files_keep_the_umask(tmp_path):
+    stale = tmp_path / ".checkpoint.pth.tar.99999999.x1y2.tmp"  # a pid no process has
+    stale.write_bytes(b"half a checkpoint")
+    mine = tmp_path / f".best.pth.tar.{os.getpid()}.abcd.tmp"  # a writer still running
+    mine.write_bytes(b"in progress")
+    before = os.umask(0o027)
+    try:
+        write_checkpoint(tmp_path / "checkpoint.pth.tar", {"epoch": 1})
+    finally:
+        os.umask(before)
+    assert not stale.exists() and mine.exists()
+    assert (tmp_path / "checkpoint.pth.tar").stat().st_mode & 0o777 == 0o640
