@@ -11,6 +11,7 @@ cut from; in eval mode both paths run under ``torch.inference_mode``.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -56,10 +57,12 @@ class MultiExitModel(nn.Module):
         """
         modules, plan = split_model(model, exits.attach, exits.input_shape,
                                     stages if stages is not None else exits.stages)
-        return cls(modules, exits.branch_list(), plan, exit_names=exits.names, final_name=exits.final_name,
-                   criteria=criterion if criterion is not None else list(exits.criteria),
-                   thresholds=thresholds if thresholds is not None else list(exits.thresholds),
-                   input_shape=exits.input_shape, num_classes=exits.num_classes)
+        multi = cls(modules, exits.branch_list(), plan, exit_names=exits.names, final_name=exits.final_name,
+                    criteria=criterion if criterion is not None else list(exits.criteria),
+                    thresholds=thresholds if thresholds is not None else list(exits.thresholds),
+                    input_shape=exits.input_shape, num_classes=exits.num_classes)
+        multi.__dict__["_source"] = weakref.ref(model)  # not a submodule: the model it was cut from
+        return multi
 
     # ----------------------------------------------------------------- settings
     @property
@@ -108,13 +111,11 @@ class MultiExitModel(nn.Module):
         return self
 
     def _run_in_mode(self, fn: Any, x: torch.Tensor) -> Any:
-        shared = self.__dict__.get("_shared")
-        if shared is None:
-            shared = self.__dict__["_shared"] = [m for m in self.modules() if m is not self]
         mode = self.training
-        changed = [m for m in shared if m.training != mode]
-        for m in changed:
-            m.training = mode
+        source = self.__dict__.get("_source")
+        root = source() if source is not None else None
+        # the usual case costs one comparison: the model it was cut from is in this mode, and so its modules
+        changed = [] if root is not None and root.training == mode else self._switch_shared(mode)
         try:
             if mode:
                 return fn(x)
@@ -123,6 +124,16 @@ class MultiExitModel(nn.Module):
         finally:
             for m in changed:
                 m.training = not mode
+
+    def _switch_shared(self, mode: bool) -> List[nn.Module]:
+        """Put every module of the stages and branches in ``mode``; the ones that were not."""
+        shared = self.__dict__.get("_shared")
+        if shared is None:
+            shared = self.__dict__["_shared"] = [m for m in self.modules() if m is not self]
+        changed = [m for m in shared if m.training != mode]
+        for m in changed:
+            m.training = mode
+        return changed
 
     # ----------------------------------------------------------------- simulated inference
     def simulate(self, x: torch.Tensor) -> List[torch.Tensor]:
