@@ -75,8 +75,8 @@ def compare_speed(model: nn.Module, multi: MultiExitModel, inputs: torch.Tensor,
     size, plus the exit fractions they were measured at.
 
     The candidates are timed in interleaved rounds and each keeps its fastest round, so that a burst of load
-    on a shared machine does not land on one of them only; ``spread`` is how much slower than its best the
-    slowest round of the backbone or of real early exit was (0.1: 10%).
+    on a shared machine does not land on one of them only; ``spread`` is how much slower than its best round
+    the median round of the backbone or of real early exit was (0.1: 10%; one slow round does not count).
     """
     batches = list(torch.split(inputs, batch_size))
     n = inputs.shape[0]
@@ -101,7 +101,7 @@ def compare_speed(model: nn.Module, multi: MultiExitModel, inputs: torch.Tensor,
     best = {name: min(times) for name, times in rounds.items()}
     fractions = exit_fractions(multi, batches)
     prefixes = [best[f"prefix{k}"] / n for k in range(multi.num_exits + 1)]
-    spread = max(max(rounds[name]) / best[name] - 1.0 for name in ("backbone", "real"))
+    spread = max(statistics.median(rounds[name]) / best[name] - 1.0 for name in ("backbone", "real"))
     return {"batch_size": batch_size, "backbone": best["backbone"] / n, "every_exit": best["every_exit"] / n,
             "real": best["real"] / n, "oracle": oracle_bound(fractions, prefixes), "fractions": fractions,
             "spread": spread}
