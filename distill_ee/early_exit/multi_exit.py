@@ -231,6 +231,7 @@ class MultiExitModel(nn.Module):
                 "plan": self.plan.to_dict()}
 
     def extra_repr(self) -> str:
+        """Exit names, criteria and thresholds."""
         return (f"exits={self.exit_names}, criteria={[c.name for c in self.criteria]}, "
                 f"thresholds={self._thresholds}")
 
