@@ -127,6 +127,11 @@ class Policy:
     def validate_window(self) -> None:
         """Raise ScheduleError (path relative to the policy entry) if the policy cannot run in its window."""
 
+    def dry_run(self, model: nn.Module) -> None:
+        """Do, on copies, what the policy will do to ``model`` (compute masks, step the LR, trace for thinning)
+        and raise what would fail there: the schedule builder calls it once, so that a component that does
+        not fit the model fails when the schedule loads, not in some later epoch. Never changes ``model``."""
+
     def on_epoch_begin(self, ctx: HookContext) -> None:
         """Called at the start of every epoch in which the policy is due."""
 

@@ -1,12 +1,20 @@
 """LR policy: steps a torch LR scheduler at the end of each epoch in which it is due."""
 from __future__ import annotations
 
+import copy
+import math
+import warnings
 from typing import Any, Dict
 
+import torch
 from torch.optim import lr_scheduler as torch_lr
 
 from ..registry import LR_SCHEDULERS, Section, add_section
 from .base import HookContext, Policy
+
+
+#: the most epochs a dry run steps a copy of an LR scheduler through
+DRY_RUN_EPOCHS = 1000
 
 
 class LRPolicy(Policy):
@@ -23,6 +31,25 @@ class LRPolicy(Policy):
     def from_component(cls, component: Any, args: Any, name: str) -> "LRPolicy":
         """The policy stepping ``component`` (a torch LR scheduler)."""
         return cls(component, name=name)
+
+    def dry_run(self, model: Any) -> None:
+        """Step a copy of the LR scheduler (on a stand-in optimizer) through the window's epochs (up to
+        DRY_RUN_EPOCHS): a schedule that divides by zero or reaches a non-finite rate fails now."""
+        if isinstance(self.lr_scheduler, torch_lr.ReduceLROnPlateau):
+            return
+        real = self.lr_scheduler.optimizer
+        stand_in = torch.optim.SGD([{**{k: v for k, v in group.items() if k != "params"},
+                                     "params": [torch.zeros(1, requires_grad=True)]}
+                                    for group in real.param_groups])
+        twin = copy.deepcopy(self.lr_scheduler, memo={id(real): stand_in})
+        epochs = len(self.due_epochs[:DRY_RUN_EPOCHS])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for epoch in range(epochs):
+                twin.step()
+                bad = [lr for lr in twin.get_last_lr() if not math.isfinite(lr)]
+                if bad:
+                    raise ValueError(f"the learning rate becomes {bad[0]} after {epoch + 1} step(s)")
 
     def on_epoch_end(self, ctx: HookContext) -> None:
         """Advance the LR schedule by one epoch."""

@@ -20,6 +20,7 @@ The scheduler sets ``starting_epoch``, ``ending_epoch`` (exclusive) and ``freque
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
@@ -86,6 +87,18 @@ class PruningPolicy(Policy):
         check = getattr(self.pruner, "validate_window", None)
         if check is not None and self.starting_epoch is not None:
             check(self.starting_epoch, self.ending_epoch, self.frequency)
+
+    def dry_run(self, model: torch.nn.Module) -> None:
+        """Compute the masks of the first due epoch on copies of the pruner and of every weight it handles."""
+        pruner = copy.deepcopy(self.pruner)
+        if self.levels is not None:
+            pruner.levels = self.levels
+        meta = {"current_epoch": self.starting_epoch or 0, "starting_epoch": self.starting_epoch,
+                "ending_epoch": self.ending_epoch, "frequency": self.frequency, "model": model}
+        for name, param in model.named_parameters():
+            if pruner.handles(name):
+                with torch.no_grad():
+                    pruner.set_param_mask(param.detach().clone(), name, {name: ParameterMasker(name)}, meta)
 
     def _handled(self, ctx: HookContext) -> Iterator[Tuple[str, torch.nn.Parameter, ParameterMasker]]:
         for param_name, param in ctx.model.named_parameters():

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..pruning.masks import ParameterMasker
 from ..registry import REGULARIZERS, Section, add_section
 from ..regularization.regularizer import Regularizer
 from .base import HookContext, LossComponent, Policy, PolicyLoss
@@ -49,6 +50,15 @@ class RegularizationPolicy(Policy):
     def on_epoch_begin(self, ctx: HookContext) -> None:
         """Note whether this is the policy's last epoch."""
         self.is_last_epoch = self.is_last(ctx.epoch)
+
+    def dry_run(self, model: torch.nn.Module) -> None:
+        """The penalty (and the threshold mask) of every regularized weight, on copies."""
+        for name, param in model.named_parameters():
+            if self.regularizer.handles(name):
+                value = param.detach().clone()
+                self.regularizer.loss(value, name, torch.zeros(()), {})
+                if self.regularizer.threshold_criteria is not None:
+                    self.regularizer.threshold(value, name, {name: ParameterMasker(name)})
 
     def before_backward_pass(self, ctx: HookContext) -> Optional[PolicyLoss]:
         """The loss plus the regularizer's penalty on every weight it names."""

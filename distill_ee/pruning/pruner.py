@@ -67,8 +67,8 @@ def num_to_prune(count: int, fraction: float) -> int:
 
 def check_number(owner: str, arg: str, value: Any) -> float:
     """A real number, or a ScheduleError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ScheduleError(f"{owner}: {arg} must be a number, got {value!r}", path=_top(arg))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ScheduleError(f"{owner}: {arg} must be a finite number, got {value!r}", path=_top(arg))
     return float(value)
 
 

@@ -89,7 +89,12 @@ class RankedStructurePruner(Pruner):
         if not self.handles(param_name):
             return
         model = meta.get("model") if meta else None
-        self.prune_to_target_sparsity(param, param_name, zeros_mask_dict, self.fraction_to_prune(param_name), model)
+        try:
+            self.prune_to_target_sparsity(param, param_name, zeros_mask_dict, self.fraction_to_prune(param_name),
+                                          model)
+        except ScheduleError as err:  # name the group type as the schedule wrote it (Rows ranks 'Cols')
+            raise ScheduleError(err.message.replace(repr(self.tensor_group_type), repr(self.group_type)),
+                                path=err.path, valid=err.valid) from None
 
     def prune_to_target_sparsity(
         self,

@@ -18,6 +18,7 @@ from torch import nn
 from ..arguments import ArgumentError, bind, signature_of
 from ..context import BuildContext
 from ..errors import DistillEEError, ScheduleError
+from ..modules import first_line
 from ..policies.base import Policy
 from ..registry import sections
 from ..scheduler import CompressionScheduler
@@ -53,7 +54,21 @@ def build_scheduler(schedule: Schedule, model: nn.Module, optimizer: Optional[to
         except (ScheduleError, ArgumentError) as exc:
             raise relocate(schedule, pspec.path, exc) from None
         _check_overlap(schedule, pspec, scheduler)
+        _dry_run(schedule, pspec, policy, model)
     return scheduler
+
+
+def _dry_run(schedule: Schedule, pspec: PolicySpec, policy: Policy, model: nn.Module) -> None:
+    """The policy's dry run on the model; what fails there is an error of its component, located there."""
+    spec = schedule.components[pspec.section.name][pspec.instance_name]
+    try:
+        policy.dry_run(model)
+    except (ArgumentError, ScheduleError) as exc:
+        located = relocate(schedule, spec.path, exc)
+        raise schedule.error(spec.path, f"does not fit the model: {located.message}") from None
+    except Exception as exc:  # noqa: BLE001  (any failure of a component on this model is the schedule's)
+        raise schedule.error(spec.path, f"{spec.class_name} fails when its policy runs "
+                                        f"({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _check_overlap(schedule: Schedule, pspec: PolicySpec, scheduler: CompressionScheduler) -> None:
@@ -82,8 +97,9 @@ def build_component(schedule: Schedule, spec: ComponentSpec, ctx: BuildContext) 
         raise relocate(schedule, spec.path, exc) from None
     except DistillEEError as exc:
         raise schedule.error(spec.path, str(exc)) from None
-    except (TypeError, ValueError, KeyError) as exc:
-        raise schedule.error(spec.path, f"{owner} rejected its arguments: {exc}") from None
+    except Exception as exc:  # noqa: BLE001  (a constructor may fail any way on bad arguments)
+        raise schedule.error(spec.path, f"{owner} rejected its arguments ({type(exc).__name__}: "
+                                        f"{first_line(exc)})") from None
 
 
 def _require_optimizer(cls: Any, owner: str, ctx: BuildContext) -> None:

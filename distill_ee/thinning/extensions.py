@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional
 from ..errors import ScheduleError
 from ..policies.base import HookContext, Policy
 from ..registry import EXTENSIONS, suggest
+from .graph import build_dependency_graph
 from .recipe import Recipe, is_empty
 from .remove import remove_channels, remove_filters
 
@@ -63,6 +64,10 @@ class StructureRemover(Policy):
         if not is_empty(recipe):
             self.recipes.append(recipe)
         return recipe
+
+    def dry_run(self, model: Any) -> None:
+        """Build the model's channel dependency graph (what thinning needs): an untraceable model fails now."""
+        build_dependency_graph(model)
 
     def on_minibatch_begin(self, ctx: HookContext) -> None:
         """Thin once, at the first minibatch of a due epoch."""
