@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from distill_ee import EarlyExits, load_schedule, structure_steps
 from distill_ee.apputils.models import create_model
@@ -14,6 +13,7 @@ from distill_ee.checkpoint import (checkpoint_state, load_checkpoint, read_check
                                    write_checkpoint)
 from distill_ee.errors import CheckpointError
 from distill_ee.thinning import remove_filters
+from support import one_epoch_of_one_step
 
 
 class Payload:
@@ -73,16 +73,8 @@ def trained_through_thinning(epochs=31):
     scheduler = load_schedule(model, optimizer, str(AGP_THINNING), example_input=torch.zeros(1, 3, 32, 32))
     gen = torch.Generator().manual_seed(1)
     for epoch in range(epochs):
-        scheduler.on_epoch_begin(epoch)
         x, y = torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen)
-        scheduler.on_minibatch_begin(epoch, 0, 1)
-        loss = scheduler.before_backward_pass(epoch, 0, 1, nn.functional.cross_entropy(model(x), y), target=y)
-        optimizer.zero_grad()
-        loss.backward()
-        scheduler.before_parameter_optimization(epoch, 0, 1)
-        optimizer.step()
-        scheduler.on_minibatch_end(epoch, 0, 1)
-        scheduler.on_epoch_end(epoch, metrics={"min": 1.0, "max": 10.0})
+        one_epoch_of_one_step(model, optimizer, scheduler, epoch, x, y)
     return model, optimizer, scheduler
 
 

@@ -15,11 +15,11 @@ from typing import Any, Callable, List, Tuple
 import pytest
 import torch
 import yaml
-from torch import nn
 
 from distill_ee.apputils.models import create_model
 from distill_ee.errors import DistillEEError, ScheduleError
 from distill_ee.schedule import schedule_from_text
+from support import one_epoch_of_one_step
 
 SCHEDULES = Path(__file__).resolve().parents[2] / "schedules"
 #: ready schedule -> (architecture, input shape)
@@ -98,19 +98,6 @@ def cases() -> List[Tuple[str, int]]:
     return [(name, i) for name in TARGETS for i in range(MUTANTS_PER_SCHEDULE)]
 
 
-def one_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, shape: Tuple, epoch: int) -> None:
-    x, y = torch.randn(2, *shape), torch.tensor([0, 1])
-    scheduler.on_epoch_begin(epoch)
-    scheduler.on_minibatch_begin(epoch, 0, 1)
-    loss = scheduler.before_backward_pass(epoch, 0, 1, nn.functional.cross_entropy(model(x), y), target=y)
-    optimizer.zero_grad()
-    loss.backward()
-    scheduler.before_parameter_optimization(epoch, 0, 1)
-    optimizer.step()
-    scheduler.on_minibatch_end(epoch, 0, 1)
-    scheduler.on_epoch_end(epoch, metrics={"min": 1.0, "max": 10.0})
-
-
 def due_epochs(scheduler: Any) -> List[int]:
     """The first, the last and one middle epoch in which any policy runs (at most 3)."""
     epochs = sorted({e for sp in scheduler.scheduled for e in sp.policy.due_epochs[:1] + sp.policy.due_epochs[-1:]})
@@ -138,5 +125,5 @@ def test_a_mutated_ready_schedule_is_accepted_or_refused_with_its_location(name,
         pytest.fail(f"refused without a location ({type(err).__name__}): {err}\n--- mutant:\n{mutant}")
     else:
         for epoch in due_epochs(scheduler):  # accepted: it must also run
-            one_step(model, optimizer, scheduler, shape, epoch)
+            one_epoch_of_one_step(model, optimizer, scheduler, epoch, torch.randn(2, *shape), torch.tensor([0, 1]))
     assert time.perf_counter() - started < SECONDS_PER_CASE
