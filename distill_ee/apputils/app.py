@@ -16,6 +16,7 @@ from torch import nn
 
 from ..checkpoint import OptimizerStateError, load_checkpoint, read_checkpoint, save_checkpoint
 from ..early_exit.exits import EarlyExits, backbone_parameters
+from ..early_exit.risk import Guarantee
 from ..early_exit.export import export_torchscript
 from ..errors import CheckpointError, ConfigError, DistillEEError
 from ..atomic import atomic_write_text
@@ -277,8 +278,12 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
         return {}
     _, valid_loader, test_loader = loaders
     try:
+        guarantee = None
+        if args.ee_confidence is not None and args.ee_calibrate is not None:
+            guarantee = Guarantee(args.ee_confidence, args.ee_consistency or "risk", seed=args.seed or 0)
         out = run_calibration(exits, valid_loader, test_loader, target, str(run_dir.path),
-                              masks=scheduler.masks if scheduler else None, temperature=args.ee_temperature)
+                              masks=scheduler.masks if scheduler else None, temperature=args.ee_temperature,
+                              guarantee=guarantee)
     except ConfigError as exc:
         if args.ee_calibrate is not None:
             raise

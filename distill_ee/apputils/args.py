@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="choose exit thresholds on the validation split: drop=0.5 (max top-1 drop in points vs "
                         "the final exit), macs=0.4 (average MACs budget, share of the backbone) or "
                         "proportions=0.5,0.3 (share of samples per exit)")
+    p.add_argument("--ee-confidence", type=float, default=None, metavar="C",
+                   help="with --ee-calibrate drop=/macs=: certify the choice for new data with probability C (e.g. "
+                        "0.9): Learn-then-Test on the validation split")
+    p.add_argument("--ee-consistency", choices=["risk", "textual"], default=None,
+                   help="with --ee-confidence: bound the top-1 drop (risk, default) or the disagreement with the "
+                        "final classifier (textual, needs no labels)")
     p.add_argument("--ee-temperature", action="store_true",
                    help="with --ee-calibrate: fit a softmax temperature per exit first")
     p.add_argument("--ee-no-recalibrate", action="store_true",
@@ -117,9 +123,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--evaluate needs a trained model: give --resume-from CHECKPOINT (or --pretrained)")
     for flag, needs, given in (("--reset-optimizer", "--resume-from", args.resume_from),
                                ("--skip-checksum", "--resume-from", args.resume_from),
-                               ("--ee-temperature", "--ee-calibrate", args.ee_calibrate)):
+                               ("--ee-temperature", "--ee-calibrate", args.ee_calibrate),
+                               ("--ee-confidence", "--ee-calibrate", args.ee_calibrate),
+                               ("--ee-consistency", "--ee-confidence", args.ee_confidence)):
         if getattr(args, flag[2:].replace("-", "_")) and not given:
             raise ConfigError(f"{flag} applies only with {needs}")
+    if args.ee_confidence is not None and not (math.isfinite(args.ee_confidence) and 0 < args.ee_confidence < 1):
+        raise ConfigError(f"--ee-confidence is a probability in (0, 1), e.g. 0.9; got {args.ee_confidence}")
+    if args.ee_confidence is not None and args.ee_calibrate and args.ee_calibrate.strip().lower().startswith("prop"):
+        raise ConfigError("--ee-confidence certifies drop= and macs= targets, not fixed proportions")
     if args.ee_calibrate is not None and args.valid_size == 0:
         raise ConfigError("--ee-calibrate chooses thresholds on the validation split, and --vs 0 leaves none")
     if args.gpus is not None and not all(part.strip().isdigit() for part in args.gpus.split(",")):

@@ -14,6 +14,9 @@ from typing import Any, Dict, Mapping, Optional
 from ..early_exit.calibrate import (TARGET_KINDS, CalibrationTarget, calibrate_exits, check_target_range,
                                     measure_exits, split_figures)
 from ..early_exit.exits import EarlyExits
+from ..early_exit.risk import Guarantee, loss_rate
+from ..early_exit.stats import collect_exit_logits
+from ..modules import eval_mode
 from ..errors import ConfigError
 from ..registry import suggest
 from .tradeoff_files import write_tradeoff
@@ -57,18 +60,21 @@ def _target_number(part: str, kind: str, text: str) -> float:
 
 
 def run_calibration(exits: EarlyExits, valid_loader: Any, test_loader: Any, target_text: str, out_dir: str, *,
-                    masks: Optional[Mapping[str, Any]] = None, temperature: bool = False) -> Dict[str, Any]:
+                    masks: Optional[Mapping[str, Any]] = None, temperature: bool = False,
+                    guarantee: Optional[Guarantee] = None) -> Dict[str, Any]:
     """Calibrate on validation, measure test at the chosen thresholds, write the trade-off files; returns the
-    ``{"calibration": ...}`` part of summary.json."""
+    ``{"calibration": ...}`` part of summary.json. With a ``guarantee``, the choice is certified for new data
+    and the certificate is reported next to the loss rates realised on validation and test."""
     if valid_loader is None:
         raise ConfigError("threshold calibration needs a validation split (it never looks at the test split); "
                           "set a validation size above 0")
     target = parse_target(target_text)
-    result = calibrate_exits(exits, valid_loader, target, masks=masks, temperature=temperature)
+    result = calibrate_exits(exits, valid_loader, target, masks=masks, temperature=temperature,
+                             guarantee=guarantee)
     names = list(exits.output_names)
     test_point, test_final = measure_exits(exits, test_loader, masks)
     files = write_tradeoff(result.front, result.chosen, out_dir, final=result.final_point, exit_names=names,
-                           guides=target.guides(result.final_top1))
+                           guides=target.guides(result.final_top1), certified=result.certified_points)
     snippet = result.yaml_snippet(exits.exit_names)
     valid = split_figures(result.chosen, result.final_top1, names)
     test = split_figures(test_point, test_final, names)
@@ -79,7 +85,24 @@ def run_calibration(exits: EarlyExits, valid_loader: Any, test_loader: Any, targ
                  "samples per exit: %s", split, fig["top1"], fig["final_top1"], fig["drop"],
                  100 * fig["macs_fraction"], ", ".join(f"{k} {v:.1f}%" for k, v in fig["taken_pct"].items()))
     log.info("Schedule lines for these thresholds:\n%s", snippet)
-    return {"calibration": {"target": target.text, "criteria": result.criteria, "thresholds": result.thresholds,
-                            "temperatures": result.temperatures, "valid": valid, "test": test, "yaml": snippet,
-                            "settings_searched": result.settings_searched, "seconds": result.seconds,
-                            "files": files}}
+    out = {"target": target.text, "criteria": result.criteria, "thresholds": result.thresholds,
+           "temperatures": result.temperatures, "valid": valid, "test": test, "yaml": snippet,
+           "settings_searched": result.settings_searched, "seconds": result.seconds, "files": files}
+    if result.certificate is not None:
+        out["guarantee"] = _guarantee_report(exits, result, valid_loader, test_loader)
+        log.info("Guarantee: %s", result.certificate.message)
+        log.info("  realised loss rate (%s consistency): validation %.2f, test %.2f points",
+                 result.certificate.consistency, out["guarantee"]["valid_loss_pct"], out["guarantee"]["test_loss_pct"])
+    return {"calibration": out}
+
+
+def _guarantee_report(exits: EarlyExits, result: Any, valid_loader: Any, test_loader: Any) -> Dict[str, Any]:
+    """The certificate with the loss rates the chosen thresholds realise on validation and on test."""
+    report = result.certificate.to_dict()
+    multi = exits.multi_exit_model()
+    for split, loader in (("valid", valid_loader), ("test", test_loader)):
+        with eval_mode(multi):
+            logits, targets = collect_exit_logits(multi, loader)
+        rate = loss_rate(logits, targets, multi.criteria, exits.thresholds, report["consistency"])
+        report[f"{split}_loss_pct"] = 100.0 * rate
+    return report

@@ -11,11 +11,13 @@ from ..errors import ConfigError
 
 def write_tradeoff(points: Sequence[TradeoffPoint], chosen: TradeoffPoint, out_dir: str, *,
                    final: Optional[TradeoffPoint] = None, exit_names: Optional[Sequence[str]] = None,
-                   guides: Optional[Mapping[str, float]] = None, split: str = "validation") -> List[str]:
+                   guides: Optional[Mapping[str, float]] = None, split: str = "validation",
+                   certified: Sequence[TradeoffPoint] = ()) -> List[str]:
     """Write ``tradeoff.csv``, ``tradeoff.png`` and ``exit_fractions.png`` into ``out_dir``; their paths.
 
     ``exit_names`` names every output (final classifier last); ``guides`` may hold a ``top1`` floor and/or a
-    ``macs_fraction`` budget, drawn as dashed lines; ``final`` is the final-exit-only point.
+    ``macs_fraction`` budget, drawn as dashed lines; ``final`` is the final-exit-only point; ``certified`` are
+    the settings a guarantee certified (the certified region, shaded).
     """
     names = list(exit_names) if exit_names is not None else _default_names(len(chosen.taken_pct))
     if len(names) != len(chosen.taken_pct):
@@ -24,7 +26,7 @@ def write_tradeoff(points: Sequence[TradeoffPoint], chosen: TradeoffPoint, out_d
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f) for f in ("tradeoff.csv", "tradeoff.png", "exit_fractions.png")]
     _write_csv(paths[0], points, chosen, final, names)
-    _plot_front(paths[1], points, chosen, final, guides or {}, split)
+    _plot_front(paths[1], points, chosen, final, guides or {}, split, certified)
     _plot_fractions(paths[2], chosen, names, split)
     return paths
 
@@ -68,7 +70,8 @@ def _figure(width: float, height: float, columns: int = 1) -> Tuple[Any, Any]:
 
 
 def _plot_front(path: str, points: Sequence[TradeoffPoint], chosen: TradeoffPoint,
-                final: Optional[TradeoffPoint], guides: Mapping[str, float], split: str) -> None:
+                final: Optional[TradeoffPoint], guides: Mapping[str, float], split: str,
+                certified: Sequence[TradeoffPoint] = ()) -> None:
     """Left: the whole front (legend); right: zoomed near the final exit's accuracy (labels)."""
     fig, axes = _figure(12.0, 4.8, 2)
     xs = [100.0 * p.macs_fraction for p in points]
@@ -81,6 +84,12 @@ def _plot_front(path: str, points: Sequence[TradeoffPoint], chosen: TradeoffPoin
     for ax, zoom in zip(axes, (False, True)):
         ax.step(xs, ys, where="post", color="tab:blue", linewidth=1.2, label="Pareto front (searched settings)")
         ax.plot(xs, ys, "o", color="tab:blue", markersize=2.5)
+        if certified:
+            cheapest = min(100.0 * p.macs_fraction for p in certified)
+            ax.axvspan(cheapest, max(xs + [100.0 * p.macs_fraction for p in certified]), color="tab:green",
+                       alpha=0.08, label="certified region (guarantee)")
+            ax.plot([100.0 * p.macs_fraction for p in certified], [p.top1 for p in certified], "o",
+                    color="tab:green", markersize=4, label="certified settings")
         if "top1" in guides:
             ax.axhline(guides["top1"], color="gray", linestyle="--", linewidth=1, label="accuracy floor (target)")
         if "macs_fraction" in guides:

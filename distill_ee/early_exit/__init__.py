@@ -11,7 +11,8 @@
 * ``decisions``   simulated exit decisions from every exit's logits
 * ``stats``, ``cost``  per-exit statistics and MACs
 * ``export``      TorchScript export and the driver that runs it
-* ``calibrate``, ``tradeoff``, ``temperature``  threshold calibration on a validation split
+* ``calibrate``, ``tradeoff``, ``temperature``, ``risk``  threshold calibration on a validation split, with a
+  statistical guarantee when asked (Learn-then-Test)
 
 The training policy is ``distill_ee.policies.early_exit.EarlyExitPolicy``.
 """

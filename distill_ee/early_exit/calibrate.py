@@ -32,13 +32,16 @@ from ..errors import ConfigError
 from ..modules import eval_mode, unwrap
 from .cost import stage_macs
 from .criteria import CriterionArg, ExitCriterion
+from .decisions import decide_exits
 from .exits import EarlyExits
 from .multi_exit import MultiExitModel
+from .risk import (Certificate, Guarantee, certify_sequence, clopper_pearson_upper, consistency_ok,
+                   smallest_certifiable, split_indices)
 from .stats import collect_exit_logits
 from .temperature import apply_temperatures, fit_temperatures, fold_temperatures
 from .tradeoff import (ExitCosts, Keys, SearchSpace, Settings, TradeoffPoint, best_row, build_space,
                        coordinate_descent, criterion_threshold, evaluate_grid, evaluate_settings, explore,
-                       front_points, measure_point, uses_grid)
+                       front_points, front_rows, measure_point, uses_grid)
 
 TARGET_KINDS = ("drop", "macs", "proportions")
 
@@ -122,6 +125,10 @@ class CalibrationResult:
     front: List[TradeoffPoint] = field(default_factory=list, repr=False)
     #: every sample through the final classifier (all exits off)
     final_point: Optional[TradeoffPoint] = None
+    #: what a guaranteed calibration certified (None for a plain one)
+    certificate: Optional[Certificate] = None
+    #: front points the certificate covers (certified settings, measured on the whole validation split)
+    certified_points: List[TradeoffPoint] = field(default_factory=list, repr=False)
 
     @property
     def thresholds(self) -> List[Optional[float]]:
@@ -159,9 +166,12 @@ class CalibrationResult:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain types, for summary.json and checkpoints."""
-        return {"target": self.target.text, "criteria": list(self.criteria), "thresholds": self.thresholds,
-                "temperatures": None if self.temperatures is None else list(self.temperatures),
-                "valid": self.figures(), "settings_searched": self.settings_searched, "seconds": self.seconds}
+        out = {"target": self.target.text, "criteria": list(self.criteria), "thresholds": self.thresholds,
+               "temperatures": None if self.temperatures is None else list(self.temperatures),
+               "valid": self.figures(), "settings_searched": self.settings_searched, "seconds": self.seconds}
+        if self.certificate is not None:
+            out["guarantee"] = self.certificate.to_dict()
+        return out
 
     def yaml_snippet(self, exit_names: Sequence[str]) -> str:
         """The ``exits:`` lines with the calibrated thresholds, to paste into the schedule's early-exit instance."""
@@ -204,13 +214,20 @@ def split_figures(point: TradeoffPoint, final_top1: float, names: Optional[Seque
 def calibrate(exit_logits: List[torch.Tensor], targets: torch.Tensor, criteria: CriterionArg,
               macs_per_exit: List[float], full_macs: float, target: CalibrationTarget,
               temperature: bool = False, *, branch_macs: Optional[List[float]] = None,
-              candidates: Optional[int] = None) -> CalibrationResult:
+              candidates: Optional[int] = None, guarantee: Optional[Guarantee] = None) -> CalibrationResult:
     """Thresholds meeting ``target`` on these (validation) logits; the final classifier's logits last.
 
     ``macs_per_exit``: MACs per sample of leaving at each output with every branch on the way evaluated;
     ``full_macs``: the backbone without exits (100%); ``branch_macs``: each branch's own MACs, when known, so
     that switching an exit off saves its branch. ``temperature``: fit and apply one temperature per exit first.
+    ``guarantee``: certify the choice for new data (``risk.py``): for ``drop``, the cheapest setting whose
+    loss rate is certified at most the target; for ``macs``, the plain choice made on one part of the split and
+    its loss rate bounded on the other.
     """
+    if guarantee is not None:
+        return _calibrate_guaranteed(exit_logits, targets, criteria, ExitCosts(
+            list(macs_per_exit), float(full_macs), None if branch_macs is None else list(branch_macs)), target,
+            temperature, candidates, guarantee)
     start = time.perf_counter()
     temperatures = fit_temperatures(exit_logits, targets) if temperature else None
     logits = apply_temperatures(exit_logits, temperatures)
@@ -228,6 +245,85 @@ def calibrate(exit_logits: List[torch.Tensor], targets: torch.Tensor, criteria: 
                              final_top1=final.top1, temperatures=temperatures, settings_searched=len(settings),
                              seconds=time.perf_counter() - start, front=front_points(space, settings),
                              final_point=final)
+
+
+def _calibrate_guaranteed(exit_logits: List[torch.Tensor], targets: torch.Tensor, criteria: CriterionArg,
+                          costs: ExitCosts, target: CalibrationTarget, temperature: bool,
+                          candidates: Optional[int], guarantee: Guarantee) -> CalibrationResult:
+    """Pareto testing: the front found on the search part, tested in order on the test part (``risk.py``).
+
+    Textual consistency needs no labels: samples whose target is -1 (unlabelled) take part in the search and
+    the test; accuracy figures are computed on the labelled ones.
+    """
+    if target.kind == "proportions":
+        raise ConfigError("a guarantee applies to drop= and macs= targets, not to fixed proportions")
+    labelled = targets >= 0
+    if not bool(labelled.all()) and (guarantee.consistency != "textual" or target.kind != "drop" or temperature):
+        raise ConfigError("unlabelled samples (target -1) serve only a drop= target with textual consistency and "
+                          "no temperature fitting")
+    if not bool(labelled.any()):
+        raise ConfigError("calibration needs some labelled samples to report accuracy")
+    start = time.perf_counter()
+    search, test = split_indices(int(targets.shape[0]), guarantee.search_share, guarantee.seed)
+    temperatures = fit_temperatures([l[search] for l in exit_logits], targets[search]) if temperature else None
+    logits = apply_temperatures(exit_logits, temperatures)
+    ok = consistency_ok(logits, targets, guarantee.consistency)
+    space = build_space([l[search] for l in logits], targets[search], criteria, costs, candidates)
+    if target.kind == "drop":
+        space.correct = ok[:, search]  # the search ranks settings by their loss, not their accuracy
+        settings = explore(space)
+        order = [space.thresholds_of(settings.index[r].tolist()) for r in reversed(front_rows(settings))]
+        if order[0] != [None] * space.num_exits:
+            order.insert(0, [None] * space.num_exits)  # the safest setting (no exit) is tested first
+        certificate, thresholds = _test_in_order(order, logits, ok, test, space, target.value / 100.0, guarantee)
+    else:  # the plain choice on the search part; one setting tested, so its bound needs no correction
+        settings, row = _search(space, _target_keys(space, target))
+        certificate, thresholds = _test_in_order([space.thresholds_of(settings.index[row].tolist())], logits, ok,
+                                                 test, space, 1.0, guarantee)
+        certificate.target = None
+    crits = space.criteria
+    logits, targets = [l[labelled] for l in logits], targets[labelled]
+    chosen = measure_point(logits, targets, crits, thresholds, costs)
+    final = measure_point(logits, targets, crits, [None] * space.num_exits, costs)
+    certified = [measure_point(logits, targets, crits, t["thresholds"], costs)
+                 for t in certificate.tested[:certificate.certified]]
+    front = [measure_point(logits, targets, crits, t["thresholds"], costs) for t in certificate.tested]
+    return CalibrationResult(target=target, criteria=[c.name for c in crits], chosen=chosen, final_top1=final.top1,
+                             temperatures=temperatures, settings_searched=len(certificate.tested),
+                             seconds=time.perf_counter() - start, front=sorted(front, key=lambda p: p.expected_macs),
+                             final_point=final, certificate=certificate, certified_points=certified)
+
+
+def _test_in_order(order: List[List[Optional[float]]], logits: List[torch.Tensor], ok: torch.Tensor,
+                   test: torch.Tensor, space: SearchSpace, rate: float,
+                   guarantee: Guarantee) -> Tuple[Certificate, List[Optional[float]]]:
+    """Fixed-sequence testing of ``order`` on the test part; (certificate, the chosen thresholds)."""
+    test_logits = [l[test] for l in logits]
+    n = int(test.shape[0])
+    losses = []
+    for thresholds in order:
+        _, exit_index = decide_exits(test_logits, space.criteria, thresholds)
+        losses.append(int(n - ok[:, test].gather(0, exit_index.unsqueeze(0)).sum()))
+    p_values, certified = certify_sequence(losses, n, rate, guarantee.delta)
+    tested = [{"thresholds": t, "losses": k, "p_value": p} for t, k, p in zip(order, losses, p_values)]
+    certificate = Certificate(guarantee.consistency, guarantee.delta, rate, int(space.num_samples), n, tested,
+                              certified, smallest_target=smallest_certifiable(n, guarantee.delta))
+    if certified == 0:
+        return certificate, [None] * space.num_exits
+    costs = [space.costs.expected(*_counts_and_active(t, logits, space)) for t in order[:certified]]
+    best = min(range(certified), key=lambda i: (float(costs[i][0]), -i))
+    certificate.chosen = best
+    certificate.bound = clopper_pearson_upper(losses[best], n, guarantee.delta)
+    return certificate, list(order[best])
+
+
+def _counts_and_active(thresholds: List[Optional[float]], logits: List[torch.Tensor],
+                       space: SearchSpace) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Samples per output (whole split) and active exits of one setting, shaped for ``ExitCosts.expected``."""
+    _, exit_index = decide_exits(logits, space.criteria, thresholds)
+    counts = torch.bincount(exit_index, minlength=space.num_exits + 1).to(torch.float64).unsqueeze(0)
+    active = torch.tensor([[t is not None for t in thresholds]])
+    return counts, active
 
 
 def _target_keys(space: SearchSpace, target: CalibrationTarget) -> Keys:
@@ -320,8 +416,8 @@ def exit_costs(multi: MultiExitModel, model: torch.nn.Module, masks: Optional[Ma
 
 def calibrate_exits(exits: EarlyExits, valid_batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
                     target: CalibrationTarget, *, masks: Optional[Mapping[str, Any]] = None,
-                    temperature: bool = False, effective: bool = False,
-                    candidates: Optional[int] = None) -> CalibrationResult:
+                    temperature: bool = False, effective: bool = False, candidates: Optional[int] = None,
+                    guarantee: Optional[Guarantee] = None) -> CalibrationResult:
     """Calibrate a model's exits on validation batches and set their thresholds (temperatures, if fitted,
     folded into the branches)."""
     multi = exits.multi_exit_model()
@@ -329,7 +425,7 @@ def calibrate_exits(exits: EarlyExits, valid_batches: Iterable[Tuple[torch.Tenso
         logits, targets = collect_exit_logits(multi, valid_batches)
     costs = exit_costs(multi, unwrap(exits.model), masks, effective)
     result = calibrate(logits, targets, list(exits.criteria), costs.macs_per_exit, costs.full_macs, target,
-                       temperature, branch_macs=costs.branch_macs, candidates=candidates)
+                       temperature, branch_macs=costs.branch_macs, candidates=candidates, guarantee=guarantee)
     if result.temperatures is not None:
         fold_temperatures(exits.exit_set, result.temperatures)
     exits.set_thresholds(result.thresholds)

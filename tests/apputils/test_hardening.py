@@ -46,6 +46,12 @@ BEFORE_ANY_OUTPUT = [
                                 "proportions=0.5,0.3 (share of the samples leaving at each early exit)"),
     (["--ee-calibrate", "drop=1", "--vs", "0"],
      "--ee-calibrate chooses thresholds on the validation split, and --vs 0 leaves none"),
+    (["--ee-confidence", "0.9"], "--ee-confidence applies only with --ee-calibrate"),
+    (["--ee-consistency", "textual"], "--ee-consistency applies only with --ee-confidence"),
+    (["--ee-calibrate", "drop=1", "--ee-confidence", "1.5"],
+     "--ee-confidence is a probability in (0, 1), e.g. 0.9; got 1.5"),
+    (["--ee-calibrate", "proportions=0.5,0.3", "--ee-confidence", "0.9"],
+     "--ee-confidence certifies drop= and macs= targets, not fixed proportions"),
     (["--gpus", "first"], "--gpus takes comma-separated GPU numbers, e.g. 0 or 0,1; got 'first'"),
     ([str(ROOT)], f"dataset 'mnist5k' is embedded and takes no DATASET_DIR, but {str(ROOT)!r} was given and holds "
                   "no mnist_5k.csv.gz to use instead; drop it, or name its dataset with --dataset"),

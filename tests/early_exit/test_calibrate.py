@@ -341,3 +341,19 @@ def test_thresholds_calibrated_on_validation_keep_their_promise_on_test(one_thre
     assert cal["test"]["macs_fraction"] < 1.0
     assert cal["test"]["taken_pct"]["exit1"] > 10.0  # the exit is really used
     assert cal["test"]["final_top1"] > 85.0  # the model did learn
+
+
+def test_run_calibration_with_a_guarantee_reports_the_certificate_and_realised_losses(ee, lenet, tmp_path, caplog):
+    from distill_ee.early_exit.risk import Guarantee
+
+    policy = lenet_policy(ee, lenet)
+    valid, test = batches(lenet, 512, seed=1, noise=0.05), batches(lenet, 256, seed=2, noise=0.05)
+    with caplog.at_level(logging.INFO, logger="distill_ee"):
+        out = run_calibration(policy, valid, test, "drop=5", str(tmp_path), guarantee=Guarantee(0.9))
+    report = json.loads(json.dumps(out))["calibration"]["guarantee"]
+    assert report["delta"] == pytest.approx(0.1) and report["consistency"] == "risk"
+    assert report["bound_used"] == "exact binomial tail (Clopper-Pearson)" and report["test_samples"] == 256
+    assert set(report) >= {"certified_bound", "valid_loss_pct", "test_loss_pct", "message"}
+    if report["certified_bound"] is not None:
+        assert report["certified_bound"] <= 0.05
+    assert "Guarantee: " in caplog.text and (tmp_path / "tradeoff.png").stat().st_size > 0
