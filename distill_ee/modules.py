@@ -16,14 +16,21 @@ WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 _GLOB_CHARS = set("*?[")
 
 
+def is_wrapper(model: nn.Module) -> bool:
+    """True for DataParallel, DistributedDataParallel and classes declaring ``wraps_module = True``."""
+    return isinstance(model, WRAPPERS) or bool(getattr(type(model), "wraps_module", False))
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DataParallel / DistributedDataParallel wrapper (the model itself otherwise)."""
-    return model.module if isinstance(model, WRAPPERS) else model
+    while is_wrapper(model):
+        model = model.module
+    return model
 
 
 def wrapper_prefix(model: nn.Module) -> str:
     """The name prefix a wrapper adds to its model's parameter names (``module.`` or nothing)."""
-    return "module." if isinstance(model, WRAPPERS) else ""
+    return "module." if is_wrapper(model) else ""
 
 
 def strip_module_prefix(name: str) -> str:

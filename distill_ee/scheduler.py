@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from .distributed import is_distributed, share_masks
 from .errors import CheckpointError
 from .policies.base import HookContext, LossComponent, Policy, PolicyLoss, Window
 from .pruning.masks import MaskDict, ParameterMasker, apply_masks, create_masks
@@ -58,6 +59,10 @@ class CompressionScheduler:
         self._due_epoch: Optional[int] = None
         self._applied_at = -1  # ParameterMasker.changes when all masks were last applied
         self._due_minibatch: List[Policy] = []
+        self._shared_versions: Dict[str, int] = {}  # mask versions last made identical across processes
+        #: under torch.distributed, make changed masks rank 0's on every process (False: a scheduler that runs
+        #: on one process of the group only)
+        self.share_across_processes = True
 
     # ----------------------------------------------------------------- setup
     def add_policy(self, policy: Policy, epochs: Optional[Iterable[int]] = None, starting_epoch: int = 0,
@@ -116,6 +121,7 @@ class CompressionScheduler:
         ctx = self._ctx(epoch, optimizer)
         for policy in self.policies_for(epoch):
             policy.on_epoch_begin(ctx)
+        self._share_masks()
         self._applied_at = -1  # a policy may have changed weights or masks
 
     def _due_now(self, epoch: int) -> List[Policy]:
@@ -134,6 +140,8 @@ class CompressionScheduler:
                             minibatches_per_epoch=minibatches_per_epoch)
             for policy in due:
                 policy.on_minibatch_begin(ctx)
+            if any(policy.changes_masks_in_minibatches for policy in due):
+                self._share_masks()
         # Masks applied after the last optimizer step still hold unless a mask changed since then; only
         # forward-only masks (lifted after each step) must be applied again.
         unchanged = self._applied_at == ParameterMasker.changes
@@ -187,6 +195,17 @@ class CompressionScheduler:
         ctx = self._ctx(epoch, optimizer, metrics=metrics or {})
         for policy in self.policies_for(epoch):
             policy.on_epoch_end(ctx)
+        self._share_masks()
+
+    def _share_masks(self) -> None:
+        """Under torch.distributed: every mask a policy changed on any process since the last call becomes rank
+        0's, with the weights it masks (random and data-dependent masks would otherwise differ)."""
+        if self.share_across_processes and is_distributed():
+            share_masks(self.zeros_mask_dict, self._params, self._shared_versions)
+
+    def pending_outputs(self) -> List[torch.Tensor]:
+        """What the last forward pass computed for the policies' loss terms outside the model's output."""
+        return [t for policy in self.policies for t in policy.pending_outputs()]
 
     def apply_mask(self, is_forward: bool = True) -> None:
         """Apply every set mask to its parameter now."""

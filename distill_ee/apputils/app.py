@@ -7,13 +7,14 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
 
+from .. import distributed
 from ..checkpoint import OptimizerStateError, load_checkpoint, read_checkpoint, save_checkpoint
 from ..early_exit.exits import EarlyExits, backbone_parameters
 from ..early_exit.risk import Guarantee
@@ -26,6 +27,7 @@ from ..summaries import compute_table, model_table, sparsity_table, total_sparsi
 from .args import check_args, parse_args
 from .calibration import parse_target, run_calibration
 from .datasets import check_inputs, dataset_info, load_dataset, make_loaders
+from .datasets.sharding import ORDER_STRIDE, shard_loaders
 from .earlyexit_flags import SHORTHAND_FILE, shorthand_config
 from .models import create_model
 from .report import final_report
@@ -45,11 +47,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return run(args)
     except DistillEEError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_rank_label()}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.leave()
+
+
+def _rank_label() -> str:
+    """``[rank N] `` on the processes other than rank 0 under torchrun, nothing otherwise."""
+    return f"[rank {distributed.launch_rank()}] " if distributed.launch_rank() else ""
 
 
 def seed_everything(seed: Optional[int], deterministic: bool) -> None:
@@ -64,20 +73,35 @@ def seed_everything(seed: Optional[int], deterministic: bool) -> None:
 
 
 def select_device(args: argparse.Namespace) -> torch.device:
-    """CUDA when present (and not --cpu), otherwise the CPU."""
+    """CUDA when present (and not --cpu), otherwise the CPU; under torchrun, the GPU of this process's local
+    rank (among --gpus when given)."""
     if args.cpu or not torch.cuda.is_available():
         return torch.device("cpu")
-    ids = [int(i) for i in args.gpus.split(",")] if args.gpus else [0]
-    if ids[0] >= torch.cuda.device_count():
-        raise ConfigError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
-    return torch.device(f"cuda:{ids[0]}")
+    count = torch.cuda.device_count()
+    ids = [int(i) for i in args.gpus.split(",")] if args.gpus else list(range(count))
+    local = distributed.local_rank() if distributed.launched_by_torchrun() else 0
+    if local >= len(ids):
+        raise ConfigError(f"--gpus {args.gpus or ''}: {len(ids)} GPU(s) for the process of local rank {local}; "
+                          "give one GPU per process on this machine")
+    if ids[local] >= count:
+        raise ConfigError(f"--gpus {args.gpus}: this machine has {count} GPU(s)")
+    device = torch.device(f"cuda:{ids[local]}")
+    torch.cuda.set_device(device)
+    return device
 
 
 def run(args: argparse.Namespace) -> int:
     """The whole job; see compress_classifier.py --help. Every input (flags, schedule, checkpoint, data) is
     checked before the run directory is made and before the first training step."""
     check_args(args)
-    setup_logging(None)  # the console now; the run's log file gets these lines once it exists
+    device = select_device(args)
+    distributed.init_from_env(args.dist_backend or ("nccl" if device.type == "cuda" else "gloo"))
+    world = distributed.world_size()
+    if args.batch_size % world:
+        raise ConfigError(f"--batch-size {args.batch_size} is the global batch, split among {world} processes: "
+                          f"give a multiple of {world}")
+    # the console now; the run's log file gets these lines once it exists. Only rank 0 logs more than errors.
+    setup_logging(None, level=logging.INFO if distributed.is_main() else logging.ERROR)
     dataset = args.dataset or "mnist5k"
     if args.ee_calibrate is not None:
         parse_target(args.ee_calibrate)
@@ -89,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
     example = torch.zeros(1, *info.input_shape)
     check_inputs(model, info, args.arch, torch.device("cpu"))
     if args.summary:
-        return _print_summaries(args.summary, model, example)
-    device = select_device(args)
+        return _print_summaries(args.summary, model, example) if distributed.is_main() else 0
     splits = load_dataset(dataset, args.data, valid_size=args.valid_size)
     loaders = make_loaders(splits, args.batch_size, args.workers, seed=args.seed, deterministic=args.deterministic)
     model.to(device)
@@ -100,12 +123,16 @@ def run(args: argparse.Namespace) -> int:
     start_epoch, best = _resume(args, model, optimizer, scheduler, device)
     exits = EarlyExits.of(model)
     _check_exit_flags(args, exits)
-    run_dir = _open_run_dir(args, schedule_text)
+    train_loaders = _process_loaders(args, splits, loaders) if not (args.evaluate or args.sense) else None
+    run_dir = _open_run_dir(args, schedule_text) if distributed.is_main() else None
     criterion = nn.CrossEntropyLoss().to(device)
     if args.sense:
-        return _sensitivity(args, model, loaders, criterion, device, run_dir)
-    if not args.evaluate:
-        best = _train(args, model, optimizer, scheduler, criterion, loaders, device, run_dir, start_epoch, best)
+        return _sensitivity(args, model, loaders, criterion, device, run_dir) if run_dir else 0
+    if train_loaders is not None:
+        best = _train(args, model, optimizer, scheduler, criterion, train_loaders, device, run_dir, start_epoch,
+                      best)
+    if run_dir is None:  # the other processes are done: rank 0 calibrates, reports and saves alone
+        return 0
     calibration = _calibrate(args, scheduler, exits, loaders, run_dir)
     summary = final_report(args, dataset, model, scheduler, loaders, criterion, device, example, run_dir,
                            exits=exits)
@@ -115,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if calibration and not args.evaluate:  # the last epoch trained (or the checkpoint's, if none was)
         _save(run_dir, args, max(args.epochs, start_epoch) - 1, model, optimizer, scheduler, best, False,
               extra=calibration)
+    summary["processes"] = distributed.world_size()
     run_dir.write_json("summary.json", summary)
     log.info("Results in %s", run_dir.path)
     return 0
@@ -222,29 +250,47 @@ def _check_exit_flags(args: argparse.Namespace, exits: Optional[EarlyExits]) -> 
                 raise ConfigError(f"{flag} needs early exits (in the --compress schedule or the checkpoint)")
 
 
+def _process_loaders(args: argparse.Namespace, splits: Any, loaders: tuple) -> Tuple[Any, Optional[Any], int]:
+    """This process's train and validation loaders, and the seed of the epoch orders: the whole splits in a
+    single process; under torch.distributed each process's share, in the orders a single process would use."""
+    seed = args.seed if args.seed is not None else (0 if args.deterministic else None)
+    if not distributed.is_distributed():
+        return loaders[0], loaders[1], seed
+    if seed is None:  # every process must deal out the same order
+        seed = distributed.broadcast_object(random.SystemRandom().randrange(2 ** 31))
+    train, valid = shard_loaders(splits, args.batch_size, args.workers, seed=seed, rank=distributed.rank(),
+                                 world_size=distributed.world_size(), deterministic=args.deterministic)
+    return train, valid, seed
+
+
 def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
            scheduler: Optional[CompressionScheduler], criterion: nn.Module, loaders: tuple,
-           device: torch.device, run_dir: RunDir, start_epoch: int, best: Optional[float]) -> Optional[float]:
-    train_loader, valid_loader, _ = loaders
+           device: torch.device, run_dir: Optional[RunDir], start_epoch: int,
+           best: Optional[float]) -> Optional[float]:
+    """Train from ``start_epoch``; on rank 0 (or alone) log, write metrics.csv and checkpoints each epoch."""
+    train_loader, valid_loader, seed = loaders
+    net = distributed.wrap(model, scheduler)  # DDP under torchrun, the model itself otherwise
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
-        _reseed_order(train_loader, args.seed, epoch)
+        _reseed_order(train_loader, seed, epoch)
         if scheduler:
             scheduler.on_epoch_begin(epoch, optimizer)
-        train = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, epoch, device,
+        train = train_one_epoch(net, train_loader, criterion, optimizer, scheduler, epoch, device,
                                 print_freq=args.print_freq)
         valid = evaluate(model, valid_loader, criterion, device, desc=f"Epoch {epoch} valid",
-                         print_freq=args.print_freq) if valid_loader is not None else {}
+                         print_freq=args.print_freq, across_ranks=distributed.is_distributed()) \
+            if valid_loader is not None else {}
         if scheduler:
             scheduler.on_epoch_end(epoch, optimizer, metrics={"min": valid.get("loss", train["loss"]),
                                                               "max": valid.get("top1", train["top1"])})
         check_finite_weights(model, epoch, optimizer.param_groups[0]["lr"])
         row = _epoch_row(epoch, optimizer, model, scheduler, train, valid, time.perf_counter() - started)
-        run_dir.append_metrics(row)
         score = valid.get("top1", train["top1"])
         is_best = best is None or score > best
         best = score if is_best else best
-        _save(run_dir, args, epoch, model, optimizer, scheduler, best, is_best)
+        if run_dir is not None:
+            run_dir.append_metrics(row)
+            _save(run_dir, args, epoch, model, optimizer, scheduler, best, is_best)
         exits = "".join(f" | {k[len('train_'):-len('_top1')]} train top1 {v:.2f}" for k, v in row.items()
                         if k.startswith("train_") and k.endswith("_top1") and k != "train_top1")
         log.info("Epoch %d: train loss %.4f top1 %.2f | valid loss %.4f top1 %.2f%s | sparsity %.2f%% | %.1fs",
@@ -254,10 +300,15 @@ def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Op
 
 
 def _reseed_order(loader: Any, seed: Optional[int], epoch: int) -> None:
-    """Derive each epoch's shuffling from (seed, epoch), so a resumed run sees the same batches."""
+    """Derive each epoch's shuffling from (seed, epoch), so a resumed run sees the same batches (a
+    DistributedSampler derives it from its seed, ``seed * ORDER_STRIDE``, and the epoch)."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+        return
     generator = getattr(loader, "generator", None)
     if seed is not None and generator is not None:
-        generator.manual_seed(seed * 1000003 + epoch)
+        generator.manual_seed(seed * ORDER_STRIDE + epoch)
 
 
 def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionScheduler], exits: Optional[EarlyExits],

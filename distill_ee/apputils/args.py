@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--deterministic", action="store_true", help="deterministic CPU/GPU algorithms")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
-    p.add_argument("--gpus", default=None, metavar="DEV_ID", help="comma-separated GPU ids (first is used)")
+    p.add_argument("--gpus", default=None, metavar="DEV_ID",
+                   help="comma-separated GPU ids (the first is used; under torchrun, one per process on the machine, "
+                        "in local-rank order)")
+    p.add_argument("--dist-backend", choices=["gloo", "nccl", "mpi", "ucc"], default=None,
+                   help="torch.distributed backend under torchrun (default: nccl with GPUs, gloo on the CPU)")
     p.add_argument("-n", "--name", default=None, help="experiment name (default: the architecture)")
     p.add_argument("-o", "--out-dir", default="logs", help="output directory (default: logs)")
     p.add_argument("--vs", "--valid-size", type=_fraction, default=0.1, dest="valid_size",

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..distributed import all_true, sum_across
 from ..errors import DistillEEError
 from ..scheduler import CompressionScheduler
 
@@ -66,7 +67,8 @@ class Progress:
 def train_one_epoch(model: nn.Module, loader: Any, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Optional[CompressionScheduler], epoch: int, device: torch.device, *,
                     print_freq: int = 50) -> Dict[str, float]:
-    """One epoch of training with the scheduler's hooks; returns loss, top-1 and loss components."""
+    """One epoch of training with the scheduler's hooks; returns loss, top-1 and loss components (over every
+    process's batches under torch.distributed, where the processes also agree on stopping for a bad loss)."""
     model.train()
     steps = len(loader)
     totals: Dict[str, float] = {}
@@ -86,10 +88,12 @@ def train_one_epoch(model: nn.Module, loader: Any, criterion: nn.Module, optimiz
             for comp in agg.loss_components:
                 totals[comp.name] = totals.get(comp.name, 0.0) + float(comp.value.detach()) * len(target)
         value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteError(f"epoch {epoch}, step {i}: the training loss is {value} (not finite), so training "
-                                 f"stops here; lower the learning rate (it is "
-                                 f"{optimizer.param_groups[0]['lr']:g})")
+        finite = math.isfinite(value)
+        if not all_true(finite):
+            what = "another process's training loss is not finite" if finite else \
+                f"the training loss is {value} (not finite)"
+            raise NonFiniteError(f"epoch {epoch}, step {i}: {what}, so training stops here; lower the learning "
+                                 f"rate (it is {optimizer.param_groups[0]['lr']:g})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if scheduler:
@@ -103,15 +107,18 @@ def train_one_epoch(model: nn.Module, loader: Any, criterion: nn.Module, optimiz
         correct += int((output.detach().argmax(1) == target).sum())
         progress.update(i, {"loss": loss_sum / seen, "top1": 100.0 * correct / seen})
     progress.close()
+    names = sorted(totals)
+    seen, loss_sum, correct, *sums = sum_across([seen, loss_sum, correct, *(totals[k] for k in names)])
     result = {"loss": loss_sum / max(seen, 1), "top1": 100.0 * correct / max(seen, 1)}
-    result.update({k: v / max(seen, 1) for k, v in totals.items()})
+    result.update({k: v / max(seen, 1) for k, v in zip(names, sums)})
     return result
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, criterion: nn.Module, device: torch.device, *,
-             desc: str = "valid", print_freq: int = 50) -> Dict[str, float]:
-    """Loss, top-1 and top-5 (percent) of ``model`` over ``loader``."""
+             desc: str = "valid", print_freq: int = 50, across_ranks: bool = False) -> Dict[str, float]:
+    """Loss, top-1 and top-5 (percent) of ``model`` over ``loader``; with ``across_ranks``, over every
+    process's ``loader`` (each holding its share of the batches)."""
     model.eval()
     seen = c1 = c5 = 0
     loss_sum = 0.0
@@ -125,5 +132,7 @@ def evaluate(model: nn.Module, loader: Any, criterion: nn.Module, device: torch.
         seen, c1, c5 = seen + n, c1 + a1, c5 + a5
         progress.update(i, {"loss": loss_sum / seen, "top1": 100.0 * c1 / seen})
     progress.close()
+    if across_ranks:
+        seen, loss_sum, c1, c5 = sum_across([seen, loss_sum, c1, c5])
     seen = max(seen, 1)
     return {"loss": loss_sum / seen, "top1": 100.0 * c1 / seen, "top5": 100.0 * c5 / seen}

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..context import BuildContext
 from ..errors import CheckpointError, DistillEEError, ScheduleError
-from ..modules import eval_mode, unwrap
+from ..modules import eval_mode, is_wrapper, unwrap
 from ..pruning.masks import notify_parameters_replaced
 from ..registry import EARLY_EXITS
 from ..structure import STEP_KINDS, ReplayContext, Step, StepKind, structure_steps
@@ -63,7 +63,7 @@ class EarlyExits:
     def from_config(cls, config: Mapping[str, Any], model: nn.Module, *, num_classes: int,
                     input_shape: Sequence[int], name: str = "") -> "EarlyExits":
         """Validate ``config`` (a schedule instance without ``class``) and attach its exits to ``model``."""
-        if isinstance(model, nn.parallel.DistributedDataParallel):
+        if is_wrapper(model) and not isinstance(model, nn.DataParallel):
             raise DistillEEError("attach early exits before wrapping the model in DistributedDataParallel "
                                  "(it fixes the parameters it synchronises when it is built)")
         if exits_of(unwrap(model)) is not None:

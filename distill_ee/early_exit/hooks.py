@@ -64,6 +64,10 @@ class ExitHooks:
                 self._logits[k] = branch(output.clone() if copy else output)
         return hook
 
+    def pending(self) -> List[torch.Tensor]:
+        """The logits computed by the last training forward pass and not yet taken by ``pop_logits``."""
+        return [t for t in self._logits if t is not None]
+
     def pop_logits(self) -> List[torch.Tensor]:
         """The exits' logits of the last training forward pass, in exit order; forgotten afterwards."""
         names = self.exit_set.names

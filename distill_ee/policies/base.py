@@ -75,6 +75,9 @@ class Policy:
     Args: ClassVar[Optional[type]] = None
     #: False when two policy entries may not schedule the same component in a common epoch
     may_overlap: ClassVar[bool] = True
+    #: False when the policy's minibatch hooks never set a mask: under torch.distributed the scheduler then
+    #: skips making masks agree across processes after them (a small all-reduce per step)
+    changes_masks_in_minibatches: bool = True
 
     def __init__(self, name: str = ""):
         self.name = name
@@ -131,6 +134,11 @@ class Policy:
         """Do, on copies, what the policy will do to ``model`` (compute masks, step the LR, trace for thinning)
         and raise what would fail there: the schedule builder calls it once, so that a component that does
         not fit the model fails when the schedule loads, not in some later epoch. Never changes ``model``."""
+
+    def pending_outputs(self) -> List[torch.Tensor]:
+        """Tensors the last forward pass computed for this policy's loss term outside the model's output (exit
+        logits); DistributedDataParallel must see them to know which parameters the loss will reach."""
+        return []
 
     def on_epoch_begin(self, ctx: HookContext) -> None:
         """Called at the start of every epoch in which the policy is due."""

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..distributed import sum_across
 from ..early_exit.exits import EarlyExits
 from ..early_exit.hooks import ExitHooks
 from ..errors import DistillEEError
@@ -31,6 +32,7 @@ class EarlyExitPolicy(Policy):
 
     kind = "early_exit"
     needs_minibatch_hooks = True
+    changes_masks_in_minibatches = False
     may_overlap = False  # two joint losses of the same exits in one step would each pop the same logits
 
     def __init__(self, exits: EarlyExits, name: str = ""):
@@ -82,6 +84,15 @@ class EarlyExitPolicy(Policy):
             self._accumulate(sums, ce, exit_logits, ctx.target)
         return PolicyLoss(overall, components)
 
+    @property
+    def trains_branches(self) -> bool:
+        """True from a due epoch's begin to its end: training forward passes run every branch."""
+        return self.hooks.enabled
+
+    def pending_outputs(self) -> List[torch.Tensor]:
+        """The exit logits of the last forward pass, until the loss takes them."""
+        return self.hooks.pending()
+
     def on_epoch_end(self, ctx: HookContext) -> None:
         """Remove the hooks until the next due epoch."""
         self.hooks.disable()
@@ -103,13 +114,17 @@ class EarlyExitPolicy(Policy):
             sums["count"] = sums["count"].to(ce.device) + n
 
     def epoch_metrics(self) -> Dict[str, float]:
-        """Mean cross-entropy and top-1 (0-100) of each exit on the epoch's training batches; then reset."""
+        """Mean cross-entropy and top-1 (0-100) of each exit on the epoch's training batches; then reset.
+
+        Under torch.distributed the figures cover every process's batches (a collective: call it on every rank).
+        """
+        flat = sum_across([float(sums[k]) for sums in self._sums for k in ("loss", "correct", "count")])
         out: Dict[str, float] = {}
-        for name, sums in zip(self.exits.exit_names, self._sums):
-            count = float(sums["count"])
+        for k, name in enumerate(self.exits.exit_names):
+            loss, correct, count = flat[3 * k:3 * k + 3]
             if count:
-                out[f"{name}_loss"] = float(sums["loss"]) / count
-                out[f"{name}_top1"] = 100.0 * float(sums["correct"]) / count
+                out[f"{name}_loss"] = loss / count
+                out[f"{name}_top1"] = 100.0 * correct / count
         self._reset_metrics()
         return out
 

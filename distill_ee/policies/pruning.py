@@ -100,6 +100,11 @@ class PruningPolicy(Policy):
                 with torch.no_grad():
                     pruner.set_param_mask(param.detach().clone(), name, {name: ParameterMasker(name)}, meta)
 
+    @property
+    def changes_masks_in_minibatches(self) -> bool:  # type: ignore[override]
+        """True when masks are recomputed or dropped within epochs (minibatch frequency, discarding)."""
+        return bool(self.mini_batch_pruning_frequency or self.discard_masks_at_minibatch_end)
+
     def _handled(self, ctx: HookContext) -> Iterator[Tuple[str, torch.nn.Parameter, ParameterMasker]]:
         for param_name, param in ctx.model.named_parameters():
             if param_name in ctx.masks and self.pruner.handles(param_name):

@@ -22,6 +22,8 @@ class ParameterMasker:
         self.unmasked_copy: Optional[torch.Tensor] = None
         self.is_regularization_mask = False
         self._grad_hook = None
+        #: bumped whenever this mask is replaced (the scheduler shares changed masks across processes)
+        self.version = 0
 
     @property
     def mask(self) -> Optional[torch.Tensor]:
@@ -31,6 +33,7 @@ class ParameterMasker:
     @mask.setter
     def mask(self, value: Optional[torch.Tensor]) -> None:
         self._mask = value
+        self.version += 1
         ParameterMasker.changes += 1
 
     @torch.no_grad()

@@ -6,7 +6,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from distill_ee.apputils.datasets.base import DataSplits
 from distill_ee.apputils.datasets.batch_loader import InMemoryLoader
@@ -56,14 +56,17 @@ def make_loader(
     shuffle: bool = False,
     generator: Optional[torch.Generator] = None,
     deterministic: bool = False,
+    sampler: Optional[Sampler] = None,
 ) -> Loader:
-    """An :class:`InMemoryLoader` for in-memory images without augmentation, else a DataLoader."""
+    """An :class:`InMemoryLoader` for in-memory images without augmentation, else a DataLoader; a ``sampler``
+    replaces ``shuffle``."""
     if getattr(dataset, "supports_batches", False):
-        return InMemoryLoader(dataset, batch_size, shuffle=shuffle, generator=generator)
+        return InMemoryLoader(dataset, batch_size, shuffle=shuffle, generator=generator, sampler=sampler)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         num_workers=workers,
         generator=generator,
         worker_init_fn=seed_worker if deterministic else None,
