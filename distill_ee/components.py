@@ -39,6 +39,7 @@ BUILTIN_MODULES = (
     "distill_ee.early_exit.criteria",
     "distill_ee.early_exit.branch",
     "distill_ee.early_exit.exits",
+    "distill_ee.early_exit.deciders",
     "distill_ee.thinning.extensions",
     "distill_ee.thinning.recipe",
 )

@@ -157,12 +157,12 @@ class Replicated(nn.Module):
 
 
 def idle_parameters(model: nn.Module, scheduler: Any = None) -> List[nn.Parameter]:
-    """Exit-branch parameters a training forward pass does not use now: those of exits no running early-exit
-    policy trains (before, between and after the policies' epochs)."""
+    """Exit parameters a training step does not use now: those no running early-exit policy trains (before,
+    between and after the policies' epochs), and the deciders of a learned policy (trained after the network)."""
     busy = set()
     for policy in scheduler.find("early_exit") if scheduler is not None else []:
         if policy.trains_branches:
-            busy.update(id(p) for p in policy.exits.branch_parameters())
+            busy.update(id(p) for p in policy.trained_parameters())
     return [p for _, exit_set in exit_sets(model) for p in exit_set.parameters() if id(p) not in busy]
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import distributed
 from ..checkpoint import OptimizerStateError, load_checkpoint, read_checkpoint, save_checkpoint
+from ..early_exit.deciders import LEARNED_CRITERIA
 from ..early_exit.exits import EarlyExits, backbone_parameters
 from ..early_exit.risk import Guarantee
 from ..early_exit.export import export_torchscript
@@ -26,6 +27,7 @@ from ..scheduler import CompressionScheduler
 from ..summaries import compute_table, model_table, sparsity_table, total_sparsity
 from .args import check_args, parse_args
 from .calibration import parse_target, run_calibration
+from .learned_policy_files import run_learned_policy
 from .datasets import check_inputs, dataset_info, load_dataset, make_loaders
 from .datasets.sharding import ORDER_STRIDE, shard_loaders
 from .earlyexit_flags import SHORTHAND_FILE, shorthand_config
@@ -243,11 +245,19 @@ def _check_run_state(path: str, state: Dict[str, Any], fresh: bool) -> None:
 
 
 def _check_exit_flags(args: argparse.Namespace, exits: Optional[EarlyExits]) -> None:
-    """Flags that need exits, refused before the first epoch when neither schedule nor checkpoint has any."""
+    """Flags that need exits, refused before the first epoch when neither schedule nor checkpoint has any, and
+    flags the exits' criterion does not take."""
     if exits is None:
         for flag, given in (("--ee-calibrate", args.ee_calibrate), ("--ee-export", args.ee_export)):
             if given:
                 raise ConfigError(f"{flag} needs early exits (in the --compress schedule or the checkpoint)")
+        return
+    if "learned" in exits.criteria and args.ee_calibrate is not None:
+        raise ConfigError("--ee-calibrate does not apply to a learned exit policy: its trade-off "
+                          "(learned_policy.tradeoff in the schedule) sets where it works")
+    learned = [c for c in exits.criteria if c in LEARNED_CRITERIA]
+    if learned and args.ee_temperature:
+        raise ConfigError(f"--ee-temperature would change the logits the {learned[0]} deciders read")
 
 
 def _process_loaders(args: argparse.Namespace, splits: Any, loaders: tuple) -> Tuple[Any, Optional[Any], int]:
@@ -318,15 +328,22 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
         if args.ee_calibrate:
             raise ConfigError("--ee-calibrate needs early exits (in the schedule or the checkpoint)")
         return {}
+    policy: Dict[str, Any] = {}
+    if "learned" in exits.criteria and not args.evaluate:
+        _, valid_loader, test_loader = loaders
+        policy = run_learned_policy(exits, valid_loader, test_loader, str(run_dir.path),
+                                    masks=scheduler.masks if scheduler else None)
+        policy["learned_policy"]["files"] = [Path(f).name for f in policy["learned_policy"]["files"]]
     target = args.ee_calibrate
     pruned = bool(scheduler and (scheduler.find("pruner") or scheduler.find("extension")
                                  or scheduler.find("regularizer")))
-    if target is None and pruned and not args.ee_no_recalibrate and not args.evaluate:
+    learned = any(c in LEARNED_CRITERIA for c in exits.criteria)  # their deciders are trained for 0.5
+    if target is None and pruned and not learned and not args.ee_no_recalibrate and not args.evaluate:
         target = AUTO_RECALIBRATION
         log.info("Pruning changed the backbone: recalibrating exit thresholds on the validation split (%s)",
                  target)
     if target is None:
-        return {}
+        return policy
     _, valid_loader, test_loader = loaders
     try:
         guarantee = None
@@ -345,7 +362,7 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
     cal["files"] = [Path(f).name for f in cal.get("files", [])]
     if args.deterministic:  # keep summary.json identical across runs: wall-clock figures go elsewhere
         run_dir.write_json("calibration_timing.json", {"seconds": cal.pop("seconds", None)})
-    return out
+    return {**policy, **out}
 
 
 def _export(exits: Optional[EarlyExits], run_dir: RunDir) -> List[str]:

@@ -12,12 +12,15 @@ from ..errors import ConfigError
 def write_tradeoff(points: Sequence[TradeoffPoint], chosen: TradeoffPoint, out_dir: str, *,
                    final: Optional[TradeoffPoint] = None, exit_names: Optional[Sequence[str]] = None,
                    guides: Optional[Mapping[str, float]] = None, split: str = "validation",
-                   certified: Sequence[TradeoffPoint] = ()) -> List[str]:
+                   certified: Sequence[TradeoffPoint] = (), learned: Sequence[Any] = (),
+                   front_test: Optional[Sequence[TradeoffPoint]] = None, rule: str = "thresholds") -> List[str]:
     """Write ``tradeoff.csv``, ``tradeoff.png`` and ``exit_fractions.png`` into ``out_dir``; their paths.
 
     ``exit_names`` names every output (final classifier last); ``guides`` may hold a ``top1`` floor and/or a
     ``macs_fraction`` budget, drawn as dashed lines; ``final`` is the final-exit-only point; ``certified`` are
-    the settings a guarantee certified (the certified region, shaded).
+    the settings a guarantee certified (the certified region, shaded). ``learned`` is a learned policy's curve
+    (``PolicyPoint`` per trade-off): the CSV then also names each row's ``rule`` and trade-off, and gives the
+    test figures beside the validation ones (``front_test``: the test point of each front point).
     """
     names = list(exit_names) if exit_names is not None else _default_names(len(chosen.taken_pct))
     if len(names) != len(chosen.taken_pct):
@@ -25,8 +28,11 @@ def write_tradeoff(points: Sequence[TradeoffPoint], chosen: TradeoffPoint, out_d
                           f"got {len(names)}")
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f) for f in ("tradeoff.csv", "tradeoff.png", "exit_fractions.png")]
-    _write_csv(paths[0], points, chosen, final, names)
-    _plot_front(paths[1], points, chosen, final, guides or {}, split, certified)
+    if learned:
+        _write_policy_csv(paths[0], points, front_test, learned, chosen, final, names, rule)
+    else:
+        _write_csv(paths[0], points, chosen, final, names)
+    _plot_front(paths[1], points, chosen, final, guides or {}, split, certified, learned)
     _plot_fractions(paths[2], chosen, names, split)
     return paths
 
@@ -59,6 +65,29 @@ def _write_csv(path: str, points: Sequence[TradeoffPoint], chosen: TradeoffPoint
                             + [f"{v:.4f}" for v in point.taken_pct] + [role])
 
 
+def _write_policy_csv(path: str, points: Sequence[TradeoffPoint], points_test: Optional[Sequence[TradeoffPoint]],
+                      learned: Sequence[Any], chosen: TradeoffPoint, final: Optional[TradeoffPoint],
+                      names: List[str], rule: str) -> None:
+    """The threshold rule's front and the learned policy's curve, validation figures with test ones beside."""
+    tests = list(points_test) if points_test is not None else [None] * len(points)
+    rows = [[rule, "", p, t, "front"] for p, t in zip(points, tests)]
+    rows += [["learned", f"{q.tradeoff:g}", q.valid, q.test, "chosen" if q.valid is chosen else "learned"]
+             for q in learned]
+    if final is not None:
+        rows.append(["final only", "", final, None, "final only"])
+    header = (["rule", "tradeoff"] + [f"threshold_{n}" for n in names[:-1]]
+              + ["top1", "expected_macs", "macs_fraction", "test_top1", "test_macs_fraction"]
+              + [f"taken_pct_{n}" for n in names] + ["role"])
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for name, tradeoff, point, test, role in rows:
+            writer.writerow([name, tradeoff] + ["off" if t is None else repr(t) for t in point.thresholds]
+                            + [f"{point.top1:.4f}", f"{point.expected_macs:.3f}", f"{point.macs_fraction:.6f}"]
+                            + ([f"{test.top1:.4f}", f"{test.macs_fraction:.6f}"] if test is not None else ["", ""])
+                            + [f"{v:.4f}" for v in point.taken_pct] + [role])
+
+
 def _figure(width: float, height: float, columns: int = 1) -> Tuple[Any, Any]:
     """A figure drawn by the Agg canvas directly (no pyplot: no global backend or state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -71,7 +100,7 @@ def _figure(width: float, height: float, columns: int = 1) -> Tuple[Any, Any]:
 
 def _plot_front(path: str, points: Sequence[TradeoffPoint], chosen: TradeoffPoint,
                 final: Optional[TradeoffPoint], guides: Mapping[str, float], split: str,
-                certified: Sequence[TradeoffPoint] = ()) -> None:
+                certified: Sequence[TradeoffPoint] = (), learned: Sequence[Any] = ()) -> None:
     """Left: the whole front (legend); right: zoomed near the final exit's accuracy (labels)."""
     fig, axes = _figure(12.0, 4.8, 2)
     xs = [100.0 * p.macs_fraction for p in points]
@@ -82,8 +111,13 @@ def _plot_front(path: str, points: Sequence[TradeoffPoint], chosen: TradeoffPoin
     reference = final.top1 if final is not None else max(ys + [chosen.top1])
     low = min(chosen.top1, reference) - max(2.0, 2.0 * abs(reference - chosen.top1))
     for ax, zoom in zip(axes, (False, True)):
-        ax.step(xs, ys, where="post", color="tab:blue", linewidth=1.2, label="Pareto front (searched settings)")
+        ax.step(xs, ys, where="post", color="tab:blue", linewidth=1.2,
+                label="Pareto front (searched settings)" if not learned else "entropy thresholds (Pareto front)")
         ax.plot(xs, ys, "o", color="tab:blue", markersize=2.5)
+        if learned:
+            curve = sorted(learned, key=lambda q: q.valid.macs_fraction)
+            ax.plot([100.0 * q.valid.macs_fraction for q in curve], [q.valid.top1 for q in curve], "D-",
+                    color="tab:orange", markersize=4, linewidth=1.0, label="learned policy (trade-off sweep)")
         if certified:
             cheapest = min(100.0 * p.macs_fraction for p in certified)
             ax.axvspan(cheapest, max(xs + [100.0 * p.macs_fraction for p in certified]), color="tab:green",
@@ -108,7 +142,7 @@ def _plot_front(path: str, points: Sequence[TradeoffPoint], chosen: TradeoffPoin
         if zoom:
             ax.set_title(f"zoom near the final exit's accuracy ({split})")
         else:
-            ax.set_title(f"accuracy vs cost of exit thresholds ({split})")
+            ax.set_title(f"accuracy vs cost of exit {'decisions' if learned else 'thresholds'} ({split})")
             ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

@@ -3,6 +3,9 @@
 * ``spec``        the ``early_exits`` schedule section, validated into dataclasses
 * ``branch``      branch layer types (BRANCH_LAYERS) and the branch builder with shape inference
 * ``criteria``    exit criteria (EXIT_CRITERIA): entropy, max_prob, margin, patience
+* ``deciders``    learned decisions (gate, learned): a decider per exit over its logits; ``gates``: the
+  soft-conditional output and cost of differentiable exits; ``learned_policy``: deciders trained after the
+  network on the validation split
 * ``exit_set``    ExitSet: the module holding a model's branches, attach points, criteria and thresholds
 * ``attach``      attaching an ExitSet to a live model (with its structure step); ``hooks``: training hooks
 * ``exits``       EarlyExits: the exits of a model as a schedule component and for inference

@@ -20,6 +20,7 @@ from ..modules import eval_mode, example_input, module_names, resolve_name, stri
 from ..registry import suggest
 from ..structure import forget_step, record_step, structure_steps
 from .branch import build_branch, format_shape
+from .deciders import build_decider
 from .exit_set import EXITS_ATTR, ExitSet, exits_of
 from .spec import EarlyExitSpec
 
@@ -99,7 +100,18 @@ def build_exit_set(model: nn.Module, spec: EarlyExitSpec, *, num_classes: int,
                 for e, probe in zip(spec.exits, probes)}
     return ExitSet(branches, attach, num_classes=num_classes, input_shape=input_shape, criteria=spec.criteria(),
                    thresholds=spec.thresholds(), final_name=spec.final_name, stages=spec.stages,
-                   copy_input=[p.mutated_later for p in probes], instance_name=name)
+                   copy_input=[p.mutated_later for p in probes], instance_name=name,
+                   deciders=_deciders(spec, num_classes, probes[0].output.device))
+
+
+def _deciders(spec: EarlyExitSpec, num_classes: int, device: torch.device) -> Dict[str, nn.Module]:
+    """Each exit's learned decider, when the instance's criterion is learned (``gate``, ``learned``)."""
+    head = spec.decider_head
+    if head is None:
+        return {}
+    block = "gate" if spec.criterion == "gate" else "learned_policy"
+    return {e.name: build_decider(head, num_classes, exit_name=e.name, path=f"{block}.head").to(device)
+            for e in spec.exits}
 
 
 def _check_nesting(spec: EarlyExitSpec, attach: List[str]) -> None:

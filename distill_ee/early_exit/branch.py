@@ -183,11 +183,12 @@ def format_shape(shape: Sequence[int]) -> str:
 
 
 def build_branch(layers: Sequence[LayerSpec], example: torch.Tensor, num_classes: int, *,
-                 exit_name: str, path: str) -> nn.Sequential:
+                 exit_name: str, path: str, role: str = "branch") -> nn.Sequential:
     """An nn.Sequential of ``layers`` fed by tensors like ``example``, ending in (N, num_classes) logits.
 
     Sizes are inferred by running ``example`` through each layer as it is built (in eval mode, no grad).
-    ``path`` is the YAML path of the branch list, used in ScheduleErrors.
+    ``path`` is the YAML path of the branch list, used in ScheduleErrors; ``role`` names what is built
+    (``branch``, or a decider ``head`` ending in one value).
     """
     last_linear = max((i for i, l in enumerate(layers) if l.type == "linear"), default=-1)
     modules: List[nn.Module] = []
@@ -204,9 +205,10 @@ def build_branch(layers: Sequence[LayerSpec], example: torch.Tensor, num_classes
             x = _run_layer(layer, x, spec.type, exit_name, i, f"{path}[{i}]")
             modules.append(layer)
     if x.dim() != 2 or x.shape[1] != num_classes:
-        raise ScheduleError(f"exit {exit_name!r}: the branch ends with shape {format_shape(x.shape)}, but an "
-                            f"exit must give (N, {num_classes}) logits; end it with `flatten` and `linear`",
-                            path=path)
+        must = (f"an exit must give (N, {num_classes}) logits" if role == "branch" else
+                f"a {role} must give (N, {num_classes})")
+        raise ScheduleError(f"exit {exit_name!r}: the {role} ends with shape {format_shape(x.shape)}, but {must}; "
+                            f"end it with `flatten` and `linear`", path=path)
     return nn.Sequential(*modules)
 
 

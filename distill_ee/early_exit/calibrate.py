@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from ..modules import eval_mode, unwrap
 from .cost import stage_macs
 from .criteria import CriterionArg, ExitCriterion
+from .deciders import LearnedCriterion
 from .decisions import decide_exits
 from .exits import EarlyExits
 from .multi_exit import MultiExitModel
@@ -421,10 +422,14 @@ def calibrate_exits(exits: EarlyExits, valid_batches: Iterable[Tuple[torch.Tenso
     """Calibrate a model's exits on validation batches and set their thresholds (temperatures, if fitted,
     folded into the branches)."""
     multi = exits.multi_exit_model()
+    learned = [c.name for c in multi.criteria if isinstance(c, LearnedCriterion)]
+    if temperature and learned:
+        raise ConfigError(f"temperature scaling would change the logits the {learned[0]} deciders read; calibrate "
+                          "their thresholds without it")
     with eval_mode(multi):
         logits, targets = collect_exit_logits(multi, valid_batches)
     costs = exit_costs(multi, unwrap(exits.model), masks, effective)
-    result = calibrate(logits, targets, list(exits.criteria), costs.macs_per_exit, costs.full_macs, target,
+    result = calibrate(logits, targets, multi.criteria, costs.macs_per_exit, costs.full_macs, target,
                        temperature, branch_macs=costs.branch_macs, candidates=candidates, guarantee=guarantee)
     if result.temperatures is not None:
         fold_temperatures(exits.exit_set, result.temperatures)

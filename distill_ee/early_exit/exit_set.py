@@ -10,28 +10,38 @@ them and ``load_state_dict`` restores them, so calibrated thresholds survive any
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
 from ..errors import CheckpointError, DistillEEError
 from ..registry import EXIT_CRITERIA
-from .criteria import get_criterion
+from .criteria import ExitCriterion, get_criterion
+from .deciders import LearnedCriterion
 
 #: the attribute of the user's model that holds its ExitSet
 EXITS_ATTR = "early_exits"
+#: the ExitSet's submodule holding the learned deciders by exit name (not an exit)
+DECIDERS = "deciders"
 
 ThresholdArg = Union[Sequence[Optional[float]], Mapping[str, Optional[float]]]
 
 
 class ExitSet(nn.ModuleDict):
-    """Exit branches by name (depth order) with their attach points, criteria and thresholds."""
+    """Exit branches by name (depth order) with their attach points, criteria and thresholds.
+
+    Exits decided by a learned decider (``gate``, ``learned``) keep it in the submodule ``deciders`` (exit name
+    -> Decider), saved with the model like the branches; iterating the ExitSet gives the branches only.
+    """
 
     def __init__(self, branches: Mapping[str, nn.Module], attach: Sequence[str], *, num_classes: int,
                  input_shape: Sequence[int], criteria: Sequence[str], thresholds: Sequence[Optional[float]],
                  final_name: str = "final", stages: Optional[Sequence[str]] = None,
-                 copy_input: Optional[Sequence[bool]] = None, instance_name: str = ""):
+                 copy_input: Optional[Sequence[bool]] = None, instance_name: str = "",
+                 deciders: Optional[Mapping[str, nn.Module]] = None):
         super().__init__(dict(branches))
+        if deciders:
+            self.add_module(DECIDERS, nn.ModuleDict(dict(deciders)))
         names = list(branches)
         if not (len(attach) == len(criteria) == len(thresholds) == len(names)):
             raise DistillEEError(f"an ExitSet needs one attach point, criterion and threshold per branch "
@@ -49,11 +59,36 @@ class ExitSet(nn.ModuleDict):
         self.thresholds: List[Optional[float]] = [None] * len(names)
         self.set_thresholds(list(thresholds))
 
+    # ----------------------------------------------------------------- the branches, without the deciders
+    def keys(self) -> List[str]:  # type: ignore[override]
+        """Exit names (the deciders' submodule is not an exit)."""
+        return [k for k in self._modules if k != DECIDERS]
+
+    def items(self) -> List[Tuple[str, nn.Module]]:  # type: ignore[override]
+        """(exit name, branch) pairs in depth order."""
+        return [(k, self._modules[k]) for k in self.keys()]  # type: ignore[misc]
+
+    def values(self) -> List[nn.Module]:  # type: ignore[override]
+        """The branches in depth order."""
+        return [self._modules[k] for k in self.keys()]  # type: ignore[misc]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
     # ----------------------------------------------------------------- what it declares
     @property
     def names(self) -> List[str]:
         """Exit names in depth order (the final classifier excluded)."""
-        return list(self.keys())
+        return self.keys()
+
+    @property
+    def learned_deciders(self) -> Dict[str, nn.Module]:
+        """The learned deciders by exit name (empty when no exit has one)."""
+        found = self._modules.get(DECIDERS)
+        return dict(found.items()) if found is not None else {}
 
     @property
     def attach(self) -> List[str]:
@@ -99,7 +134,22 @@ class ExitSet(nn.ModuleDict):
         unknown = [c for c in criteria if c not in EXIT_CRITERIA]
         if unknown or len(criteria) != len(self.names):
             raise DistillEEError(f"need {len(self.names)} registered exit criteria, got {criteria}")
-        self.criteria = [EXIT_CRITERIA.canonical(c) for c in criteria]
+        canonical = [EXIT_CRITERIA.canonical(c) for c in criteria]
+        deciders = self.learned_deciders
+        for name, crit in zip(self.names, canonical):
+            if isinstance(get_criterion(crit), LearnedCriterion) and name not in deciders:
+                raise DistillEEError(f"exit {name!r} has no learned decider for the {crit} criterion (attach the "
+                                     f"exits with `criterion: {crit}`)")
+        self.criteria = canonical
+
+    def criterion_objects(self) -> List[ExitCriterion]:
+        """Each exit's criterion, learned ones bound to the exit's decider."""
+        deciders = self.learned_deciders
+        out: List[ExitCriterion] = []
+        for name, crit in zip(self.names, self.criteria):
+            criterion = get_criterion(crit)
+            out.append(criterion.bind(deciders[name]) if isinstance(criterion, LearnedCriterion) else criterion)
+        return out
 
     # ----------------------------------------------------------------- saved with model.state_dict()
     def get_extra_state(self) -> Dict[str, Any]:
@@ -123,7 +173,7 @@ class ExitSet(nn.ModuleDict):
 
 #: attribute names of an ExitSet that exit names may not take
 RESERVED_NAMES = frozenset(dir(ExitSet)) | {
-    "attach_points", "num_classes", "input_shape", "final_name", "stages", "copy_input", "instance_name",
+    DECIDERS, "attach_points", "num_classes", "input_shape", "final_name", "stages", "copy_input", "instance_name",
     "criteria", "thresholds"}
 
 

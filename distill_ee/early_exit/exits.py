@@ -31,6 +31,7 @@ from .cost import exit_macs
 from .exit_set import EXITS_ATTR, ExitSet, ThresholdArg, exits_of
 from .multi_exit import MultiExitModel
 from .spec import EarlyExitSpec, parse_early_exit_config
+from .gates import soft_ensemble
 from .stats import collect_exit_logits, exit_statistics
 
 
@@ -130,8 +131,20 @@ class EarlyExits:
         self.exit_set.set_thresholds(thresholds)
 
     def branch_parameters(self) -> List[nn.Parameter]:
-        """Parameters of every branch."""
+        """Parameters of every branch (and of the learned deciders, if any)."""
         return list(self.exit_set.parameters())
+
+    def soft_ensemble(self, x: torch.Tensor) -> torch.Tensor:
+        """Gated exits' soft ensemble of ``x``: every exit computed and mixed by its gate (Scardapane et al.,
+        2020); class probabilities (N, C)."""
+        exit_set = self.exit_set
+        deciders = exit_set.learned_deciders
+        if len(deciders) != len(exit_set):
+            raise DistillEEError("the soft ensemble needs a learned decider (gate) on every exit")
+        multi = self.multi_exit_model()
+        with eval_mode(multi), torch.no_grad():
+            logits = multi.simulate(x)
+            return soft_ensemble(logits, [deciders[n] for n in exit_set.names])
 
     # ----------------------------------------------------------------- inference
     def multi_exit_model(self, model: Optional[nn.Module] = None) -> MultiExitModel:

@@ -1,7 +1,8 @@
 """TorchScript export of a MultiExitModel: one file per stage and branch plus a JSON manifest.
 
-The directory holds ``stage0.pt .. stageK.pt``, ``branch0.pt .. branch{K-1}.pt`` and ``manifest.json`` (exit
-names, criteria, thresholds and the slot plan that wires the stages). ``load_exported`` rebuilds a
+The directory holds ``stage0.pt .. stageK.pt``, ``branch0.pt .. branch{K-1}.pt``, ``decider{k}.pt`` for exits
+decided by a learned decider, and ``manifest.json`` (exit names, criteria, thresholds and the slot plan that
+wires the stages). ``load_exported`` rebuilds a
 MultiExitModel around the loaded modules, so the exported model keeps real early exit (shrinking batch,
 batch-1 fast path) and needs neither the model's Python class nor the schedule.
 """
@@ -19,6 +20,8 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..modules import eval_mode, example_input
+from .criteria import get_criterion
+from .deciders import LearnedCriterion
 from .multi_exit import MultiExitModel
 from .staging import StagePlan
 
@@ -45,6 +48,16 @@ def export_torchscript(multi: MultiExitModel, directory: Union[str, Path]) -> Li
                 files[key].append(path.name)
                 methods.append(f"{path.name}: {how}")
                 written.append(path)
+    files["deciders"] = {}
+    with eval_mode(multi):
+        for k, criterion in enumerate(multi.criteria):
+            if isinstance(criterion, LearnedCriterion):
+                scripted, how = _to_torchscript(criterion.decider, (torch.zeros(2, multi.num_classes),))
+                path = directory / f"decider{k}.pt"
+                scripted.save(str(path))
+                files["deciders"][str(k)] = path.name
+                methods.append(f"{path.name}: {how}")
+                written.append(path)
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, **multi.describe(), **files, "torchscript": methods}
     written.append(_write_json(directory / MANIFEST, manifest))
     return written
@@ -63,9 +76,18 @@ def load_exported(directory: Union[str, Path]) -> MultiExitModel:
         warnings.simplefilter("ignore", FutureWarning)
         stages = [torch.jit.load(str(directory / f), map_location="cpu") for f in manifest["stages"]]
         branches = [torch.jit.load(str(directory / f), map_location="cpu") for f in manifest["branches"]]
+        deciders = {int(k): torch.jit.load(str(directory / f), map_location="cpu")
+                    for k, f in manifest.get("deciders", {}).items()}
+    criteria = [get_criterion(c) for c in manifest["criteria"]]
+    for k, criterion in enumerate(criteria):
+        if isinstance(criterion, LearnedCriterion):
+            if k not in deciders:
+                raise CheckpointError(f"{directory}: exit {k} is decided by a {criterion.name} decider, which the "
+                                      "export lacks")
+            criteria[k] = criterion.bind(deciders[k])
     multi = MultiExitModel(stages, branches, StagePlan.from_dict(manifest["plan"]),
                            exit_names=manifest["exit_names"], final_name=manifest["final_name"],
-                           criteria=manifest["criteria"], thresholds=manifest["thresholds"],
+                           criteria=criteria, thresholds=manifest["thresholds"],
                            input_shape=manifest["input_shape"], num_classes=manifest["num_classes"])
     return multi.eval()
 

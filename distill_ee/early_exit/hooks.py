@@ -24,6 +24,7 @@ class ExitHooks:
     def __init__(self, model: nn.Module):
         self.model = model
         self._logits: List[Optional[torch.Tensor]] = []
+        self._final: Optional[torch.Tensor] = None
         self._handles: List[Any] = []
 
     @property
@@ -44,10 +45,13 @@ class ExitHooks:
         if self._handles:
             return
         exit_set = self.exit_set
-        modules = dict(unwrap(self.model).named_modules())
+        root = unwrap(self.model)
+        modules = dict(root.named_modules())
         self._logits = [None] * len(exit_set)
+        self._final = None
         self._handles = [modules[a].register_forward_hook(self._hook(exit_set, k))
                          for k, a in enumerate(exit_set.attach)]
+        self._handles.append(root.register_forward_hook(self._final_hook))
 
     def disable(self) -> None:
         """Remove the hooks and drop kept logits: branches cost nothing in forward."""
@@ -55,6 +59,7 @@ class ExitHooks:
             handle.remove()
         self._handles = []
         self._logits = []
+        self._final = None
 
     def _hook(self, exit_set: ExitSet, k: int) -> Callable:
         branch, copy = exit_set.branch_list()[k], exit_set.copy_input[k]
@@ -63,6 +68,18 @@ class ExitHooks:
             if torch.is_grad_enabled():
                 self._logits[k] = branch(output.clone() if copy else output)
         return hook
+
+    def _final_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if torch.is_grad_enabled():
+            self._final = output if isinstance(output, torch.Tensor) else None
+
+    def pop_final(self) -> torch.Tensor:
+        """The model's own output of the last training forward pass (the final classifier's logits)."""
+        final, self._final = self._final, None
+        if final is None:
+            raise DistillEEError("no final logits: the exit hooks are disabled or the forward pass ran without "
+                                 "autograd, or the model does not return one logits tensor")
+        return final
 
     def pending(self) -> List[torch.Tensor]:
         """The logits computed by the last training forward pass and not yet taken by ``pop_logits``."""

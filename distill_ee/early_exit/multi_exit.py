@@ -21,6 +21,7 @@ from ..errors import DistillEEError
 from .exit_set import ExitSet
 from .criteria import CriterionArg, State, criteria_list
 from .decisions import decide_exits
+from .deciders import LearnedCriterion
 from .staging import StagePlan, split_model
 
 ThresholdArg = Union[None, Sequence[Optional[float]], Mapping[str, Optional[float]]]
@@ -44,6 +45,9 @@ class MultiExitModel(nn.Module):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = int(num_classes)
         self.criteria = criteria_list(criteria, len(branches))
+        #: the learned deciders the criteria use (registered: they follow the model's device and mode)
+        self.deciders = nn.ModuleList([c.decider for c in self.criteria if isinstance(c, LearnedCriterion)
+                                       and c.decider is not None])
         self._thresholds: List[Optional[float]] = [None] * len(branches)
         self.set_thresholds(thresholds if thresholds is not None else self._thresholds)
 
@@ -58,7 +62,7 @@ class MultiExitModel(nn.Module):
         modules, plan = split_model(model, exits.attach, exits.input_shape,
                                     stages if stages is not None else exits.stages)
         multi = cls(modules, exits.branch_list(), plan, exit_names=exits.names, final_name=exits.final_name,
-                    criteria=criterion if criterion is not None else list(exits.criteria),
+                    criteria=criterion if criterion is not None else exits.criterion_objects(),
                     thresholds=thresholds if thresholds is not None else list(exits.thresholds),
                     input_shape=exits.input_shape, num_classes=exits.num_classes)
         multi.__dict__["_source"] = weakref.ref(model)  # not a submodule: the model it was cut from

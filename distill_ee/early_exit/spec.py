@@ -10,6 +10,13 @@ The schedule loader hands over one instance as a plain dict (without ``class``):
     exits:                        # ordered: first exit = shallowest
       exit1: {attach: conv1, branch: [...], loss_weight: 0.3, threshold: 0.5, criterion: entropy}
 
+Learned decisions (``early_exit.deciders``) are instance-wide::
+
+    criterion: gate               # a gate per exit, trained with the network (Scardapane et al., 2020)
+    gate: {head: [confidence_features, linear], loss_weight: 1.0, cost_weight: {start: 0, end: 0.5}}
+    criterion: learned            # a decider per exit, trained after the network on the validation split
+    learned_policy: {head: [...], tradeoff: 0.1}
+
 Errors are ScheduleErrors whose ``path`` is relative to the instance (``exits.exit1.branch[2].out_features``).
 """
 from __future__ import annotations
@@ -23,9 +30,17 @@ from ..errors import ScheduleError
 from ..registry import EXIT_CRITERIA, UnknownNameError, suggest
 from .branch import LayerSpec, parse_layer
 from .criteria import get_criterion
+from .deciders import DEFAULT_THRESHOLD, LEARNED_CRITERIA, parse_head
 from .exit_set import RESERVED_NAMES
 
-INSTANCE_KEYS = ("criterion", "patience", "final_loss_weight", "final_name", "stages", "exits")
+INSTANCE_KEYS = ("criterion", "patience", "final_loss_weight", "final_name", "stages", "exits", "gate",
+                 "learned_policy")
+GATE_KEYS = ("head", "loss_weight", "cost_weight")
+LEARNED_POLICY_KEYS = ("head", "tradeoff")
+#: the cost regulariser's weight when a gate block gives none
+DEFAULT_COST_WEIGHT = 0.1
+#: a learned policy's trade-off when the schedule gives none
+DEFAULT_TRADEOFF = 0.1
 EXIT_KEYS = ("attach", "branch", "loss_weight", "threshold", "criterion")
 RAMP_KEYS = ("start", "end")
 DEFAULT_CRITERION = "entropy"
@@ -81,6 +96,32 @@ class ExitSpec:
 
 
 @dataclass
+class GateSpec:
+    """``criterion: gate``: each exit's gate head, the soft-conditional loss weight and the cost weight lambda."""
+
+    head: List[LayerSpec]
+    loss_weight: LossWeight = LossWeight(1.0, 1.0)
+    cost_weight: LossWeight = LossWeight(DEFAULT_COST_WEIGHT, DEFAULT_COST_WEIGHT)
+
+    def to_config(self) -> Dict[str, Any]:
+        """Plain-python form."""
+        return {"head": [l.to_config() for l in self.head], "loss_weight": self.loss_weight.to_config(),
+                "cost_weight": self.cost_weight.to_config()}
+
+
+@dataclass
+class LearnedPolicySpec:
+    """``criterion: learned``: each exit's decider head and the accuracy-vs-MACs trade-off it is trained for."""
+
+    head: List[LayerSpec]
+    tradeoff: float = DEFAULT_TRADEOFF
+
+    def to_config(self) -> Dict[str, Any]:
+        """Plain-python form."""
+        return {"head": [l.to_config() for l in self.head], "tradeoff": self.tradeoff}
+
+
+@dataclass
 class EarlyExitSpec:
     """A validated ``early_exits`` instance: ordered exits plus instance-wide settings."""
 
@@ -90,6 +131,8 @@ class EarlyExitSpec:
     final_loss_weight: Union[float, str] = 1.0
     final_name: str = DEFAULT_FINAL_NAME
     stages: Optional[List[str]] = None
+    gate: Optional[GateSpec] = None
+    learned_policy: Optional[LearnedPolicySpec] = None
 
     @property
     def names(self) -> List[str]:
@@ -100,11 +143,19 @@ class EarlyExitSpec:
         """The criterion name of every exit (per-exit override, else the instance default)."""
         return [e.criterion or self.criterion for e in self.exits]
 
+    @property
+    def decider_head(self) -> Optional[List[LayerSpec]]:
+        """The head of every exit's learned decider (None when exits decide by a fixed rule)."""
+        block = self.gate if self.criterion == "gate" else self.learned_policy
+        return block.head if block is not None else None
+
     def thresholds(self) -> List[Optional[float]]:
-        """Every exit's threshold; patience exits default to ``patience``."""
+        """Every exit's threshold; patience exits default to ``patience``, learned decisions to 0.5."""
         out: List[Optional[float]] = []
         for e, crit in zip(self.exits, self.criteria()):
             default = self.patience if crit == "patience" else None
+            if crit in LEARNED_CRITERIA:
+                default = DEFAULT_THRESHOLD
             out.append(e.threshold if e.threshold is not None else default)
         return out
 
@@ -127,6 +178,10 @@ class EarlyExitSpec:
             out["patience"] = self.patience
         if self.stages is not None:
             out["stages"] = list(self.stages)
+        if self.gate is not None:
+            out["gate"] = self.gate.to_config()
+        if self.learned_policy is not None:
+            out["learned_policy"] = self.learned_policy.to_config()
         return out
 
 
@@ -149,6 +204,7 @@ def parse_early_exit_config(config: Mapping[str, Any]) -> EarlyExitSpec:
                          patience=_patience(config, criterion, exits),
                          final_loss_weight=_final_weight(config.get("final_loss_weight", 1.0)),
                          stages=_stages(config.get("stages")))
+    _learned_blocks(spec, config)
     _check_thresholds(spec)
     _check_auto_weight(spec)
     return spec
@@ -289,6 +345,34 @@ def _patience(config: Mapping[str, Any], criterion: str, exits: List[ExitSpec]) 
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ScheduleError(f"patience must be an integer >= 1, got {value!r}", path="patience")
     return value
+
+
+def _learned_blocks(spec: EarlyExitSpec, config: Mapping[str, Any]) -> None:
+    """The ``gate`` / ``learned_policy`` block of a learned criterion, which applies to every exit."""
+    for key, crit in (("gate", "gate"), ("learned_policy", "learned")):
+        if key in config and spec.criterion != crit:
+            raise ScheduleError(f"`{key}` applies to `criterion: {crit}`, but the instance's criterion is "
+                                f"{spec.criterion}", path=key)
+    for e in spec.exits:
+        mixed = e.criterion is not None and (e.criterion in LEARNED_CRITERIA) != (spec.criterion in LEARNED_CRITERIA)
+        if mixed or (e.criterion in LEARNED_CRITERIA and e.criterion != spec.criterion):
+            raise ScheduleError(f"exit {e.name!r}: learned decisions (gate, learned) apply to every exit; set them "
+                                f"as the instance's `criterion`, not per exit", path=f"exits.{e.name}.criterion")
+    if spec.criterion == "gate":
+        raw = _mapping(config.get("gate", {}), "gate", "`gate`")
+        _check_keys(raw, GATE_KEYS, "gate")
+        spec.gate = GateSpec(head=parse_head(raw.get("head"), "gate.head"),
+                             loss_weight=_loss_weight(raw.get("loss_weight", 1.0), "gate.loss_weight"),
+                             cost_weight=_loss_weight(raw.get("cost_weight", DEFAULT_COST_WEIGHT), "gate.cost_weight"))
+    elif spec.criterion == "learned":
+        raw = _mapping(config.get("learned_policy", {}), "learned_policy", "`learned_policy`")
+        _check_keys(raw, LEARNED_POLICY_KEYS, "learned_policy")
+        tradeoff = _number(raw.get("tradeoff", DEFAULT_TRADEOFF), "learned_policy.tradeoff")
+        if tradeoff < 0:
+            raise ScheduleError(f"the trade-off must be >= 0 (errors per sample that one backbone's worth of MACs "
+                                f"is worth), got {tradeoff:g}", path="learned_policy.tradeoff")
+        spec.learned_policy = LearnedPolicySpec(head=parse_head(raw.get("head"), "learned_policy.head"),
+                                                tradeoff=tradeoff)
 
 
 def _stages(value: Any) -> Optional[List[str]]:

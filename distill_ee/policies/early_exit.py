@@ -20,9 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import sum_across
+from ..early_exit.calibrate import exit_costs
 from ..early_exit.exits import EarlyExits
+from ..early_exit.gates import soft_conditional_loss
 from ..early_exit.hooks import ExitHooks
 from ..errors import DistillEEError
+from ..modules import unwrap
 from ..registry import EARLY_EXITS, Section, add_section
 from .base import HookContext, LossComponent, Policy, PolicyLoss
 
@@ -40,7 +43,10 @@ class EarlyExitPolicy(Policy):
         self.exits = exits
         self.hooks = ExitHooks(exits.model)
         self._weights: Optional[Tuple[int, Tuple[List[float], float]]] = None
+        self._gate_weights: Optional[Tuple[int, Tuple[float, float]]] = None
+        self._costs: List[float] = []  # each output's cost over the backbone's MACs (gates only)
         self._sums: List[Dict[str, torch.Tensor]] = []
+        self._cost_sum = torch.zeros(())
         self._reset_metrics()
 
     @classmethod
@@ -56,10 +62,41 @@ class EarlyExitPolicy(Policy):
             self._weights = (epoch, (weights, spec.final_weight(weights)))
         return self._weights[1]
 
+    def gate_weights(self, epoch: int) -> Optional[Tuple[float, float]]:
+        """(soft-conditional loss weight, cost weight lambda) in ``epoch``; None unless the exits are gated."""
+        gate = self.exits.spec.gate if self._gated() else None
+        if gate is None:
+            return None
+        if self._gate_weights is None or self._gate_weights[0] != epoch:
+            progress = self.progress(epoch)
+            self._gate_weights = (epoch, (gate.loss_weight.at(progress), gate.cost_weight.at(progress)))
+        return self._gate_weights[1]
+
+    def _gated(self) -> bool:
+        return "gate" in self.exits.exit_set.criteria
+
+    @property
+    def trains_branches(self) -> bool:
+        """True from a due epoch's begin to its end: training forward passes run every branch."""
+        return self.hooks.enabled
+
+    def trained_parameters(self) -> List[torch.nn.Parameter]:
+        """What the joint loss trains: every branch, and the gates of gated exits (not the deciders of a
+        learned policy, which are trained after the network)."""
+        exit_set = self.exits.exit_set
+        params = [p for branch in exit_set.branch_list() for p in branch.parameters()]
+        if self._gated():
+            params += [p for d in exit_set.learned_deciders.values() for p in d.parameters()]
+        return params
+
     # ----------------------------------------------------------------- hooks
     def on_epoch_begin(self, ctx: HookContext) -> None:
-        """Due epoch: install the hooks so ``model(x)`` computes the exits' logits."""
+        """Due epoch: install the hooks so ``model(x)`` computes the exits' logits (and, for gated exits,
+        price each output in MACs for the cost regulariser)."""
         self.hooks.enable()
+        if self._gated():
+            costs = exit_costs(self.exits.multi_exit_model(), unwrap(self.exits.model), ctx.masks)
+            self._costs = [m / costs.full_macs for m in costs.macs_per_exit]
 
     def on_minibatch_begin(self, ctx: HookContext) -> None:
         """Make sure the hooks are on (also when the epoch hook was skipped)."""
@@ -82,12 +119,27 @@ class EarlyExitPolicy(Policy):
             overall = overall + weighted
             components.append(LossComponent(f"{name}_loss", weighted))
             self._accumulate(sums, ce, exit_logits, ctx.target)
+        gate_weights = self.gate_weights(ctx.epoch)
+        if gate_weights is not None:
+            overall = self._gate_loss(logits, ctx.target, overall, gate_weights, components)
         return PolicyLoss(overall, components)
 
-    @property
-    def trains_branches(self) -> bool:
-        """True from a due epoch's begin to its end: training forward passes run every branch."""
-        return self.hooks.enabled
+    def _gate_loss(self, logits: List[torch.Tensor], target: torch.Tensor, overall: torch.Tensor,
+                   weights: Tuple[float, float], components: List[LossComponent]) -> torch.Tensor:
+        """Add the soft-conditional cross-entropy and lambda times the expected cost (Scardapane et al.)."""
+        if not self._costs:
+            raise DistillEEError("gated exits need on_epoch_begin before the first step (it prices each exit)")
+        deciders = self.exits.exit_set.learned_deciders
+        # A gate reads its exit's logits without steering them: through the gate, the cost term would teach a
+        # branch to look confident (and its gate to open) whether it is right or not.
+        gates = [deciders[n](l.detach()) for n, l in zip(self.exits.exit_names, logits)]
+        ce, cost = soft_conditional_loss([*logits, self.hooks.pop_final()], gates, self._costs, target)
+        loss_weight, cost_weight = weights
+        components.append(LossComponent("soft_conditional_loss", ce * loss_weight))
+        components.append(LossComponent("exit_cost", cost * cost_weight))
+        with torch.no_grad():
+            self._cost_sum = self._cost_sum.to(cost.device) + cost.detach() * target.shape[0]
+        return overall + ce * loss_weight + cost * cost_weight
 
     def pending_outputs(self) -> List[torch.Tensor]:
         """The exit logits of the last forward pass, until the loss takes them."""
@@ -100,6 +152,7 @@ class EarlyExitPolicy(Policy):
     # ----------------------------------------------------------------- training metrics
     def _reset_metrics(self) -> None:
         zero = torch.zeros(())
+        self._cost_sum = zero
         self._sums = [{"loss": zero, "correct": zero, "count": zero} for _ in self.exits.exit_names]
 
     @staticmethod
@@ -118,13 +171,16 @@ class EarlyExitPolicy(Policy):
 
         Under torch.distributed the figures cover every process's batches (a collective: call it on every rank).
         """
-        flat = sum_across([float(sums[k]) for sums in self._sums for k in ("loss", "correct", "count")])
+        flat = sum_across([float(sums[k]) for sums in self._sums for k in ("loss", "correct", "count")]
+                          + [float(self._cost_sum)])
         out: Dict[str, float] = {}
         for k, name in enumerate(self.exits.exit_names):
             loss, correct, count = flat[3 * k:3 * k + 3]
             if count:
                 out[f"{name}_loss"] = loss / count
                 out[f"{name}_top1"] = 100.0 * correct / count
+        if self._gated() and flat[2]:
+            out["expected_cost"] = flat[-1] / flat[2]  # of the backbone's MACs, under the soft gates
         self._reset_metrics()
         return out
 

@@ -68,6 +68,19 @@ def test_num_classes_and_in_channels_shape_the_first_and_last_layers():
     assert model(torch.randn(1, 1, 32, 32)).shape == (1, 100)
 
 
+def test_cifar_resnet_takes_mnist_digits_as_they_are():
+    # schedules/resnet20_mnist.earlyexit.yaml trains resnet20_cifar on 1x28x28 mnist5k: no separate arch.
+    model = create_model("resnet20_cifar", num_classes=10, in_channels=1).eval()
+    shapes = {}
+    for name in ("layer1.0", "layer1.2", "layer2.2", "layer3.2"):
+        dict(model.named_modules())[name].register_forward_hook(
+            lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+    with torch.no_grad():
+        assert model(torch.randn(2, *MNIST)).shape == (2, 10)
+    assert shapes == {"layer1.0": (16, 28, 28), "layer1.2": (16, 28, 28), "layer2.2": (32, 14, 14),
+                      "layer3.2": (64, 7, 7)}
+
+
 def test_zoo_models_have_no_pretrained_weights():
     with pytest.raises(ConfigError, match="no pretrained weights"):
         create_model("lenet_mnist", 10, 1, pretrained=True)

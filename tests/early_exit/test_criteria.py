@@ -17,7 +17,7 @@ def logits(*rows):
 
 
 def test_the_registered_criteria_are_exactly_the_label_free_ones():
-    assert EXIT_CRITERIA.names() == ["entropy", "margin", "max_prob", "patience"]
+    assert EXIT_CRITERIA.names() == ["entropy", "gate", "learned", "margin", "max_prob", "patience"]
     for name in EXIT_CRITERIA.names():
         crit = get_criterion(name)
         params = set(inspect.signature(crit.exit_mask).parameters)
