@@ -205,10 +205,11 @@ def build_branch(layers: Sequence[LayerSpec], example: torch.Tensor, num_classes
             x = _run_layer(layer, x, spec.type, exit_name, i, f"{path}[{i}]")
             modules.append(layer)
     if x.dim() != 2 or x.shape[1] != num_classes:
-        must = (f"an exit must give (N, {num_classes}) logits" if role == "branch" else
-                f"a {role} must give (N, {num_classes})")
-        raise ScheduleError(f"exit {exit_name!r}: the {role} ends with shape {format_shape(x.shape)}, but {must}; "
-                            f"end it with `flatten` and `linear`", path=path)
+        must = (f"an exit must give (N, {num_classes}) logits; end it with `flatten` and `linear`"
+                if role == "branch" else f"a {role} must give (N, {num_classes}); end it with `linear` (its "
+                "last `linear` gives that many outputs unless told otherwise)")
+        raise ScheduleError(f"exit {exit_name!r}: the {role} ends with shape {format_shape(x.shape)}, but {must}",
+                            path=path)
     return nn.Sequential(*modules)
 
 

@@ -60,6 +60,14 @@ BEFORE_ANY_OUTPUT = [
      "multiplied (2x1250 and 800x500); choose an architecture made for this dataset"),
     (["--compress", str(BAD / "gamma_nan.yaml")],
      f"{BAD / 'gamma_nan.yaml'}:4: lr_schedulers.step.gamma: must be a number, got nan"),
+    (["--compress", str(BAD / "learned_policy_tradeoff_negative.yaml")],
+     f"{BAD / 'learned_policy_tradeoff_negative.yaml'}:7: early_exits.branchy.learned_policy.tradeoff: the "
+     "trade-off must be >= 0 (errors per sample that one backbone's worth of MACs is worth), got -2"),
+    (["--compress", str(BAD / "gate_head_unknown_layer.yaml")],
+     f"{BAD / 'gate_head_unknown_layer.yaml'}:8: early_exits.branchy.gate.head[0]: unknown branch layer type "
+     "'confidence_feature'; did you mean 'confidence_features'? (valid: adaptive_avg_pool, adaptive_avgpool, "
+     "avg_pool, avgpool, batchnorm, bn, confidence_features, conv, conv2d, dropout, fc, flatten, global_avgpool, "
+     "linear, max_pool, maxpool, relu)"),
 ]
 
 
@@ -88,12 +96,17 @@ def test_flags_that_need_exits_are_refused_before_the_first_epoch(argv, message,
     assert not list(tmp_path.glob("*/checkpoint.pth.tar")) and not list(tmp_path.glob("*/metrics.csv"))
 
 
-def test_argparse_errors_are_one_line_with_a_hint(capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+    (["--dist-backend", "tcp"],
+     "argument --dist-backend: invalid choice: 'tcp' (choose from 'gloo', 'nccl', 'mpi', 'ucc')"),
+])
+def test_argparse_errors_are_one_line_with_a_hint(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["--epochs", "abc"])
+        main(argv)
     assert info.value.code == 2
-    assert capsys.readouterr().err.strip() == ("compress_classifier.py: error: argument --epochs: invalid int "
-                                               "value: 'abc' (see compress_classifier.py --help)")
+    hint = "(see compress_classifier.py --help)"
+    assert capsys.readouterr().err.strip() == f"compress_classifier.py: error: {message} {hint}"
 
 
 @pytest.mark.parametrize("argv", [["--lr", "nan"], ["-n", "a/b"], ["--compress", str(BAD / "alias_bomb.yaml")],
