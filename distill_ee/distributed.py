@@ -35,7 +35,7 @@ from torch import nn
 
 from .early_exit.exit_set import exit_sets
 from .errors import ConfigError
-from .modules import model_device
+from .modules import model_device, unwrap
 
 
 def is_distributed() -> bool:
@@ -139,8 +139,13 @@ class Replicated(nn.Module):
         finally:
             for p in idle:
                 p.requires_grad_(True)
-        self.__dict__.update(_ddp=ddp, _use_pending=use_pending, _built_idle=frozenset(map(id, idle)),
+        self.__dict__.update(_ddp=ddp, _use_pending=use_pending, _built_idle=self._idle_key(idle),
                              rebuilds=self.__dict__["rebuilds"] + 1)
+
+    def _idle_key(self, idle: Optional[List[nn.Parameter]] = None) -> tuple:
+        """What DDP was built for: the idle parameters, and the ones frozen (``requires_grad`` off) by a policy."""
+        idle = self._idle_now() if idle is None else idle
+        return frozenset(map(id, idle)), frozenset(id(p) for p in self.module.parameters() if not p.requires_grad)
 
     @property
     def ddp(self) -> nn.parallel.DistributedDataParallel:
@@ -150,7 +155,7 @@ class Replicated(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """DDP's forward (gradients are averaged over the ranks in backward); rebuilt first if the idle
         parameters changed since it was built."""
-        if torch.is_grad_enabled() and frozenset(map(id, self._idle_now())) != self.__dict__["_built_idle"]:
+        if torch.is_grad_enabled() and self._idle_key() != self.__dict__["_built_idle"]:
             self.rebuild()
         output = self.ddp(*args, **kwargs)
         return output[0] if self.__dict__["_use_pending"] else output
@@ -163,7 +168,12 @@ def idle_parameters(model: nn.Module, scheduler: Any = None) -> List[nn.Paramete
     for policy in scheduler.find("early_exit") if scheduler is not None else []:
         if policy.trains_branches:
             busy.update(id(p) for p in policy.trained_parameters())
-    return [p for _, exit_set in exit_sets(model) for p in exit_set.parameters() if id(p) not in busy]
+    idle = [p for _, exit_set in exit_sets(model) for p in exit_set.parameters() if id(p) not in busy]
+    routing = getattr(unwrap(model), "routing", None)
+    if isinstance(routing, nn.Module) and not any(
+            getattr(p, "trains_routing", False) for p in (scheduler.find("routing") if scheduler is not None else [])):
+        idle += list(routing.parameters())  # gates or policy network: nothing trains them outside routing epochs
+    return idle
 
 
 def wrap(model: nn.Module, scheduler: Any = None, **ddp_kwargs: Any) -> nn.Module:

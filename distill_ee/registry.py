@@ -110,6 +110,7 @@ EXTENSIONS = Registry("extension")
 EARLY_EXITS = Registry("early-exit class")
 EXIT_CRITERIA = Registry("exit criterion")
 BRANCH_LAYERS = Registry("branch layer")
+ROUTING = Registry("routing")
 
 
 @dataclass(frozen=True)

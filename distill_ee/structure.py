@@ -166,3 +166,21 @@ def replay_steps(model: nn.Module, steps: Sequence[Step], ctx: Optional[ReplayCo
     if structure_steps(model):
         raise CheckpointError("replay structure steps on a fresh model (this one has structure steps already)")
     return reconcile_steps(model, steps, ctx).replayed
+
+
+def swap_into_optimizer(ctx: ReplayContext, old: Optional[List[nn.Parameter]], new: List[nn.Parameter]) -> None:
+    """Put the parameters a replayed step made where those of its undone version were (or into a new group)."""
+    optimizer = ctx.optimizer
+    if optimizer is None:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if old:
+        old_ids = {id(p) for p in old}
+        for group in optimizer.param_groups:
+            if any(id(p) in old_ids for p in group["params"]):
+                group["params"] = [p for p in group["params"] if id(p) not in old_ids] + list(new)
+                break
+        for p in old:
+            optimizer.state.pop(p, None)
+    elif not any(id(p) in held for p in new):
+        optimizer.add_param_group({"params": list(new)})

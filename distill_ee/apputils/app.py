@@ -21,6 +21,7 @@ from ..early_exit.exits import EarlyExits, backbone_parameters
 from ..early_exit.risk import Guarantee
 from ..early_exit.export import export_torchscript
 from ..errors import CheckpointError, ConfigError, DistillEEError
+from ..routing import Routing
 from ..atomic import atomic_write_text
 from ..schedule import read_schedule, schedule_from_text
 from ..scheduler import CompressionScheduler
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     scheduler = _make_scheduler(args, model, optimizer, example.to(device), schedule_text)
     start_epoch, best = _resume(args, model, optimizer, scheduler, device)
     exits = EarlyExits.of(model)
-    _check_exit_flags(args, exits)
+    _check_exit_flags(args, model, exits)
     train_loaders = _process_loaders(args, splits, loaders) if not (args.evaluate or args.sense) else None
     run_dir = _open_run_dir(args, schedule_text) if distributed.is_main() else None
     criterion = nn.CrossEntropyLoss().to(device)
@@ -244,9 +245,12 @@ def _check_run_state(path: str, state: Dict[str, Any], fresh: bool) -> None:
         raise CheckpointError(f"{path}: malformed checkpoint: 'best_top1' must be a number, got {best!r}")
 
 
-def _check_exit_flags(args: argparse.Namespace, exits: Optional[EarlyExits]) -> None:
+def _check_exit_flags(args: argparse.Namespace, model: nn.Module, exits: Optional[EarlyExits]) -> None:
     """Flags that need exits, refused before the first epoch when neither schedule nor checkpoint has any, and
     flags the exits' criterion does not take."""
+    if args.ee_export and Routing.of(model) is not None:
+        raise ConfigError("--ee-export does not export routed blocks (SkipNet/BlockDrop): their decisions run in "
+                          "Python; export a model without routing")
     if exits is None:
         for flag, given in (("--ee-calibrate", args.ee_calibrate), ("--ee-export", args.ee_export)):
             if given:
@@ -303,6 +307,8 @@ def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Op
             _save(run_dir, args, epoch, model, optimizer, scheduler, best, is_best)
         exits = "".join(f" | {k[len('train_'):-len('_top1')]} train top1 {v:.2f}" for k, v in row.items()
                         if k.startswith("train_") and k.endswith("_top1") and k != "train_top1")
+        exits += "".join(f" | {k[len('train_'):-len('_executed')]} blocks run {100 * v:.1f}%" for k, v in row.items()
+                         if k.startswith("train_") and k.endswith("_executed"))
         log.info("Epoch %d: train loss %.4f top1 %.2f | valid loss %.4f top1 %.2f%s | sparsity %.2f%% | %.1fs",
                  epoch, train["loss"], train["top1"], valid.get("loss", float("nan")),
                  valid.get("top1", float("nan")), exits, row["sparsity"], row["seconds"])
@@ -397,8 +403,10 @@ def _epoch_row(epoch: int, optimizer: torch.optim.Optimizer, model: nn.Module,
     row: Dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
     row.update({f"train_{k}": v for k, v in train.items()})
     row.update({f"valid_{k}": v for k, v in valid.items()})
-    for policy in (scheduler.find("early_exit") if scheduler else []):
-        row.update({f"train_{k}": v for k, v in policy.epoch_metrics().items()})
+    for policy in (scheduler.policies if scheduler else []):
+        metrics = getattr(policy, "epoch_metrics", None)
+        if metrics is not None:
+            row.update({f"train_{k}": v for k, v in metrics().items()})
     row["sparsity"] = total_sparsity(model, scheduler.masks if scheduler else None)
     row["seconds"] = seconds
     return row

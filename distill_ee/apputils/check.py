@@ -20,6 +20,7 @@ from ..early_exit.attach import probe_attach_points
 from ..early_exit.branch import format_shape
 from ..early_exit.exits import EarlyExits
 from ..errors import DistillEEError
+from ..routing import Routing
 from ..schedule import read_schedule
 from ..schedule.build import build_scheduler
 from ..schedule.spec import ComponentSpec, PolicySpec, Schedule
@@ -74,6 +75,9 @@ def check(path: str, arch: str, dataset: str = "mnist5k", data: Optional[str] = 
     parts = [f"{path}: valid for --arch {arch} ({dataset}: input {format_shape((1, *info.input_shape))}, "
              f"{info.num_classes} classes); {len(scheduler.policies)} policies",
              _policies(schedule, epochs), _matches(matches)]
+    routing = Routing.of(model)
+    if routing is not None:
+        parts.append(_routing(routing, scheduler.components.get("routing", {}).get(routing.name)))
     exits = EarlyExits.of(model)
     if exits is not None:
         parts.append(_exits(model, exits, example))
@@ -117,6 +121,17 @@ def _matches(matches: Matches) -> str:
         return ""
     return "Parameters and modules matched\n" + tabulate(rows, headers=["component", "name or pattern", "matches",
                                                                         "names"], tablefmt="psql")
+
+
+def _routing(routing: Routing, component: Any) -> str:
+    rs = routing.set
+    rows = [[name, f"{macs:,}", f"{100.0 * cost:.1f}%"] for name, macs, cost in zip(rs.block_names, rs.block_macs,
+                                                                                   rs.costs)]
+    left_out = list(getattr(component, "left_out", []))
+    note = f"\nLeft out of the patterns (downsampling blocks): {', '.join(left_out)}" if left_out else ""
+    return (f"Routing {routing.name!r} ({routing.kind}): {rs.num_blocks} blocks may be skipped, "
+            f"{100.0 * sum(rs.costs):.1f}% of the backbone's {rs.backbone_macs:,} MACs\n"
+            + tabulate(rows, headers=["block", "MACs", "of backbone"], tablefmt="psql") + note)
 
 
 def _exits(model: nn.Module, exits: EarlyExits, example: torch.Tensor) -> str:

@@ -12,9 +12,14 @@ from torch import nn
 from ..early_exit.exits import EarlyExits, backbone_parameters
 from ..modules import eval_mode
 from ..early_exit.stats import expected_macs, overall_top1
+from ..dynamic import static_compute
+from ..routing import Routing
+from ..routing.router import ROUTING_ATTR, routing_of
+from ..routing.stats import executed_macs
 from ..scheduler import CompressionScheduler
 from ..summaries import (compute_table, masked_parameters, params_nnz, sparsity_table, total_macs,
                          total_sparsity)
+from .routing_report import routing_report
 from .run_dir import RunDir
 from .timing import compare_speed
 from .train import evaluate
@@ -31,10 +36,11 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
     masks = scheduler.masks if scheduler else None
     example = example.to(device)
     test = evaluate(model, test_loader, criterion, device, desc="Test", print_freq=args.print_freq)
-    dense, effective = total_macs(model, example, masks)
+    with static_compute(model):  # the backbone's compute: every routed block
+        dense, effective = total_macs(model, example, masks)
+        log.info("\n%s", compute_table(model, example, masks)[1])
     total, nnz = params_nnz(model, masks)
     log.info("\n%s", sparsity_table(model, masks)[1])
-    log.info("\n%s", compute_table(model, example, masks)[1])
     summary: Dict[str, Any] = {
         "arch": args.arch, "dataset": dataset,
         "top1": test["top1"], "top5": test["top5"], "top1_final_exit": test["top1"],
@@ -44,6 +50,13 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
         "exits": [{"name": "final", "threshold": None, "taken_pct": 100.0, "top1_taken": test["top1"],
                    "top1_if_all_exit_here": test["top1"], "macs": dense}],
     }
+    routing = Routing.of(model)
+    if routing is not None:
+        summary["routing"] = _routing_summary(args, model, routing, test_loader, device, run_dir)
+        if exits is None:
+            summary["macs_expected"] = summary["routing"]["macs_expected"]
+    if exits is not None and routing is not None:
+        summary["routing"].update(_with_exits(model, exits, test_loader, device, dense))
     if exits is not None:
         summary.update(_exit_summary(exits, test_loader, valid_loader, masks, dense))
         _log_exits(summary["exits"])
@@ -69,13 +82,38 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
     return summary
 
 
+def _routing_summary(args: argparse.Namespace, model: nn.Module, routing: Routing, test_loader: Any,
+                     device: torch.device, run_dir: RunDir) -> Dict[str, Any]:
+    """Routing statistics (and timing, kept out of summary.json under --deterministic)."""
+    out = routing_report(model, routing, test_loader, device, timing=not args.no_timing)
+    if args.deterministic and "timing" in out:
+        run_dir.write_json("routing_timing.json", out.pop("timing"))
+        out["timing_file"] = "routing_timing.json"
+    return out
+
+
+def _with_exits(model: nn.Module, exits: EarlyExits, test_loader: Any, device: torch.device,
+                dense: int) -> Dict[str, Any]:
+    """MACs per test sample of real early exit through the routed blocks, counted layer call by layer call (the
+    exits' own figures count every block as run)."""
+    multi = exits.multi_exit_model().eval()
+    macs = executed_macs(multi, model, (x.to(device) for x, _ in test_loader))
+    log.info("Early exit and routing together: %.0f MACs per test sample executed (%.1f%% of the backbone's)",
+             macs, 100.0 * macs / max(dense, 1))
+    return {"macs_with_exits": macs, "macs_with_exits_pct": 100.0 * macs / max(dense, 1)}
+
+
 def _part_figures(model: nn.Module, masks: Any) -> Dict[str, Any]:
     """Parameters, nonzeros and weight sparsity of the backbone and of the exit branches, separately."""
     values = masked_parameters(model, masks)
     backbone = {name for name, _ in backbone_parameters(model)}
+    routed = {f"{ROUTING_ATTR}.{n}" for n, _ in routing_of(model).named_parameters()} if routing_of(model) else set()
     out: Dict[str, Any] = {}
-    for part, names in (("backbone", [n for n in values if n in backbone]),
-                        ("exits", [n for n in values if n not in backbone])):
+    parts = [("backbone", [n for n in values if n in backbone]),
+             ("exits", [n for n in values if n not in backbone and n not in routed])]
+    if routed:
+        parts.append(("routing", [n for n in values if n in routed]))
+    for part, names in parts:
         weights = [values[n] for n in names if values[n].dim() > 1 and "weight" in n.rsplit(".", 1)[-1]]
         dense = sum(w.numel() for w in weights)
         nonzero = sum(int(torch.count_nonzero(w)) for w in weights)

@@ -33,6 +33,7 @@ def run_prefix(multi: MultiExitModel, x: torch.Tensor, k: int) -> torch.Tensor:
     plan = multi.plan
     env: List[Any] = [None] * plan.num_slots
     env[0] = x
+    multi.begin(x)
     out = x
     for j in range(k + 1):
         for slot, value in zip(plan.outputs[j], multi.stages[j].forward(*[env[i] for i in plan.inputs[j]])):

@@ -80,6 +80,7 @@ def _stage_calls(multi: MultiExitModel, model: nn.Module, x: torch.Tensor) -> Di
     env[0] = x
     try:
         with eval_mode(multi), torch.no_grad():
+            multi.begin(x)
             for k, stage in enumerate(multi.stages):
                 current[0] = k
                 for slot, value in zip(plan.outputs[k], stage(*[env[i] for i in plan.inputs[k]])):

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from ..context import BuildContext
+from ..dynamic import DynamicComputation
 from ..errors import CheckpointError, DistillEEError, ScheduleError
 from ..modules import eval_mode, is_wrapper, unwrap
 from ..pruning.masks import notify_parameters_replaced
 from ..registry import EARLY_EXITS
-from ..structure import STEP_KINDS, ReplayContext, Step, StepKind, structure_steps
+from ..structure import STEP_KINDS, ReplayContext, Step, StepKind, structure_steps, swap_into_optimizer
 from .attach import EXITS_STEP, attach_exits, detach_exits
 from .cost import exit_macs
 from .exit_set import EXITS_ATTR, ExitSet, ThresholdArg, exits_of
@@ -177,11 +178,18 @@ class EarlyExits:
         return f"EarlyExits({self.name!r}, exits={self.exit_names}, thresholds={self.thresholds})"
 
 
+def backbone_modules(model: nn.Module) -> List[nn.Module]:
+    """The modules of ``model`` outside its exit branches and its routing's gates or policy."""
+    side = {id(m) for top in unwrap(model).modules() if isinstance(top, (ExitSet, DynamicComputation))
+            for m in top.modules()}
+    return [m for m in model.modules() if id(m) not in side]
+
+
 def backbone_parameters(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
-    """The named parameters of ``model`` outside its exit branches."""
+    """The named parameters of ``model`` outside its exit branches (and its routing's gates or policy)."""
     inner = unwrap(model)
     prefix = "module." if inner is not model else ""
-    skip = [f"{prefix}{name}." for name, m in inner.named_modules() if isinstance(m, ExitSet)]
+    skip = [f"{prefix}{name}." for name, m in inner.named_modules() if isinstance(m, (ExitSet, DynamicComputation))]
     return [(n, p) for n, p in model.named_parameters() if not any(n.startswith(s) for s in skip)]
 
 
@@ -199,7 +207,7 @@ class ExitsStep(StepKind):
             raise CheckpointError(f"malformed early-exit step ({err})") from None
         except ScheduleError as err:
             raise CheckpointError(f"the saved early-exit config does not fit this model: {err.message}") from None
-        _swap_into_optimizer(ctx, ctx.detached.pop(str(step.get("name", "")), None), exits.branch_parameters())
+        swap_into_optimizer(ctx, ctx.detached.pop(str(step.get("name", "")), None), exits.branch_parameters())
         notify_parameters_replaced(ctx.masks)
         return exits
 
@@ -217,24 +225,6 @@ class ExitsStep(StepKind):
     def describe(self, step: Step) -> str:
         """``early exits 'branchy'``."""
         return f"early exits {step.get('name', '')!r}"
-
-
-def _swap_into_optimizer(ctx: ReplayContext, old: Optional[List[nn.Parameter]], new: List[nn.Parameter]) -> None:
-    """Put the new branch parameters where the old ones were (or into a new group when there were none)."""
-    optimizer = ctx.optimizer
-    if optimizer is None:
-        return
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    if old:
-        old_ids = {id(p) for p in old}
-        for group in optimizer.param_groups:
-            if any(id(p) in old_ids for p in group["params"]):
-                group["params"] = [p for p in group["params"] if id(p) not in old_ids] + list(new)
-                break
-        for p in old:
-            optimizer.state.pop(p, None)
-    elif not any(id(p) in held for p in new):
-        optimizer.add_param_group({"params": list(new)})
 
 
 STEP_KINDS.add(EXITS_STEP, ExitsStep())

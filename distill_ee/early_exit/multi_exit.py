@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..dynamic import begin_rows, owners, select_rows
 from ..errors import DistillEEError
 from .exit_set import ExitSet
 from .criteria import CriterionArg, State, criteria_list
@@ -67,6 +68,14 @@ class MultiExitModel(nn.Module):
                     input_shape=exits.input_shape, num_classes=exits.num_classes)
         multi.__dict__["_source"] = weakref.ref(model)  # not a submodule: the model it was cut from
         return multi
+
+    def begin(self, x: torch.Tensor) -> None:
+        """Start a forward pass on ``x`` for the routing (per-sample state) of the stages' blocks, if any."""
+        holders = self.__dict__.get("_dynamic")
+        if holders is None:
+            holders = self.__dict__["_dynamic"] = owners(self.stages)
+        if holders:
+            begin_rows(holders, x)
 
     # ----------------------------------------------------------------- settings
     @property
@@ -133,7 +142,8 @@ class MultiExitModel(nn.Module):
         """Put every module of the stages and branches in ``mode``; the ones that were not."""
         shared = self.__dict__.get("_shared")
         if shared is None:
-            shared = self.__dict__["_shared"] = [m for m in self.modules() if m is not self]
+            routing = [m for h in owners(self.stages) for m in h.modules()]
+            shared = self.__dict__["_shared"] = [m for m in self.modules() if m is not self] + routing
         changed = [m for m in shared if m.training != mode]
         for m in changed:
             m.training = mode
@@ -148,6 +158,7 @@ class MultiExitModel(nn.Module):
         plan = self.plan
         env: List[Any] = [None] * plan.num_slots
         env[0] = x
+        self.begin(x)
         logits: List[torch.Tensor] = []
         for k, stage in enumerate(self.stages):
             outs = stage(*[env[i] for i in plan.inputs[k]])
@@ -173,6 +184,8 @@ class MultiExitModel(nn.Module):
         plan, stages, branches = self.plan, self._stage_calls(), self.branches
         env: List[Any] = [None] * plan.num_slots
         env[0] = x
+        self.begin(x)
+        holders = self.__dict__["_dynamic"]
         results = _Results(x.shape[0], plan.num_exits)
         state: State = {}
         for k in range(plan.num_exits):
@@ -188,6 +201,8 @@ class MultiExitModel(nn.Module):
                     keep = (~mask).nonzero().squeeze(1)
                     results.leave(logits, leaving, keep, k)
                     _shrink(env, plan.carry[k], keep)
+                    if holders:
+                        select_rows(holders, keep)
                     for key in state:
                         state[key] = state[key].index_select(0, keep)
             for slot in plan.free[k]:
@@ -200,6 +215,7 @@ class MultiExitModel(nn.Module):
         plan, stages, branches = self.plan, self._stage_calls(), self.branches
         env: List[Any] = [None] * plan.num_slots
         env[0] = x
+        self.begin(x)
         state: State = {}
         for k in range(plan.num_exits):
             outs = stages[k](*[env[i] for i in plan.inputs[k]])

@@ -27,6 +27,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from ..dynamic import OWNER_ATTR, begin_rows, owners, static_compute
 from ..errors import DistillEEError
 from .exit_set import ExitSet
 from ..modules import eval_mode, example_input, first_line, strip_module_prefix
@@ -75,13 +76,16 @@ class SequentialStage(nn.Sequential):
 # --------------------------------------------------------------------------- entry point
 def split_model(model: nn.Module, attach: Sequence[str], input_shape: Sequence[int],
                 stages: Optional[Sequence[str]] = None) -> Tuple[List[nn.Module], StagePlan]:
-    """Stage modules and their plan for ``model`` cut after each module in ``attach`` (depth order)."""
-    if stages is not None:
-        modules, plan = split_sequential(model, stages, attach)
-    else:
-        modules, plan = split_traced(model, attach, input_shape)
-    check_stages(model, modules, plan, input_shape, "stages listed in `stages:`" if stages is not None
-                 else "traced stages")
+    """Stage modules and their plan for ``model`` cut after each module in ``attach`` (depth order).
+
+    Cutting and checking run with every routed block running (the cut does not depend on routing)."""
+    with static_compute(model):
+        if stages is not None:
+            modules, plan = split_sequential(model, stages, attach)
+        else:
+            modules, plan = split_traced(model, attach, input_shape)
+        check_stages(model, modules, plan, input_shape, "stages listed in `stages:`" if stages is not None
+                     else "traced stages")
     return modules, plan
 
 
@@ -89,6 +93,7 @@ def run_stages(modules: Sequence[nn.Module], plan: StagePlan, x: torch.Tensor) -
     """Every stage on the whole batch: (attach outputs per exit, final output)."""
     env: List[Any] = [None] * plan.num_slots
     env[0] = x
+    begin_rows(owners(modules), x)
     attach_out: List[torch.Tensor] = []
     for k, stage in enumerate(modules):
         outs = stage(*[env[i] for i in plan.inputs[k]])
@@ -170,8 +175,10 @@ class ExitTracer(torch.fx.Tracer):
         self.leaves = set(leaves)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        """Attach modules are leaves, as are torch's own layers."""
-        return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
+        """Attach modules are leaves, as are routed blocks (their routing decides at run time) and torch's own
+        layers."""
+        return module_qualified_name in self.leaves or OWNER_ATTR in m.__dict__ \
+            or super().is_leaf_module(m, module_qualified_name)
 
 
 @dataclass

@@ -1,0 +1,207 @@
+"""Routing statistics and wall-clock measurement: per-block execution rates, expected MACs, speedup, oracle bound.
+
+The oracle bound of routed inference is what an implementation that skipped blocks at no cost would spend:
+``T_backbone - sum_i T_i + sum_i r_i * T_i + T_decisions``, with T_i the measured time of block i alone on its
+inputs, r_i its execution rate, and T_decisions the measured time of the gates or of the policy network, all at
+the same batch size. Real routing pays on top of it for selecting and copying rows.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..dynamic import static_compute
+from ..errors import DistillEEError
+from ..modules import eval_mode, model_device, unwrap
+from ..summaries import dense_macs
+from .blockdrop import BlockDropSet
+from .gates import RNNGate
+from .router import RoutingSet, routing_of
+from .skipnet import SkipGateSet
+
+
+def _routing(model: nn.Module) -> RoutingSet:
+    found = routing_of(unwrap(model))
+    if found is None:
+        raise DistillEEError(f"{type(unwrap(model)).__name__} has no routing attached")
+    return found
+
+
+def routing_statistics(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]) -> Dict[str, Any]:
+    """Top-1, per-block execution rates and expected MACs per sample of ``model`` (real routing, eval mode)."""
+    routing = _routing(model)
+    routing.measure(unwrap(model), routing.input_shape)
+    device = model_device(model)
+    correct = total = 0
+    routing.reset_counts()
+    routing.counting = True
+    try:
+        with eval_mode(model), torch.no_grad():
+            for x, y in batches:
+                out = model(x.to(device))
+                correct += int((out.argmax(dim=1) == y.to(device)).sum())
+                total += int(x.shape[0])
+    finally:
+        routing.counting = False
+    if not total:
+        raise DistillEEError("routing statistics need at least one sample")
+    rates = [e / total for e in routing.executed]
+    return {"top1": 100.0 * correct / total, "samples": total, **expected_costs(routing, rates),
+            "blocks": [{"name": n, "macs": m, "share_pct": 100.0 * c, "executed_pct": 100.0 * r}
+                       for n, m, c, r in zip(routing.block_names, routing.block_macs, routing.costs, rates)]}
+
+
+def expected_costs(routing: RoutingSet, rates: Sequence[float], reached: Sequence[float] = ()) -> Dict[str, Any]:
+    """Expected MACs per sample for block execution rates ``rates`` (and the share of samples reaching each
+    gate, default all): the backbone outside the blocks, the executed blocks, and the decisions."""
+    reached = list(reached) or [1.0] * routing.num_blocks
+    decisions = routing.decider_macs()
+    outside = routing.backbone_macs - sum(routing.block_macs)
+    blocks = sum(r * m for r, m in zip(rates, routing.block_macs))
+    deciding = sum(f * m for f, m in zip(reached, decisions[:-1])) + decisions[-1]
+    expected = outside + blocks + deciding
+    return {"macs_backbone": routing.backbone_macs, "macs_expected": expected,
+            "macs_decisions": deciding, "macs_pct": 100.0 * expected / max(routing.backbone_macs, 1),
+            "block_macs_executed_pct": 100.0 * blocks / max(sum(routing.block_macs), 1),
+            "executed_blocks_pct": 100.0 * sum(rates) / max(len(rates), 1)}
+
+
+def executed_macs(run: Callable[[torch.Tensor], Any], root: nn.Module, inputs: Iterable[torch.Tensor]) -> float:
+    """MACs per sample that ``run`` really executes on ``inputs``, counted call by call: every convolution and
+    linear layer of ``root`` adds its per-sample MACs times the rows it was called on (skipped blocks, samples
+    gone at an exit and the decisions all show); eval mode, no gradients."""
+    total = [0.0]
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
+            rows = args[0].shape[0] if args[0].dim() > 1 else 1
+            total[0] += dense_macs(module, args[0], output) * rows
+
+    handles = [m.register_forward_hook(hook) for m in root.modules()
+               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    n = 0
+    try:
+        with eval_mode(root), torch.no_grad():
+            for x in inputs:
+                run(x)
+                n += int(x.shape[0])
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] / max(n, 1)
+
+
+# --------------------------------------------------------------------------- wall clock
+def _block_inputs(model: nn.Module, routing: RoutingSet, batches: Sequence[torch.Tensor]) -> List[List[torch.Tensor]]:
+    """Each routed block's input for each batch, every block running."""
+    inner = unwrap(model)
+    got: List[List[torch.Tensor]] = [[] for _ in routing.block_names]
+    handles = [inner.get_submodule(b).register_forward_pre_hook(
+        lambda m, args, k=k: got[k].append(args[0])) for k, b in enumerate(routing.block_names)]
+    try:
+        with static_compute(inner), torch.inference_mode():
+            for b in batches:
+                model(b)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
+def _decisions(routing: RoutingSet, batches: Sequence[torch.Tensor],
+               inputs: List[List[torch.Tensor]]) -> Callable[[], Any]:
+    """A function computing every decision of the batches on every row (the cost an oracle still pays)."""
+    if isinstance(routing, SkipGateSet):
+        gates = routing.gates
+        if isinstance(gates, RNNGate):
+            def run_rnn() -> None:
+                for i in range(len(batches)):
+                    gates.reset()
+                    for k in range(routing.num_blocks):
+                        gates(k, inputs[k][i])
+            return run_rnn
+        return lambda: [gates[k](inputs[k][i]) for i in range(len(batches)) for k in range(routing.num_blocks)]
+    return lambda: [routing.policy_probabilities(b) for b in batches]
+
+
+def grouped_by_pattern(model: nn.Module, routing: BlockDropSet, x: torch.Tensor) -> torch.Tensor:
+    """BlockDrop's other way to skip at batch N: the samples grouped by their greedy pattern, each group run
+    through the network with its dropped blocks not called (no row selection inside); the outputs put back in
+    order. Same outputs as real routing; timed against it by ``measure_routing_speed``."""
+    probs = routing.policy_probabilities(x)
+    on = probs > 0.5
+    on[:, :routing.num_blocks - routing.decided] = True
+    patterns, inverse = torch.unique(on, dim=0, return_inverse=True)
+    out: Optional[torch.Tensor] = None
+    try:
+        for g in range(patterns.shape[0]):
+            rows = (inverse == g).nonzero().squeeze(1)
+            routing.pattern_override = patterns[g].to(probs.dtype).expand(rows.shape[0], -1)
+            y = model(x.index_select(0, rows))
+            if out is None:
+                out = y.new_empty((x.shape[0], *y.shape[1:]))
+            out.index_copy_(0, rows, y)
+    finally:
+        routing.pattern_override = None
+    assert out is not None
+    return out
+
+
+def measure_routing_speed(model: nn.Module, inputs: torch.Tensor, batch_size: int,
+                          repeats: int = 5) -> Dict[str, Any]:
+    """Per-sample seconds of the backbone (every block), of real routing, and of its oracle bound at one batch
+    size, timed in interleaved rounds (each keeps its best round); ``spread`` is how much slower than its best
+    the median round of the backbone or of routing was."""
+    routing = _routing(model)
+    inner = unwrap(model)
+    batches = list(torch.split(inputs, batch_size))
+    n = int(inputs.shape[0])
+    with eval_mode(model):
+        block_in = _block_inputs(model, routing, batches)
+        blocks = [inner.get_submodule(b) for b in routing.block_names]
+
+        def backbone() -> None:
+            with static_compute(inner):
+                for b in batches:
+                    model(b)
+
+        candidates: Dict[str, Callable[[], Any]] = {
+            "backbone": backbone, "routed": lambda: [model(b) for b in batches],
+            "decisions": _decisions(routing, batches, block_in)}
+        if isinstance(routing, BlockDropSet):
+            candidates["grouped"] = lambda: [grouped_by_pattern(model, routing, b) for b in batches]
+        for k, block in enumerate(blocks):
+            candidates[f"block{k}"] = (lambda k=k, block=block: [type(block).forward(block, t) for t in block_in[k]])
+        rounds: Dict[str, List[float]] = {name: [] for name in candidates}
+        routing.reset_counts()
+        routing.counting = True
+        try:
+            with torch.inference_mode():
+                for b in batches:
+                    model(b)
+        finally:
+            routing.counting = False
+        rates = [e / n for e in routing.executed]
+        with torch.inference_mode():
+            for fn in candidates.values():
+                fn()
+            for _ in range(repeats):
+                for name, fn in candidates.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    rounds[name].append(time.perf_counter() - t0)
+    best = {name: min(times) / n for name, times in rounds.items()}
+    block_t = [best[f"block{k}"] for k in range(routing.num_blocks)]
+    oracle = best["backbone"] - sum(block_t) + sum(r * t for r, t in zip(rates, block_t)) + best["decisions"]
+    spread = max(statistics.median(rounds[name]) / min(rounds[name]) - 1.0 for name in ("backbone", "routed"))
+    out = {"batch_size": batch_size, "samples": n, "backbone": best["backbone"], "routed": best["routed"],
+            "oracle": oracle, "decisions": best["decisions"], "block_times": block_t, "rates": rates,
+            "speedup": best["backbone"] / best["routed"], "real_vs_oracle": oracle / best["routed"],
+            "spread": spread}
+    if "grouped" in best:  # BlockDrop: the samples grouped by pattern instead of rows selected per block
+        out["grouped"] = best["grouped"]
+    return out
