@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..early_exit.multi_exit import MultiExitModel
+from ..interleaved import interleaved_rounds
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
@@ -90,15 +91,7 @@ def compare_speed(model: nn.Module, multi: MultiExitModel, inputs: torch.Tensor,
     }
     for k in range(multi.num_exits + 1):
         candidates[f"prefix{k}"] = (lambda k=k: [run_prefix(multi, b, k) for b in batches])
-    rounds: Dict[str, List[float]] = {name: [] for name in candidates}
-    with torch.inference_mode():
-        for fn in candidates.values():
-            fn()
-        for _ in range(repeats):
-            for name, fn in candidates.items():
-                t0 = time.perf_counter()
-                fn()
-                rounds[name].append(time.perf_counter() - t0)
+    rounds = interleaved_rounds(candidates, repeats)
     best = {name: min(times) for name, times in rounds.items()}
     fractions = exit_fractions(multi, batches)
     prefixes = [best[f"prefix{k}"] / n for k in range(multi.num_exits + 1)]

@@ -8,7 +8,6 @@ the same batch size. Real routing pays on top of it for selecting and copying ro
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 
 from ..dynamic import static_compute
 from ..errors import DistillEEError
+from ..interleaved import interleaved_rounds
 from ..modules import eval_mode, model_device, unwrap
 from ..summaries import dense_macs
 from .blockdrop import BlockDropSet
@@ -176,7 +176,6 @@ def measure_routing_speed(model: nn.Module, inputs: torch.Tensor, batch_size: in
             candidates["grouped"] = lambda: [grouped_by_pattern(model, routing, b) for b in batches]
         for k, block in enumerate(blocks):
             candidates[f"block{k}"] = (lambda k=k, block=block: [type(block).forward(block, t) for t in block_in[k]])
-        rounds: Dict[str, List[float]] = {name: [] for name in candidates}
         routing.reset_counts()
         routing.counting = True
         try:
@@ -186,14 +185,7 @@ def measure_routing_speed(model: nn.Module, inputs: torch.Tensor, batch_size: in
         finally:
             routing.counting = False
         rates = [e / n for e in routing.executed]
-        with torch.inference_mode():
-            for fn in candidates.values():
-                fn()
-            for _ in range(repeats):
-                for name, fn in candidates.items():
-                    t0 = time.perf_counter()
-                    fn()
-                    rounds[name].append(time.perf_counter() - t0)
+        rounds = interleaved_rounds(candidates, repeats)
     best = {name: min(times) / n for name, times in rounds.items()}
     block_t = [best[f"block{k}"] for k in range(routing.num_blocks)]
     oracle = best["backbone"] - sum(block_t) + sum(r * t for r, t in zip(rates, block_t)) + best["decisions"]
