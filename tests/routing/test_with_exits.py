@@ -112,3 +112,19 @@ def test_counted_macs_of_real_early_exit_through_routing_match_the_decisions(rou
     # one sample at a time, the counts add up to the batch's
     singles = sum(executed_macs(multi, model, [x[i:i + 1]]) for i in range(32)) / 32
     assert singles == pytest.approx(counted)
+
+
+def test_a_checkpoint_rebuilds_routing_and_exits_without_the_schedule(routed_with_exits, tmp_path):
+    from distill_ee.checkpoint import load_checkpoint, save_checkpoint
+    from routing_support import TinyRes
+    model, _ = routed_with_exits
+    save_checkpoint(tmp_path / "both.pth", model)
+    fresh = TinyRes()
+    load_checkpoint(fresh, tmp_path / "both.pth")
+    x = torch.randn(32, *INPUT, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        a = EarlyExits.of(model).multi_exit_model().eval()(x)
+        b = EarlyExits.of(fresh).multi_exit_model().eval()(x)
+    assert torch.equal(a[1], b[1])
+    torch.testing.assert_close(a[0], b[0])
+    assert Routing.of(fresh).kind == Routing.of(model).kind
