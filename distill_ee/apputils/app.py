@@ -28,6 +28,7 @@ from ..scheduler import CompressionScheduler
 from ..summaries import compute_table, model_table, sparsity_table, total_sparsity
 from .args import check_args, parse_args
 from .calibration import parse_target, run_calibration
+from .kd import add_kd_policy, kd_summary
 from .learned_policy_files import run_learned_policy
 from .datasets import check_inputs, dataset_info, load_dataset, make_loaders
 from .datasets.sharding import ORDER_STRIDE, shard_loaders
@@ -123,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = _make_scheduler(args, model, optimizer, example.to(device), schedule_text)
+    scheduler = add_kd_policy(args, model, optimizer, scheduler, info.num_classes, info.input_shape[0],
+                              example.to(device), device)
     start_epoch, best = _resume(args, model, optimizer, scheduler, device)
     exits = EarlyExits.of(model)
     _check_exit_flags(args, model, exits)
@@ -140,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     summary = final_report(args, dataset, model, scheduler, loaders, criterion, device, example, run_dir,
                            exits=exits)
     summary.update(calibration)
+    summary.update(kd_summary(args))
     if args.ee_export:
         summary["torchscript"] = _export(exits, run_dir)
     if calibration and not args.evaluate:  # the last epoch trained (or the checkpoint's, if none was)

@@ -85,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ee-export", action="store_true",
                    help="write the stages and exit branches as TorchScript (run dir, torchscript/) with a "
                         "manifest that distill_ee.early_exit.export.load_exported runs with real exits")
+    p.add_argument("--kd-teacher", metavar="ARCH", default=None,
+                   help="knowledge distillation: the teacher's architecture (a zoo name); with --kd-resume its "
+                        "checkpoint (a project checkpoint restores the teacher's exits and thinning)")
+    p.add_argument("--kd-resume", metavar="CKPT", default=None, help="the teacher's checkpoint")
+    p.add_argument("--kd-pretrained", action="store_true", help="the teacher's pretrained weights (torchvision)")
+    p.add_argument("--kd-temperature", "--kd-temp", type=float, default=1.0, dest="kd_temperature",
+                   help="softmax temperature T of the distillation term (default 1)")
+    p.add_argument("--kd-distill-wt", "--kd-dw", type=float, default=0.5, dest="kd_distill_wt",
+                   help="weight of the distillation term (default 0.5)")
+    p.add_argument("--kd-student-wt", "--kd-sw", type=float, default=0.5, dest="kd_student_wt",
+                   help="weight of the student's own loss (default 0.5)")
+    p.add_argument("--kd-teacher-wt", "--kd-tw", type=float, default=0.0, dest="kd_teacher_wt",
+                   help="Distiller's weight of a trained teacher's loss; the teacher is frozen here, so only 0")
+    p.add_argument("--kd-start-epoch", type=int, default=0, help="first epoch of distillation (default 0)")
     p.add_argument("--sense", choices=["element", "filter", "channel"], default=None,
                    help="sensitivity analysis of each weight to pruning; writes CSV and PNG, then exits")
     p.add_argument("--sense-range", type=float, nargs=3, default=[0.0, 0.95, 0.05],
@@ -138,8 +152,32 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--ee-confidence certifies drop= and macs= targets, not fixed proportions")
     if args.ee_calibrate is not None and args.valid_size == 0:
         raise ConfigError("--ee-calibrate chooses thresholds on the validation split, and --vs 0 leaves none")
+    _check_kd(args)
     if args.gpus is not None and not all(part.strip().isdigit() for part in args.gpus.split(",")):
         raise ConfigError(f"--gpus takes comma-separated GPU numbers, e.g. 0 or 0,1; got {args.gpus!r}")
+
+
+def _check_kd(args: argparse.Namespace) -> None:
+    """The --kd-* flags: a teacher to go with them, finite weights, a frozen teacher, a start within the run."""
+    given = [flag for flag, value, default in (
+        ("--kd-resume", args.kd_resume, None), ("--kd-pretrained", args.kd_pretrained, False),
+        ("--kd-temperature", args.kd_temperature, 1.0), ("--kd-distill-wt", args.kd_distill_wt, 0.5),
+        ("--kd-student-wt", args.kd_student_wt, 0.5), ("--kd-teacher-wt", args.kd_teacher_wt, 0.0),
+        ("--kd-start-epoch", args.kd_start_epoch, 0)) if value != default]
+    if args.kd_teacher is None:
+        if given:
+            raise ConfigError(f"{given[0]} applies only with --kd-teacher ARCH")
+        return
+    for flag, value in (("--kd-temperature", args.kd_temperature), ("--kd-distill-wt", args.kd_distill_wt),
+                        ("--kd-student-wt", args.kd_student_wt)):
+        if not math.isfinite(value) or value < 0 or (flag == "--kd-temperature" and value == 0):
+            bound = "above 0" if flag == "--kd-temperature" else "of at least 0"
+            raise ConfigError(f"{flag} must be a finite number {bound}, got {value}")
+    if args.kd_teacher_wt:
+        raise ConfigError("--kd-teacher-wt: the teacher is frozen here (eval mode, no gradients); only 0 is accepted")
+    if args.kd_start_epoch < 0 or (args.epochs is not None and args.kd_start_epoch >= max(args.epochs, 1)):
+        raise ConfigError(f"--kd-start-epoch must be an epoch of the run (0 to {max(args.epochs - 1, 0)}), got "
+                          f"{args.kd_start_epoch}")
 
 
 def _check_range(flag: str, value: Any, low: Any, high: Any, open_low: bool) -> None:

@@ -34,7 +34,10 @@ from .deciders import DEFAULT_THRESHOLD, LEARNED_CRITERIA, parse_head
 from .exit_set import RESERVED_NAMES
 
 INSTANCE_KEYS = ("criterion", "patience", "final_loss_weight", "final_name", "stages", "exits", "gate",
-                 "learned_policy")
+                 "learned_policy", "distillation")
+DISTILLATION_KEYS = ("temperature", "weight", "teacher")
+#: who teaches the exits: the final classifier of the same forward pass, or a frozen snapshot of the network
+DISTILLATION_TEACHERS = ("final", "frozen")
 GATE_KEYS = ("head", "loss_weight", "cost_weight")
 LEARNED_POLICY_KEYS = ("head", "tradeoff")
 #: the cost regulariser's weight when a gate block gives none
@@ -122,6 +125,20 @@ class LearnedPolicySpec:
 
 
 @dataclass
+class DistillationSpec:
+    """``distillation``: the final classifier's softened predictions (or those of a snapshot of the network
+    frozen when the policy starts) teach every exit, a term weight * T^2 * KL per exit."""
+
+    temperature: float = 4.0
+    weight: LossWeight = LossWeight(0.5, 0.5)
+    teacher: str = "final"
+
+    def to_config(self) -> Dict[str, Any]:
+        """Plain-python form."""
+        return {"temperature": self.temperature, "weight": self.weight.to_config(), "teacher": self.teacher}
+
+
+@dataclass
 class EarlyExitSpec:
     """A validated ``early_exits`` instance: ordered exits plus instance-wide settings."""
 
@@ -133,6 +150,7 @@ class EarlyExitSpec:
     stages: Optional[List[str]] = None
     gate: Optional[GateSpec] = None
     learned_policy: Optional[LearnedPolicySpec] = None
+    distillation: Optional[DistillationSpec] = None
 
     @property
     def names(self) -> List[str]:
@@ -182,6 +200,8 @@ class EarlyExitSpec:
             out["gate"] = self.gate.to_config()
         if self.learned_policy is not None:
             out["learned_policy"] = self.learned_policy.to_config()
+        if self.distillation is not None:
+            out["distillation"] = self.distillation.to_config()
         return out
 
 
@@ -205,9 +225,25 @@ def parse_early_exit_config(config: Mapping[str, Any]) -> EarlyExitSpec:
                          final_loss_weight=_final_weight(config.get("final_loss_weight", 1.0)),
                          stages=_stages(config.get("stages")))
     _learned_blocks(spec, config)
+    if "distillation" in config:
+        spec.distillation = _distillation(config["distillation"])
     _check_thresholds(spec)
     _check_auto_weight(spec)
     return spec
+
+
+def _distillation(value: Any) -> DistillationSpec:
+    """The ``distillation`` block (self-distillation of the exits)."""
+    raw = _mapping(value, "distillation", "`distillation`")
+    _check_keys(raw, DISTILLATION_KEYS, "distillation")
+    temperature = _number(raw.get("temperature", 4.0), "distillation.temperature")
+    if temperature <= 0:
+        raise ScheduleError(f"the temperature must be above 0, got {temperature:g}", path="distillation.temperature")
+    teacher = raw.get("teacher", "final")
+    if teacher not in DISTILLATION_TEACHERS:
+        raise ScheduleError(f"{teacher!r} is not a teacher", path="distillation.teacher",
+                            valid=list(DISTILLATION_TEACHERS))
+    return DistillationSpec(temperature, _loss_weight(raw.get("weight", 0.5), "distillation.weight"), teacher)
 
 
 def _mapping(value: Any, path: str, what: str) -> Dict[str, Any]:

@@ -36,14 +36,13 @@ outside the routing windows uses the greedy decisions, and inference skips block
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Dict, List, Literal, Optional
+from typing import Annotated, Any, Dict, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..arguments import ArgumentError, NonNegativeInt, Range
 from ..distributed import sum_across
-from ..early_exit.exits import backbone_modules, backbone_parameters
 from ..errors import DistillEEError
 from ..modules import unwrap
 from ..registry import ROUTING, Section, add_section
@@ -51,6 +50,7 @@ from ..routing.blockdrop import block_reward, curriculum_blocks
 from ..routing.component import Routing
 from ..routing.router import RoutingSet
 from .base import HookContext, LossComponent, Policy, PolicyLoss
+from .freeze import BackboneFreeze
 
 SKIPNET_ONLY = ("hard",)
 BLOCKDROP_ONLY = ("penalty", "entropy_weight", "curriculum_step")
@@ -84,8 +84,7 @@ class RoutingPolicy(Policy):
         super().__init__(name or routing.name)
         self.routing = routing
         self.freeze_backbone = freeze_backbone
-        self._frozen: List[torch.nn.Parameter] = []
-        self._evaled: List[torch.nn.Module] = []
+        self._freeze = BackboneFreeze()
         self._running = False
         self._sums = torch.zeros(3)  # executed decisions, decisions, samples
         self._extra: Dict[str, torch.Tensor] = {}
@@ -119,10 +118,8 @@ class RoutingPolicy(Policy):
         routing.train_mode = self.train_mode
         routing.capture = True
         self._running = True
-        if self.freeze_backbone and not self._frozen:
-            self._frozen = [p for _, p in backbone_parameters(unwrap(ctx.model)) if p.requires_grad]
-            for p in self._frozen:
-                p.requires_grad_(False)
+        if self.freeze_backbone:
+            self._freeze.freeze(ctx.model)
 
     def on_minibatch_begin(self, ctx: HookContext) -> None:
         """A frozen backbone runs in eval mode (its batch-norm statistics stay); the routing set trains."""
@@ -130,18 +127,11 @@ class RoutingPolicy(Policy):
         routing.train_mode = self.train_mode
         routing.capture = True
         if self.freeze_backbone and routing.training:
-            self._evaled = [m for m in backbone_modules(unwrap(ctx.model)) if m.training]
-            for m in self._evaled:
-                m.training = False
+            self._freeze.step_begin(ctx.model)
 
     def on_minibatch_end(self, ctx: HookContext) -> None:
         """The frozen backbone's modules get their training mode back (validation and the loop see theirs)."""
-        self._restore_modes()
-
-    def _restore_modes(self) -> None:
-        for m in self._evaled:
-            m.training = True
-        self._evaled = []
+        self._freeze.step_end()
 
     def on_epoch_end(self, ctx: HookContext) -> None:
         """Greedy decisions outside the window; the backbone unfrozen."""
@@ -150,10 +140,7 @@ class RoutingPolicy(Policy):
         routing.capture = False
         routing.last_input = routing.last_output = None
         self._running = False
-        self._restore_modes()
-        for p in self._frozen:
-            p.requires_grad_(True)
-        self._frozen = []
+        self._freeze.release()
 
     def _trace(self, ctx: HookContext) -> list:
         trace = [r for r in self.set.trace]

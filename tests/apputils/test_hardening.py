@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from distill_ee.apputils.app import main
+from distill_ee.apputils.models import create_model
 from distill_ee.checkpoint import read_checkpoint, write_checkpoint
+from distill_ee.errors import DistillEEError
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULE = ROOT / "schedules" / "lenet_mnist.earlyexit_agp.yaml"
@@ -19,6 +21,15 @@ NAME_MESSAGE = ("-n/--name must be a plain name (no path separators, at most 100
                 "-o/--out-dir to choose the folder")
 
 #: (arguments, the exact error line after "error: "), each refused before any run directory exists
+def unknown_arch(name):
+    """The zoo's message for an unknown architecture."""
+    try:
+        create_model(name, num_classes=10, in_channels=1)
+    except DistillEEError as err:
+        return str(err)
+    raise AssertionError(f"{name} is a known architecture")
+
+
 BEFORE_ANY_OUTPUT = [
     (["--lr", "-1"], "--lr must be above 0.0, got -1.0"),
     (["--lr", "nan"], "--lr must be a finite number, got nan"),
@@ -53,6 +64,18 @@ BEFORE_ANY_OUTPUT = [
     (["--ee-calibrate", "proportions=0.5,0.3", "--ee-confidence", "0.9"],
      "--ee-confidence certifies drop= and macs= targets, not fixed proportions"),
     (["--gpus", "first"], "--gpus takes comma-separated GPU numbers, e.g. 0 or 0,1; got 'first'"),
+    (["--kd-temperature", "4"], "--kd-temperature applies only with --kd-teacher ARCH"),
+    (["--kd-teacher", "lenet_mnist", "--kd-temperature", "0"], "--kd-temperature must be a finite number above 0, "
+                                                                "got 0.0"),
+    (["--kd-teacher", "lenet_mnist", "--kd-distill-wt", "nan"], "--kd-distill-wt must be a finite number of at "
+                                                                 "least 0, got nan"),
+    (["--kd-teacher", "lenet_mnist", "--kd-teacher-wt", "0.5"],
+     "--kd-teacher-wt: the teacher is frozen here (eval mode, no gradients); only 0 is accepted"),
+    (["--kd-teacher", "lenet_mnist", "--kd-start-epoch", "1", "--epochs", "1"],
+     "--kd-start-epoch must be an epoch of the run (0 to 0), got 1"),
+    (["--kd-teacher", "lenet_mnis"], f"--kd-teacher lenet_mnis: {unknown_arch('lenet_mnis')}"),
+    (["--kd-teacher", "resnet20_cifar", "--kd-resume", str(ROOT / "no" / "teacher.pth")],
+     f"--kd-resume {ROOT / 'no' / 'teacher.pth'}: no such checkpoint file"),
     ([str(ROOT)], f"dataset 'mnist5k' is embedded and takes no DATASET_DIR, but {str(ROOT)!r} was given and holds "
                   "no mnist_5k.csv.gz to use instead; drop it, or name its dataset with --dataset"),
     (["--arch", "lenet_mnist", "--dataset", "cifar10"],

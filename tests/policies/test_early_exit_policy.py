@@ -316,3 +316,46 @@ policies:
     sched.on_epoch_begin(0)
     branch_weight = model.early_exits["exit1"][2].weight
     assert float((branch_weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+
+
+TWO_STAGE = """
+version: 1
+early_exits:
+  exits:
+    class: EarlyExit
+    exits:
+      exit1:
+        attach: layer1.1
+        branch: [{type: conv, out_channels: 8, kernel_size: 3, padding: 1}, bn, relu,
+                 {type: adaptive_avgpool, output_size: 1}, flatten, {type: linear}]
+        threshold: 0.5
+policies:
+  - early_exit: {instance_name: exits, args: {freeze_backbone: true}}
+    starting_epoch: 0
+    ending_epoch: 3
+"""
+
+
+def test_two_stage_exit_training_leaves_the_backbone_bit_identical():
+    from routing_support import INPUT, build
+    from support import one_epoch_of_one_step
+    model, optimizer, scheduler = build(TWO_STAGE)
+    state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    backbone = {k: v.clone() for k, v in state.items() if not k.startswith("early_exits.")}
+    branch = {k: v.clone() for k, v in state.items() if k.startswith("early_exits.")}
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(3):
+        model.train()
+        x, y = torch.randn(16, *INPUT, generator=gen), torch.randint(0, 4, (16,), generator=gen)
+        one_epoch_of_one_step(model, optimizer, scheduler, epoch, x, y)
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in backbone.items())  # weights and batch-norm statistics
+    assert not all(torch.equal(v, after[k]) for k, v in branch.items() if v.is_floating_point())
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+
+
+def test_freeze_backbone_is_a_checked_policy_argument():
+    from routing_support import build
+    from distill_ee.errors import ScheduleError
+    with pytest.raises(ScheduleError, match=r"policies\[0\].early_exit.args.freeze_backbone: must be true or false"):
+        build(TWO_STAGE.replace("freeze_backbone: true", "freeze_backbone: 3"))
