@@ -21,8 +21,10 @@ from .exit_set import ExitSet, exits_of
 class ExitHooks:
     """The forward hooks that compute every exit's logits in training forward passes of ``model``."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, gradient_equilibrium: bool = False):
         self.model = model
+        #: rescale the gradients meeting at each attach point (Li et al., 2019; see ``scale_gradient``)
+        self.gradient_equilibrium = gradient_equilibrium
         self._logits: List[Optional[torch.Tensor]] = []
         self._final: Optional[torch.Tensor] = None
         self._handles: List[Any] = []
@@ -63,10 +65,17 @@ class ExitHooks:
 
     def _hook(self, exit_set: ExitSet, k: int) -> Callable:
         branch, copy = exit_set.branch_list()[k], exit_set.copy_input[k]
+        later = len(exit_set) - k  # classifiers after this attach point: the later exits and the final one
 
-        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-            if torch.is_grad_enabled():
-                self._logits[k] = branch(output.clone() if copy else output)
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> Optional[torch.Tensor]:
+            if not torch.is_grad_enabled():
+                return None
+            read = output.clone() if copy else output
+            if not self.gradient_equilibrium:
+                self._logits[k] = branch(read)
+                return None
+            self._logits[k] = branch(scale_gradient(read, 1.0 / (later + 1)))
+            return scale_gradient(output, later / (later + 1))
         return hook
 
     def _final_hook(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -96,3 +105,28 @@ class ExitHooks:
             raise DistillEEError(f"no logits for exit {missing[0]!r}: the exit hooks are {state}, or the forward "
                                  f"pass ran without autograd")
         return logits  # type: ignore[return-value]
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """The identity forward; the gradient times a constant backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: D102
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:  # noqa: D102
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged, its gradient multiplied by ``scale``.
+
+    Gradient equilibrium (Li et al., 2019, "Improved Techniques for Training Adaptive Deep Networks", section
+    3.1): at the i-th of n classifiers the features feed classifier i with their gradient scaled by 1/(n-i+1)
+    and the rest of the network with (n-i)/(n-i+1), so that the gradient reaching stage i is the mean, not the
+    sum, of the gradients of the n-i+1 classifiers that depend on it:
+    dL/dx_i = 1/(n-i+1) * sum_{j>=i} dL_j/dx_i (1-based; the final classifier is the n-th).
+    """
+    return _ScaleGradient.apply(x, float(scale))

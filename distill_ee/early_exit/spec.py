@@ -34,7 +34,7 @@ from .deciders import DEFAULT_THRESHOLD, LEARNED_CRITERIA, parse_head
 from .exit_set import RESERVED_NAMES
 
 INSTANCE_KEYS = ("criterion", "patience", "final_loss_weight", "final_name", "stages", "exits", "gate",
-                 "learned_policy", "distillation")
+                 "learned_policy", "distillation", "gradient_equilibrium")
 DISTILLATION_KEYS = ("temperature", "weight", "teacher")
 #: who teaches the exits: the final classifier of the same forward pass, or a frozen snapshot of the network
 DISTILLATION_TEACHERS = ("final", "frozen")
@@ -151,6 +151,8 @@ class EarlyExitSpec:
     gate: Optional[GateSpec] = None
     learned_policy: Optional[LearnedPolicySpec] = None
     distillation: Optional[DistillationSpec] = None
+    #: IMTA's gradient equilibrium: the gradient reaching each stage is the mean of its classifiers' gradients
+    gradient_equilibrium: bool = False
 
     @property
     def names(self) -> List[str]:
@@ -202,6 +204,8 @@ class EarlyExitSpec:
             out["learned_policy"] = self.learned_policy.to_config()
         if self.distillation is not None:
             out["distillation"] = self.distillation.to_config()
+        if self.gradient_equilibrium:
+            out["gradient_equilibrium"] = True
         return out
 
 
@@ -227,6 +231,10 @@ def parse_early_exit_config(config: Mapping[str, Any]) -> EarlyExitSpec:
     _learned_blocks(spec, config)
     if "distillation" in config:
         spec.distillation = _distillation(config["distillation"])
+    ge = config.get("gradient_equilibrium", False)
+    if not isinstance(ge, bool):
+        raise ScheduleError(f"must be true or false, got {ge!r}", path="gradient_equilibrium")
+    spec.gradient_equilibrium = ge
     _check_thresholds(spec)
     _check_auto_weight(spec)
     return spec

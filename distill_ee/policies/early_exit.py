@@ -63,7 +63,7 @@ class EarlyExitPolicy(Policy):
         self._teacher_state: Optional[Dict[str, Any]] = None  # a restored snapshot's weights, until it is rebuilt
         self._input: Optional[torch.Tensor] = None
         self._input_hook: Optional[Any] = None
-        self.hooks = ExitHooks(exits.model)
+        self.hooks = ExitHooks(exits.model, gradient_equilibrium=exits.spec.gradient_equilibrium)
         self._weights: Optional[Tuple[int, Tuple[List[float], float]]] = None
         self._gate_weights: Optional[Tuple[int, Tuple[float, float]]] = None
         self._costs: List[float] = []  # each output's cost over the backbone's MACs (gates only)
