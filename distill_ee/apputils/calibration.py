@@ -23,12 +23,14 @@ from .tradeoff_files import write_tradeoff
 
 log = logging.getLogger("distill_ee")
 
-_EXAMPLES = ("drop=0.5 (top-1 points below the final exit), macs=0.4 (share of the backbone's MACs per sample) "
-             "or proportions=0.5,0.3 (share of the samples leaving at each early exit)")
+_EXAMPLES = ("drop=0.5 (top-1 points below the final exit), macs=0.4 (share of the backbone's MACs per sample), "
+             "proportions=0.5,0.3 (share of the samples leaving at each early exit) or budget=0.5 (MSDNet's "
+             "geometric shares for an average budget)")
 
 
 def parse_target(text: str) -> CalibrationTarget:
-    """A CalibrationTarget from ``drop=0.5``, ``macs=0.4`` / ``macs=40%`` or ``proportions=0.5,0.3``."""
+    """A CalibrationTarget from ``drop=0.5``, ``macs=0.4`` / ``macs=40%``, ``proportions=0.5,0.3`` or
+    ``budget=0.5`` / ``budget=50%``."""
     if not isinstance(text, str) or "=" not in text:
         raise ConfigError(f"calibration target {text!r}: expected KIND=VALUE, e.g. {_EXAMPLES}")
     kind, _, raw = text.partition("=")
@@ -48,7 +50,7 @@ def parse_target(text: str) -> CalibrationTarget:
 def _target_number(part: str, kind: str, text: str) -> float:
     part = part.strip()
     scale = 1.0
-    if kind == "macs" and part.endswith("%"):
+    if kind in ("macs", "budget") and part.endswith("%"):
         part, scale = part[:-1].strip(), 0.01
     try:
         value = float(part) * scale
@@ -88,12 +90,36 @@ def run_calibration(exits: EarlyExits, valid_loader: Any, test_loader: Any, targ
     out = {"target": target.text, "criteria": result.criteria, "thresholds": result.thresholds,
            "temperatures": result.temperatures, "valid": valid, "test": test, "yaml": snippet,
            "settings_searched": result.settings_searched, "seconds": result.seconds, "files": files}
+    if target.kind == "budget":  # MSDNet's rule next to the project's own search at the same budget
+        out["same_budget_macs_search"] = _macs_search(exits, valid_loader, test_loader, target.value, masks, names)
     if result.certificate is not None:
         out["guarantee"] = _guarantee_report(exits, result, valid_loader, test_loader)
         log.info("Guarantee: %s", result.certificate.message)
         log.info("  realised loss rate (%s consistency): validation %.2f, test %.2f points",
                  result.certificate.consistency, out["guarantee"]["valid_loss_pct"], out["guarantee"]["test_loss_pct"])
     return {"calibration": out}
+
+
+def _macs_search(exits: EarlyExits, valid_loader: Any, test_loader: Any, budget: float,
+                 masks: Optional[Mapping[str, Any]], names: list) -> Dict[str, Any]:
+    """The ``macs=`` search at ``budget`` on a copy of the thresholds (the budget rule's stay), both splits."""
+    kept = list(exits.thresholds)
+    try:
+        result = calibrate_exits(exits, valid_loader, CalibrationTarget("macs", (budget,)), masks=masks,
+                                 temperature=False)
+        test_point, test_final = measure_exits(exits, test_loader, masks)
+        out = {"thresholds": list(result.thresholds), "valid": split_figures(result.chosen, result.final_top1, names),
+               "test": split_figures(test_point, test_final, names)}
+    except ConfigError as err:
+        out = {"error": str(err)}
+    finally:
+        exits.set_thresholds(kept)
+    for split in ("valid", "test"):
+        if split in out:
+            fig = out[split]
+            log.info("  macs=%g search, %-10s top1 %.2f, MACs %.1f%% of the backbone", budget, split, fig["top1"],
+                     100 * fig["macs_fraction"])
+    return out
 
 
 def _guarantee_report(exits: EarlyExits, result: Any, valid_loader: Any, test_loader: Any) -> Dict[str, Any]:

@@ -7,6 +7,10 @@ Targets (``CalibrationTarget``; the sample app parses them from the CLI's text):
 * ``macs=0.4`` (or 40%)   expected MACs per sample at most 40% of the backbone's; the most accurate such setting;
 * ``proportions=0.5,0.3`` a fixed share of all samples leaves at each early exit, in order (the rest reach the
                           final classifier); thresholds are set exit by exit on the samples still running.
+* ``budget=0.5`` (or 50%) MSDNet's budgeted batch classification (Huang et al., 2018, section 4): the shares
+                          leaving at the outputs follow a geometric law q_k ~ (1 - q)^(k-1), with q solved so
+                          that the expected MACs per sample are the budget; thresholds then give those shares,
+                          as for ``proportions``.
 
 100% is the backbone without exits (the model's own MACs); leaving at an exit costs the backbone up to it plus
 every branch evaluated on the way, so a fraction above 100% is possible when few samples leave early.
@@ -44,7 +48,7 @@ from .tradeoff import (ExitCosts, Keys, SearchSpace, Settings, TradeoffPoint, be
                        coordinate_descent, criterion_threshold, evaluate_grid, evaluate_settings, explore,
                        front_points, front_rows, measure_point, uses_grid)
 
-TARGET_KINDS = ("drop", "macs", "proportions")
+TARGET_KINDS = ("drop", "macs", "proportions", "budget")
 
 
 # --------------------------------------------------------------------------- targets
@@ -82,13 +86,16 @@ class CalibrationTarget:
             return f"top-1 at most {self.value:g} points below the final exit, fewest MACs"
         if self.kind == "macs":
             return f"at most {100 * self.value:g}% of the backbone's MACs per sample, best top-1"
+        if self.kind == "budget":
+            return (f"MSDNet's budgeted batch rule: shares per exit on a geometric law averaging "
+                    f"{100 * self.value:g}% of the backbone's MACs")
         return "samples leaving at the early exits: " + ", ".join(f"{100 * v:g}%" for v in self.values)
 
     def guides(self, final_top1: float) -> Dict[str, float]:
         """The limit to draw on the trade-off plot (``top1`` floor or ``macs_fraction`` budget)."""
         if self.kind == "drop":
             return {"top1": final_top1 - self.value}
-        if self.kind == "macs":
+        if self.kind in ("macs", "budget"):
             return {"macs_fraction": self.value}
         return {}
 
@@ -97,9 +104,9 @@ def check_target_range(kind: str, values: Tuple[float, ...], text: str) -> None:
     """ConfigError (naming the target as ``text``) unless every value is in its kind's range."""
     if kind == "drop" and not 0.0 <= values[0] <= 100.0:
         raise ConfigError(f"calibration target {text!r}: drop is in top-1 points, between 0 and 100")
-    if kind == "macs" and not 0.0 < values[0] <= 1.0:
-        raise ConfigError(f"calibration target {text!r}: macs is a fraction of the backbone's MACs in (0, 1], "
-                          f"e.g. macs=0.4 or macs=40%")
+    if kind in ("macs", "budget") and not 0.0 < values[0] <= 1.0:
+        raise ConfigError(f"calibration target {text!r}: {kind} is a fraction of the backbone's MACs in (0, 1], "
+                          f"e.g. {kind}=0.4 or {kind}=40%")
     if kind == "proportions":
         if any(not 0.0 <= v <= 1.0 for v in values):
             raise ConfigError(f"calibration target {text!r}: each proportion is a share of samples in [0, 1]")
@@ -234,8 +241,10 @@ def calibrate(exit_logits: List[torch.Tensor], targets: torch.Tensor, criteria: 
     logits = apply_temperatures(exit_logits, temperatures)
     costs = ExitCosts(list(macs_per_exit), float(full_macs), None if branch_macs is None else list(branch_macs))
     space = build_space(logits, targets, criteria, costs, candidates)
-    if target.kind == "proportions":
-        thresholds = _proportion_thresholds(space, logits, target.values)
+    if target.kind in ("proportions", "budget"):
+        shares = target.values if target.kind == "proportions" else \
+            geometric_shares(costs.macs_per_exit, costs.full_macs, target.value)[:-1]
+        thresholds = _proportion_thresholds(space, logits, shares)
         settings = explore(space)
     else:
         settings, row = _search(space, _target_keys(space, target))
@@ -256,8 +265,8 @@ def _calibrate_guaranteed(exit_logits: List[torch.Tensor], targets: torch.Tensor
     Textual consistency needs no labels: samples whose target is -1 (unlabelled) take part in the search and
     the test; accuracy figures are computed on the labelled ones.
     """
-    if target.kind == "proportions":
-        raise ConfigError("a guarantee applies to drop= and macs= targets, not to fixed proportions")
+    if target.kind in ("proportions", "budget"):
+        raise ConfigError("a guarantee applies to drop= and macs= targets, not to fixed proportions or budget=")
     labelled = targets >= 0
     if not bool(labelled.all()) and (guarantee.consistency != "textual" or target.kind != "drop" or temperature):
         raise ConfigError("unlabelled samples (target -1) serve only a drop= target with textual consistency and "
@@ -361,6 +370,32 @@ def _search(space: SearchSpace, keys: Keys) -> Tuple[Settings, int]:
         raise ConfigError(f"no threshold setting meets the MACs budget: the cheapest searched costs "
                           f"{100 * cheapest:.1f}% of the backbone's MACs on the validation split")
     return settings, row
+
+
+def geometric_shares(macs_per_output: Sequence[float], full_macs: float, budget: float) -> List[float]:
+    """Shares of samples per output (the final classifier last) on MSDNet's geometric law,
+    q_k = (1 - q)^(k-1) / sum_j (1 - q)^(j-1), with q solved (bisection on log(1 - q)) so that
+    sum_k q_k * macs_k = budget * full_macs. ConfigError when no share vector reaches the budget."""
+    costs = [float(m) / float(full_macs) for m in macs_per_output]
+    if budget < costs[0] - 1e-12:
+        raise ConfigError(f"budget={budget:g}: even every sample leaving at the first exit costs {100 * costs[0]:.1f}% "
+                          "of the backbone's MACs")
+
+    def shares(log_base: float) -> List[float]:
+        top = max(log_base * k for k in range(len(costs)))
+        weights = [math.exp(log_base * k - top) for k in range(len(costs))]
+        return [w / sum(weights) for w in weights]
+
+    def cost(log_base: float) -> float:
+        return sum(q * c for q, c in zip(shares(log_base), costs))
+
+    low, high = -50.0, 50.0
+    if cost(high) <= budget:
+        return shares(high)
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cost(mid) <= budget else (low, mid)
+    return shares(low)
 
 
 def _proportion_thresholds(space: SearchSpace, logits: Sequence[torch.Tensor],

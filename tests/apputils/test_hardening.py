@@ -53,8 +53,11 @@ BEFORE_ANY_OUTPUT = [
     (["--skip-checksum"], "--skip-checksum applies only with --resume-from"),
     (["--ee-temperature"], "--ee-temperature applies only with --ee-calibrate"),
     (["--ee-calibrate", "foo"], "calibration target 'foo': expected KIND=VALUE, e.g. drop=0.5 (top-1 points below "
-                                "the final exit), macs=0.4 (share of the backbone's MACs per sample) or "
-                                "proportions=0.5,0.3 (share of the samples leaving at each early exit)"),
+                                "the final exit), macs=0.4 (share of the backbone's MACs per sample), "
+                                "proportions=0.5,0.3 (share of the samples leaving at each early exit) or "
+                                "budget=0.5 (MSDNet's geometric shares for an average budget)"),
+    (["--ee-calibrate", "budget=0"], "calibration target 'budget=0': budget is a fraction of the backbone's MACs "
+                                     "in (0, 1], e.g. budget=0.4 or budget=40%"),
     (["--ee-calibrate", "drop=1", "--vs", "0"],
      "--ee-calibrate chooses thresholds on the validation split, and --vs 0 leaves none"),
     (["--ee-confidence", "0.9"], "--ee-confidence applies only with --ee-calibrate"),

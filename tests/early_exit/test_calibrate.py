@@ -357,3 +357,37 @@ def test_run_calibration_with_a_guarantee_reports_the_certificate_and_realised_l
     if report["certified_bound"] is not None:
         assert report["certified_bound"] <= 0.05
     assert "Guarantee: " in caplog.text and (tmp_path / "tradeoff.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- MSDNet's budgeted batch rule
+def test_geometric_shares_follow_the_law_and_average_the_budget():
+    from distill_ee.early_exit.calibrate import geometric_shares
+    shares = geometric_shares(MACS, 100.0, 0.5)
+    assert sum(shares) == pytest.approx(1.0)
+    assert shares[1] / shares[0] == pytest.approx(shares[2] / shares[1])  # q_k ~ (1 - q)^(k-1)
+    assert sum(s * m for s, m in zip(shares, MACS)) == pytest.approx(50.0, rel=1e-6)
+    # a budget of the first exit's cost sends everyone there; the final classifier's, nearly everyone there
+    assert geometric_shares(MACS, 100.0, 0.3)[0] == pytest.approx(1.0, abs=1e-6)
+    assert geometric_shares([30.0, 70.0, 100.0], 100.0, 1.0)[-1] > 0.99
+    with pytest.raises(ConfigError, match="first exit costs 30.0%"):
+        geometric_shares(MACS, 100.0, 0.2)
+
+
+def test_a_budget_sets_thresholds_for_the_geometric_shares():
+    from distill_ee.early_exit.calibrate import geometric_shares
+    logits, targets = synthetic(n=2000)
+    result = calibrate(logits, targets, "entropy", MACS, 100.0, parse_target("budget=55%"))
+    wanted = [100.0 * s for s in geometric_shares(MACS, 100.0, 0.55)]
+    assert result.taken_pct == pytest.approx(wanted, abs=0.1)
+    assert result.chosen.macs_fraction == pytest.approx(0.55, abs=0.002)
+
+
+def test_run_calibration_compares_the_budget_rule_with_the_macs_search(ee, lenet, tmp_path):
+    policy = lenet_policy(ee, lenet)
+    valid, test = batches(lenet, 256, seed=1), batches(lenet, 192, seed=2)
+    cal = run_calibration(policy, valid, test, "budget=0.7", str(tmp_path))["calibration"]
+    other = cal["same_budget_macs_search"]
+    assert cal["target"] == "budget=0.7" and cal["thresholds"] == policy.thresholds  # the budget rule's stay
+    assert other["thresholds"] != cal["thresholds"] or other["valid"] == cal["valid"]
+    assert other["valid"]["macs_fraction"] <= 0.7 + 1e-9
+    assert other["valid"]["top1"] >= cal["valid"]["top1"] - 1e-9 or cal["valid"]["macs_fraction"] > 0.7
