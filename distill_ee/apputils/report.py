@@ -19,6 +19,7 @@ from ..routing.stats import executed_macs
 from ..scheduler import CompressionScheduler
 from ..summaries import (compute_table, masked_parameters, params_nnz, sparsity_table, total_macs,
                          total_sparsity)
+from .anytime_files import anytime_rows, write_anytime
 from .routing_report import routing_report
 from .run_dir import RunDir
 from .timing import compare_speed
@@ -60,6 +61,8 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
     if exits is not None:
         summary.update(_exit_summary(exits, test_loader, valid_loader, masks, dense))
         _log_exits(summary["exits"])
+        summary["anytime"] = anytime_rows(summary["exits"], dense)
+        write_anytime(summary["anytime"], str(run_dir.path))
         if not args.no_timing:
             timing = measure_speed(model, exits, test_loader, device)
             if args.deterministic:  # wall-clock figures would make summary.json differ between runs

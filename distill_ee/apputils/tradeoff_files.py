@@ -88,7 +88,7 @@ def _write_policy_csv(path: str, points: Sequence[TradeoffPoint], points_test: O
                             + [f"{v:.4f}" for v in point.taken_pct] + [role])
 
 
-def _figure(width: float, height: float, columns: int = 1) -> Tuple[Any, Any]:
+def figure(width: float, height: float, columns: int = 1) -> Tuple[Any, Any]:
     """A figure drawn by the Agg canvas directly (no pyplot: no global backend or state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -102,7 +102,7 @@ def _plot_front(path: str, points: Sequence[TradeoffPoint], chosen: TradeoffPoin
                 final: Optional[TradeoffPoint], guides: Mapping[str, float], split: str,
                 certified: Sequence[TradeoffPoint] = (), learned: Sequence[Any] = ()) -> None:
     """Left: the whole front (legend); right: zoomed near the final exit's accuracy (labels)."""
-    fig, axes = _figure(12.0, 4.8, 2)
+    fig, axes = figure(12.0, 4.8, 2)
     xs = [100.0 * p.macs_fraction for p in points]
     ys = [p.top1 for p in points]
     marks = [(chosen, "*", "tab:red", 15, "chosen")]
@@ -160,7 +160,7 @@ def _mark(ax: Any, point: TradeoffPoint, marker: str, color: str, size: float, l
 
 
 def _plot_fractions(path: str, chosen: TradeoffPoint, names: List[str], split: str) -> None:
-    fig, (ax,) = _figure(max(5.5, 1.4 * len(names) + 2.0), 4.0)
+    fig, (ax,) = figure(max(5.5, 1.4 * len(names) + 2.0), 4.0)
     colors = ["tab:orange"] * (len(names) - 1) + ["tab:blue"]
     ticks = [f"{n}\n({'off' if t is None else f'threshold {t:.4g}'})" for n, t in zip(names, chosen.thresholds)]
     bars = ax.bar(ticks + [names[-1]], chosen.taken_pct, color=colors)

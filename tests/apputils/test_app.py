@@ -151,3 +151,13 @@ def test_distillers_earlyexit_flags_attach_the_archs_default_exits(tmp_path, cap
     assert main(["--arch", "lenet_mnist", "--earlyexit_thresholds", "0.5", "0.2", "--earlyexit_lossweights",
                  "0.3", "-o", str(tmp_path)]) == 2
     assert "has 1 default exit(s)" in capsys.readouterr().err
+
+
+def test_the_anytime_table_gives_every_classifiers_top1_and_macs(first_run):
+    summary = json.loads((first_run / "summary.json").read_text())
+    rows = summary["anytime"]
+    assert [r["name"] for r in rows] == [e["name"] for e in summary["exits"]]
+    for row, exit_row in zip(rows, summary["exits"]):
+        assert row["top1"] == exit_row["top1_if_all_exit_here"] and row["macs"] == exit_row["macs"]
+        assert row["macs_pct"] == pytest.approx(100.0 * exit_row["macs"] / summary["macs_dense"])
+    assert (first_run / "anytime.png").stat().st_size > 0
