@@ -255,6 +255,9 @@ def _check_exit_flags(args: argparse.Namespace, model: nn.Module, exits: Optiona
     if args.ee_export and Routing.of(model) is not None:
         raise ConfigError("--ee-export does not export routed blocks (SkipNet/BlockDrop): their decisions run in "
                           "Python; export a model without routing")
+    if args.ee_export and exits is not None and exits.spec.forward_transfer:
+        raise ConfigError("--ee-export does not export exits with forward_transfer (each reads the previous exit's "
+                          "logits, which the exported runtime does not pass)")
     if exits is None:
         for flag, given in (("--ee-calibrate", args.ee_calibrate), ("--ee-export", args.ee_export)):
             if given:

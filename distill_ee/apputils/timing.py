@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Sequence
 import torch
 from torch import nn
 
+from ..early_exit.collaboration import run_branch
 from ..early_exit.multi_exit import MultiExitModel
 from ..interleaved import interleaved_rounds
 
@@ -36,11 +37,12 @@ def run_prefix(multi: MultiExitModel, x: torch.Tensor, k: int) -> torch.Tensor:
     env[0] = x
     multi.begin(x)
     out = x
+    previous = None
     for j in range(k + 1):
         for slot, value in zip(plan.outputs[j], multi.stages[j].forward(*[env[i] for i in plan.inputs[j]])):
             env[slot] = value
         if j < plan.num_exits:
-            out = multi.branches[j](env[plan.attach[j]])
+            out = previous = run_branch(multi.branches[j], env[plan.attach[j]], previous)
         else:
             out = env[plan.result]
     return out

@@ -21,6 +21,7 @@ from ..registry import suggest
 from ..structure import forget_step, record_step, structure_steps
 from .branch import build_branch, format_shape
 from .deciders import build_decider
+from .collaboration import CollaborativeBranch
 from .exit_set import EXITS_ATTR, ExitSet, exits_of
 from .spec import EarlyExitSpec
 
@@ -98,6 +99,9 @@ def build_exit_set(model: nn.Module, spec: EarlyExitSpec, *, num_classes: int,
     branches = {e.name: build_branch(e.branch, probe.output, num_classes, exit_name=e.name,
                                      path=f"exits.{e.name}.branch")
                 for e, probe in zip(spec.exits, probes)}
+    if spec.forward_transfer:
+        branches = {name: CollaborativeBranch(b, num_classes, name) if k else b
+                    for k, (name, b) in enumerate(branches.items())}
     return ExitSet(branches, attach, num_classes=num_classes, input_shape=input_shape, criteria=spec.criteria(),
                    thresholds=spec.thresholds(), final_name=spec.final_name, stages=spec.stages,
                    copy_input=[p.mutated_later for p in probes], instance_name=name,

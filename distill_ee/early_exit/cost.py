@@ -13,6 +13,7 @@ from torch import nn
 
 from ..summaries import module_macs
 from ..modules import eval_mode, example_input
+from .collaboration import takes_previous
 from .multi_exit import MultiExitModel
 from .staging import run_stages
 
@@ -38,8 +39,27 @@ def stage_macs(multi: MultiExitModel, model: nn.Module, masks: Optional[Mapping[
     branches = []
     for branch, out in zip(multi.branches, attach_out):
         sub_masks = _sub_masks(masks, f"{where[id(branch)]}.") if id(branch) in where else None
+        if takes_previous(branch):  # counted with the previous exit's logits it reads (their values do not matter)
+            branch, sub_masks = _WithPrevious(branch, multi.num_classes), _prefixed(sub_masks, "branch.")
         branches.append(float(sum(getattr(r, key) for r in module_macs(branch, out, sub_masks))))
     return stages, branches
+
+
+class _WithPrevious(nn.Module):
+    """A forward-transfer branch called with zero logits for the previous exit."""
+
+    def __init__(self, branch: nn.Module, num_classes: int):
+        super().__init__()
+        self.branch = branch
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch's logits."""
+        return self.branch(x, x.new_zeros(x.shape[0], self.num_classes))
+
+
+def _prefixed(masks: Optional[Mapping[str, Any]], prefix: str) -> Optional[Dict[str, Any]]:
+    return None if masks is None else {prefix + k: v for k, v in masks.items()}
 
 
 def exit_macs(multi: MultiExitModel, model: nn.Module, masks: Optional[Mapping[str, Any]] = None,
@@ -51,7 +71,7 @@ def exit_macs(multi: MultiExitModel, model: nn.Module, masks: Optional[Mapping[s
     every evaluated branch.
     """
     stages, branches = stage_macs(multi, model, masks, effective)
-    active = [t is not None or c.stateful for t, c in zip(multi.thresholds, multi.criteria)]
+    active = multi.computed_exits
     out, paid = [], 0.0
     for k in range(multi.num_exits):
         paid += stages[k] + (branches[k] if active[k] else 0.0)

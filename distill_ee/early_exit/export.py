@@ -18,8 +18,9 @@ from typing import Any, Dict, List, Sequence, Union
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DistillEEError
 from ..modules import eval_mode, example_input
+from .collaboration import takes_previous
 from .criteria import get_criterion
 from .deciders import LearnedCriterion
 from .multi_exit import MultiExitModel
@@ -32,6 +33,9 @@ FORMAT_VERSION = 1
 
 def export_torchscript(multi: MultiExitModel, directory: Union[str, Path]) -> List[Path]:
     """Write every stage and branch of ``multi`` as TorchScript plus the manifest; returns the written paths."""
+    if any(takes_previous(b) for b in multi.branches):
+        raise DistillEEError("exits with forward_transfer read the previous exit's logits, which the exported "
+                             "runtime does not pass; export a model without forward_transfer")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stage_args, branch_args = _example_arguments(multi)

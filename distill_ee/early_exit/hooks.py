@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import DistillEEError
 from ..modules import unwrap
+from .collaboration import run_branch, takes_previous
 from .exit_set import ExitSet, exits_of
 
 
@@ -71,10 +72,11 @@ class ExitHooks:
             if not torch.is_grad_enabled():
                 return None
             read = output.clone() if copy else output
+            previous = self._logits[k - 1] if k and takes_previous(branch) else None
             if not self.gradient_equilibrium:
-                self._logits[k] = branch(read)
+                self._logits[k] = run_branch(branch, read, previous)
                 return None
-            self._logits[k] = branch(scale_gradient(read, 1.0 / (later + 1)))
+            self._logits[k] = run_branch(branch, scale_gradient(read, 1.0 / (later + 1)), previous)
             return scale_gradient(output, later / (later + 1))
         return hook
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..dynamic import begin_rows, owners, select_rows
 from ..errors import DistillEEError
+from .collaboration import run_branch, takes_previous
 from .exit_set import ExitSet
 from .criteria import CriterionArg, State, criteria_list
 from .decisions import decide_exits
@@ -109,8 +110,10 @@ class MultiExitModel(nn.Module):
             if len(new) != self.num_exits:
                 raise DistillEEError(f"need {self.num_exits} thresholds (one per exit), got {len(new)}")
         self._thresholds = [None if t is None else float(t) for t in new]
-        # a stateless exit without threshold is skipped entirely; a stateful one still updates its state
-        self._active = [t is not None or c.stateful for t, c in zip(self._thresholds, self.criteria)]
+        # a stateless exit without threshold is skipped entirely; a stateful one still updates its state, and
+        # one whose logits a later branch reads (forward transfer) is computed
+        feeds = [any(takes_previous(b) for b in self.branches[k + 1:]) for k in range(self.num_exits)]
+        self._active = [t is not None or c.stateful or f for t, c, f in zip(self._thresholds, self.criteria, feeds)]
         self._limits = [float("inf") if t is None else t for t in self._thresholds]
 
     # ----------------------------------------------------------------- modes
@@ -165,9 +168,14 @@ class MultiExitModel(nn.Module):
             for slot, value in zip(plan.outputs[k], outs):
                 env[slot] = value
             if k < plan.num_exits:
-                logits.append(self.branches[k](env[plan.attach[k]]))
+                logits.append(run_branch(self.branches[k], env[plan.attach[k]], logits[-1] if logits else None))
         logits.append(env[plan.result])
         return logits
+
+    @property
+    def computed_exits(self) -> List[bool]:
+        """Per exit: whether real early exit computes its branch (a threshold, a state, or a later reader)."""
+        return list(self._active)
 
     def decide(self, exit_logits: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(chosen logits, exit index) per sample from ``simulate``'s output, by this model's criteria."""
@@ -188,11 +196,13 @@ class MultiExitModel(nn.Module):
         holders = self.__dict__["_dynamic"]
         results = _Results(x.shape[0], plan.num_exits)
         state: State = {}
+        previous: Optional[torch.Tensor] = None
         for k in range(plan.num_exits):
             for slot, value in zip(plan.outputs[k], stages[k](*[env[i] for i in plan.inputs[k]])):
                 env[slot] = value
             if self._active[k]:
-                logits = branches[k](env[plan.attach[k]])
+                logits = run_branch(branches[k], env[plan.attach[k]], previous)
+                previous = logits
                 mask = self.criteria[k].exit_mask(logits, self._limits[k], state)
                 leaving = mask.nonzero().squeeze(1)
                 if leaving.shape[0] == results.live:
@@ -201,6 +211,7 @@ class MultiExitModel(nn.Module):
                     keep = (~mask).nonzero().squeeze(1)
                     results.leave(logits, leaving, keep, k)
                     _shrink(env, plan.carry[k], keep)
+                    previous = logits.index_select(0, keep)
                     if holders:
                         select_rows(holders, keep)
                     for key in state:
@@ -217,12 +228,13 @@ class MultiExitModel(nn.Module):
         env[0] = x
         self.begin(x)
         state: State = {}
+        previous: Optional[torch.Tensor] = None
         for k in range(plan.num_exits):
             outs = stages[k](*[env[i] for i in plan.inputs[k]])
             for slot, value in zip(plan.outputs[k], outs):
                 env[slot] = value
             if self._active[k]:
-                logits = branches[k].forward(env[plan.attach[k]])
+                logits = previous = run_branch(branches[k], env[plan.attach[k]], previous)
                 if bool(self.criteria[k].exit_mask(logits, self._limits[k], state)):
                     return logits, self._exit_index(k, logits.device)
         last = plan.num_exits

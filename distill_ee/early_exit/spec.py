@@ -34,7 +34,7 @@ from .deciders import DEFAULT_THRESHOLD, LEARNED_CRITERIA, parse_head
 from .exit_set import RESERVED_NAMES
 
 INSTANCE_KEYS = ("criterion", "patience", "final_loss_weight", "final_name", "stages", "exits", "gate",
-                 "learned_policy", "distillation", "gradient_equilibrium")
+                 "learned_policy", "distillation", "gradient_equilibrium", "forward_transfer")
 DISTILLATION_KEYS = ("temperature", "weight", "teacher")
 #: who teaches the exits: the final classifier of the same forward pass, or a frozen snapshot of the network
 DISTILLATION_TEACHERS = ("final", "frozen")
@@ -153,6 +153,8 @@ class EarlyExitSpec:
     distillation: Optional[DistillationSpec] = None
     #: IMTA's gradient equilibrium: the gradient reaching each stage is the mean of its classifiers' gradients
     gradient_equilibrium: bool = False
+    #: IMTA's inline sub-network collaboration: each exit after the first also reads the previous exit's logits
+    forward_transfer: bool = False
 
     @property
     def names(self) -> List[str]:
@@ -206,6 +208,8 @@ class EarlyExitSpec:
             out["distillation"] = self.distillation.to_config()
         if self.gradient_equilibrium:
             out["gradient_equilibrium"] = True
+        if self.forward_transfer:
+            out["forward_transfer"] = True
         return out
 
 
@@ -231,10 +235,11 @@ def parse_early_exit_config(config: Mapping[str, Any]) -> EarlyExitSpec:
     _learned_blocks(spec, config)
     if "distillation" in config:
         spec.distillation = _distillation(config["distillation"])
-    ge = config.get("gradient_equilibrium", False)
-    if not isinstance(ge, bool):
-        raise ScheduleError(f"must be true or false, got {ge!r}", path="gradient_equilibrium")
-    spec.gradient_equilibrium = ge
+    for key in ("gradient_equilibrium", "forward_transfer"):
+        flag = config.get(key, False)
+        if not isinstance(flag, bool):
+            raise ScheduleError(f"must be true or false, got {flag!r}", path=key)
+        setattr(spec, key, flag)
     _check_thresholds(spec)
     _check_auto_weight(spec)
     return spec
