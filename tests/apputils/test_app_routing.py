@@ -71,3 +71,45 @@ def test_exporting_routed_blocks_is_refused_before_training(routed_run, tmp_path
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--ee-export does not export routed blocks" in errors[0]
     assert not list(tmp_path.iterdir())
+
+
+RL_SCHEDULE = """
+version: 1
+routing:
+  skip:
+    class: SkipGates
+    blocks: ['layer*.*']
+    gate: rnn
+policies:
+  - routing:
+      instance_name: skip
+      args: {phase: supervised, alpha: 1.0}
+    starting_epoch: 0
+    ending_epoch: 1
+  - routing:
+      instance_name: skip
+      args: {phase: reinforce, alpha: 1.0}
+    starting_epoch: 1
+    ending_epoch: 3
+"""
+
+
+def test_resuming_the_app_in_the_middle_of_reinforcement_learning_equals_an_uninterrupted_run(tmp_path):
+    import torch
+    from distill_ee.checkpoint import read_checkpoint
+    schedule = tmp_path / "rl.yaml"
+    schedule.write_text(RL_SCHEDULE)
+    common = [*BASE, "--compress", str(schedule)]
+    assert main([*common, "--epochs", "3", "-o", str(tmp_path / "whole"), "-n", "rl"]) == 0
+    assert main([*common, "--epochs", "2", "-o", str(tmp_path / "first"), "-n", "rl"]) == 0
+    first = next((tmp_path / "first").glob("rl___*"))
+    assert main([*common, "--epochs", "3", "--resume-from", str(first / "checkpoint.pth.tar"),
+                 "-o", str(tmp_path / "rest"), "-n", "rl"]) == 0
+    whole, rest = next((tmp_path / "whole").glob("rl___*")), next((tmp_path / "rest").glob("rl___*"))
+    a, b = (read_checkpoint(str(run / "checkpoint.pth.tar")) for run in (whole, rest))
+    assert a["epoch"] == b["epoch"] == 2
+    for name, value in a["state_dict"].items():
+        other = b["state_dict"][name]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, name
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (whole, rest)]
+    assert summaries[0]["routing"] == summaries[1]["routing"] and summaries[0]["top1"] == summaries[1]["top1"]
