@@ -10,8 +10,9 @@ Columns: test top-1, share of the routed blocks executed, their share of MACs ex
 (share of the backbone's, decisions included), and for batch 256 and 1 the wall-clock speedup of real routing
 over the same network with every block running, with the ratio of the oracle bound to the real time (the oracle:
 backbone time minus the routed blocks' time plus each block's time times its execution rate, plus the time of the
-decisions). For BlockDrop, "grouped by pattern" is the other way to skip at batch N: samples grouped by their
-pattern, each group run with its dropped blocks not called. Backbone and routing run in interleaved rounds; each
+decisions). For BlockDrop, "by strategy" times both ways to skip at batch N: ``patterns`` (the default: samples
+grouped by pattern, each group run with its dropped blocks not called) and ``rows`` (each block's kept rows
+selected and copied back). Backbone and routing run in interleaved rounds; each
 keeps its best round; ``spread`` is how much slower than its best the median round was (a busy machine shows
 there).
 
@@ -93,7 +94,8 @@ def row(name: str, checkpoint: Path, test_loader: Any, inputs: torch.Tensor, rep
         r = measure_routing_speed(model, data, bs, repeats=repeats)
         cells.append(f"{r['speedup']:.2f}x ({r['real_vs_oracle']:.2f})")
         if bs == 256:
-            cells.append(f"{r['backbone'] / r['grouped']:.2f}x" if "grouped" in r else "-")
+            cells.append(" / ".join(f"{k} {r['backbone'] / v:.2f}x" for k, v in r["strategies"].items())
+                         if "strategies" in r else "-")
         spreads.append(r["spread"])
     cells.append(f"{100 * max(spreads):.0f}%")
     return cells
@@ -123,7 +125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\nResNet-20 on mnist5k, {inputs.shape[0]} test samples, {torch.get_num_threads()} threads; speedup "
           "over the same network with every block running (real / oracle bound in brackets)")
     print(tabulate(rows, headers=["model", "test top-1", "blocks run %", "block MACs run %", "MACs % of backbone",
-                                  "batch 256", "256 grouped by pattern", "batch 1", "spread"], tablefmt="psql"))
+                                  "batch 256", "256 by strategy", "batch 1", "spread"], tablefmt="psql"))
     return 0
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from .. import distributed
 from ..checkpoint import OptimizerStateError, load_checkpoint, read_checkpoint, save_checkpoint
 from ..early_exit.deciders import LEARNED_CRITERIA
+from ..early_exit.calibrate import exit_costs
 from ..early_exit.exits import EarlyExits, backbone_parameters
 from ..early_exit.risk import Guarantee
 from ..early_exit.export import export_torchscript
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     start_epoch, best = _resume(args, model, optimizer, scheduler, device)
     exits = EarlyExits.of(model)
     _check_exit_flags(args, model, exits)
+    _check_budget(args, exits, scheduler)
     train_loaders = _process_loaders(args, splits, loaders) if not (args.evaluate or args.sense) else None
     run_dir = _open_run_dir(args, schedule_text) if distributed.is_main() else None
     criterion = nn.CrossEntropyLoss().to(device)
@@ -269,6 +271,22 @@ def _check_exit_flags(args: argparse.Namespace, model: nn.Module, exits: Optiona
     learned = [c for c in exits.criteria if c in LEARNED_CRITERIA]
     if learned and args.ee_temperature:
         raise ConfigError(f"--ee-temperature would change the logits the {learned[0]} deciders read")
+
+
+def _check_budget(args: argparse.Namespace, exits: Optional[EarlyExits],
+                  scheduler: Optional[CompressionScheduler]) -> None:
+    """A ``macs=``/``budget=`` target below the cost of leaving at the first exit can never be met: refused now,
+    not after training (unless thinning will change the costs during the run)."""
+    if exits is None or args.ee_calibrate is None or (scheduler is not None and scheduler.find("extension")):
+        return
+    target = parse_target(args.ee_calibrate)
+    if target.kind not in ("macs", "budget"):
+        return
+    costs = exit_costs(exits.multi_exit_model(), exits.model)
+    cheapest = costs.macs_per_exit[0] / costs.full_macs
+    if target.value < cheapest - 1e-9:
+        raise ConfigError(f"--ee-calibrate {args.ee_calibrate}: even every sample leaving at the first exit costs "
+                          f"{100 * cheapest:.1f}% of the backbone's MACs")
 
 
 def _process_loaders(args: argparse.Namespace, splits: Any, loaders: tuple) -> Tuple[Any, Optional[Any], int]:

@@ -40,8 +40,8 @@ def routing_report(model: nn.Module, routing: Routing, test_loader: Any, device:
         speed[str(bs)] = {k: r[k] for k in ("samples", "backbone", "routed", "oracle", "decisions", "speedup",
                                             "real_vs_oracle", "spread")}
         speed[str(bs)]["busy"] = r["spread"] > BUSY_SPREAD
-        if "grouped" in r:
-            speed[str(bs)]["grouped"] = r["grouped"]
+        if "strategies" in r:
+            speed[str(bs)]["strategies"] = r["strategies"]
     out["timing"] = speed
     log.info("Wall-clock speedup of routing over the backbone: %s",
              ", ".join(f"batch {b}: {v['speedup']:.2f}x ({v['real_vs_oracle']:.2f} of the oracle bound)"

@@ -16,12 +16,13 @@ self-critical greedy baseline and curriculum), with the backbone frozen unless `
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Dict, List, Optional, Sequence
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence
 
 import torch
+import torch.fx
 from torch import nn
 
-from ..arguments import PositiveInt, Range
+from ..arguments import ArgumentError, PositiveInt, Range
 from ..context import BuildContext
 from ..errors import DistillEEError
 from ..registry import ROUTING
@@ -55,9 +56,13 @@ class BlockDropSet(RoutingSet):
     """Routed blocks decided once per input by a policy network (keep probabilities s, one per block)."""
 
     def __init__(self, blocks: Sequence[str], block_macs: Sequence[int], backbone_macs: int, in_channels: int, *,
-                 width: int = 16, depth: int = 1, downsample: int = 2, instance_name: str = ""):
+                 width: int = 16, depth: int = 1, downsample: int = 2, batch_strategy: str = "patterns",
+                 instance_name: str = ""):
         super().__init__(blocks, block_macs, backbone_macs, instance_name=instance_name, class_name="BlockDrop")
         self.width, self.depth, self.downsample = int(width), int(depth), int(downsample)
+        #: how ``model(x)`` skips at batch N: ``patterns`` groups the samples by pattern, each group run with
+        #: its dropped blocks not called; ``rows`` selects each block's kept rows
+        self.batch_strategy = batch_strategy
         self.policy_net = PolicyNet(in_channels, len(blocks), width, depth, downsample)
         self._probs: Optional[torch.Tensor] = None
         self._policy_macs = 0
@@ -86,6 +91,32 @@ class BlockDropSet(RoutingSet):
                                  "stages through distill_ee's multi-exit runtime), not a block alone")
         return probs[:, k]
 
+    def run_model(self, model: nn.Module, x: torch.Tensor) -> Any:
+        """In eval at batch N with ``batch_strategy: patterns``: the samples grouped by their greedy pattern
+        and each group run through the network (its dropped blocks not called, no rows selected inside), the
+        outputs put back in order. Otherwise the model's own forward (rows selected per block)."""
+        forward = type(model).forward
+        if self.training or not self.routes() or self.batch_strategy != "patterns" or x.shape[0] == 1 \
+                or self.pattern_override is not None or isinstance(x, torch.fx.Proxy):
+            return forward(model, x)
+        probs = self._probs if self._probs is not None and self._probs.shape[0] == x.shape[0] \
+            else self.policy_probabilities(x)
+        on = probs > 0.5
+        on[:, :self.num_blocks - self.decided] = True
+        patterns, inverse = torch.unique(on, dim=0, return_inverse=True)
+        if patterns.shape[0] == 1:
+            self._probs = on.to(probs.dtype)
+            return forward(model, x)
+        out: Optional[torch.Tensor] = None
+        for g in range(patterns.shape[0]):
+            rows = (inverse == g).nonzero().squeeze(1)
+            self._probs = patterns[g].to(probs.dtype).expand(rows.shape[0], -1)
+            y = forward(model, x.index_select(0, rows))
+            if out is None:
+                out = y.new_empty((x.shape[0], *y.shape[1:]))
+            out.index_copy_(0, rows, y)
+        return out
+
     def policy_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Keep probabilities (N, K) of the policy network for images ``x``."""
         return torch.sigmoid(self.policy_net(x))
@@ -102,7 +133,7 @@ class BlockDropSet(RoutingSet):
     def config(self) -> Dict[str, Any]:
         """Blocks and policy-network settings."""
         return {"blocks": list(self.block_names), "policy_width": self.width, "policy_blocks": self.depth,
-                "policy_downsample": self.downsample}
+                "policy_downsample": self.downsample, "batch_strategy": self.batch_strategy}
 
 
 @ROUTING.register("BlockDrop")
@@ -112,22 +143,25 @@ class BlockDrop(Routing):
     @classmethod
     def build(cls, ctx: BuildContext, blocks: List[str], policy_width: Width = 16,
               policy_blocks: Annotated[int, Range(1, 64, integer=True)] = 1,
-              policy_downsample: PositiveInt = 2) -> "BlockDrop":
+              policy_downsample: PositiveInt = 2,
+              batch_strategy: Literal["patterns", "rows"] = "patterns") -> "BlockDrop":
         """Attach the policy network to ``ctx.model`` and give it to the optimizer."""
         shape = ctx.input_shape
         if len(shape) != 3:
             raise DistillEEError(f"BlockDrop's policy network reads images (C, H, W); the input is {tuple(shape)}")
         if min(shape[1:]) < 2 * policy_downsample:
-            raise DistillEEError(f"policy_downsample {policy_downsample} leaves less than 2 pixels of a "
-                                 f"{shape[1]}x{shape[2]} input")
+            raise ArgumentError(f"{policy_downsample} leaves less than 2 pixels of a {shape[1]}x{shape[2]} input",
+                                ("policy_downsample",))
         return build_routing(cls, ctx, {"blocks": blocks, "policy_width": policy_width,
-                                        "policy_blocks": policy_blocks, "policy_downsample": policy_downsample})
+                                        "policy_blocks": policy_blocks, "policy_downsample": policy_downsample,
+                                        "batch_strategy": batch_strategy})
 
 
 def _make(model: nn.Module, facts: BlockFacts, config: Dict[str, Any], name: str) -> BlockDropSet:
     made = BlockDropSet(facts.blocks, facts.block_macs, facts.backbone_macs, int(facts.input_shape[0]),
                         width=int(config.get("policy_width", 16)), depth=int(config.get("policy_blocks", 1)),
-                        downsample=int(config.get("policy_downsample", 2)), instance_name=name)
+                        downsample=int(config.get("policy_downsample", 2)),
+                        batch_strategy=str(config.get("batch_strategy", "patterns")), instance_name=name)
     made.measure_policy(facts.input_shape)
     return made
 

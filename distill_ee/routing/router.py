@@ -86,6 +86,8 @@ class RoutingSet(DynamicComputation):
         #: BlockDrop's exploration bound alpha: actions are sampled from alpha * p + (1 - alpha) * (1 - p)
         self.exploration = 1.0
         self.reference = False
+        #: every routed block passes its input on without a decision (timing the network outside the blocks)
+        self.skip_all = False
         #: keep the last training forward pass's input and output (for rewards and the greedy baseline)
         self.capture = False
         self.last_input: Optional[torch.Tensor] = None
@@ -161,6 +163,8 @@ class RoutingSet(DynamicComputation):
     def route(self, block: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The routed block's output for ``x``."""
         forward = type(block).forward
+        if self.skip_all and not isinstance(x, torch.fx.Proxy):
+            return x
         if not self.routes() or isinstance(x, torch.fx.Proxy) or args or kwargs:
             return forward(block, x, *args, **kwargs)
         k = block.__dict__[INDEX_ATTR]
@@ -208,6 +212,11 @@ class RoutingSet(DynamicComputation):
         g = gate.view(-1, *([1] * (out.dim() - 1)))
         return g * out + (1.0 - g) * x
 
+    def run_model(self, model: nn.Module, x: torch.Tensor) -> Any:
+        """``model(x)``'s forward pass (the model's own forward routes through here; subclasses may regroup the
+        batch, BlockDrop by pattern)."""
+        return type(model).forward(model, x)
+
     def extra_repr(self) -> str:
         """The routed blocks."""
         return f"blocks={self.block_names}"
@@ -235,6 +244,14 @@ def _routed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return self.__dict__[OWNER_ATTR].route(self, *args, **kwargs)
 
 
+def _model_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The forward of a model with routing: its RoutingSet runs it (one input tensor), as it is otherwise."""
+    routing = routing_of(self)
+    if routing is None or len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
+        return type(self).forward(self, *args, **kwargs)
+    return routing.run_model(self, args[0])
+
+
 # --------------------------------------------------------------------------- attach / detach
 def routing_of(model: nn.Module) -> Optional[RoutingSet]:
     """The RoutingSet attached to ``model`` (None when it has none)."""
@@ -259,6 +276,7 @@ def attach_routing(model: nn.Module, routing: RoutingSet, step: Dict[str, Any]) 
         block.forward = types.MethodType(_routed_forward, block)
     model.register_forward_pre_hook(routing._on_input)
     model.register_forward_hook(routing._on_output)
+    model.forward = types.MethodType(_model_forward, model)
     record_step(model, step)
     return routing
 
@@ -275,6 +293,7 @@ def detach_routing(model: nn.Module) -> Optional[RoutingSet]:
     for hooks in (model._forward_pre_hooks, model._forward_hooks):
         for key in [k for k, h in hooks.items() if getattr(h, "__self__", None) is routing]:
             del hooks[key]
+    model.__dict__.pop("forward", None)
     delattr(model, ROUTING_ATTR)
     for step in structure_steps(model):
         if step.get("kind") == ROUTING_STEP:

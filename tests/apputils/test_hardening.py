@@ -76,6 +76,14 @@ BEFORE_ANY_OUTPUT = [
      "--kd-teacher-wt: the teacher is frozen here (eval mode, no gradients); only 0 is accepted"),
     (["--kd-teacher", "lenet_mnist", "--kd-start-epoch", "1", "--epochs", "1"],
      "--kd-start-epoch must be an epoch of the run (0 to 0), got 1"),
+    (["--kd-teacher", "lenet_mnist", "--kd-pretrained"],
+     "--kd-teacher lenet_mnist: no pretrained weights exist for 'lenet_mnist'; train it from scratch (drop "
+     "--pretrained)"),
+    (["--compress", str(BAD / "routing_gate_unknown.yaml")],
+     f"{BAD / 'routing_gate_unknown.yaml'}:7: routing.skip.gate: 'lstm' is not valid (valid: ffn, rnn)"),
+    (["--compress", str(BAD / "routing_pattern_matches_no_block.yaml")],
+     f"{BAD / 'routing_pattern_matches_no_block.yaml'}:6: routing.skip.blocks[0]: pattern 'conv*' matches no block "
+     "that can be skipped (it matched conv1, conv2)"),
     (["--kd-teacher", "lenet_mnis"], f"--kd-teacher lenet_mnis: {unknown_arch('lenet_mnis')}"),
     (["--kd-teacher", "resnet20_cifar", "--kd-resume", str(ROOT / "no" / "teacher.pth")],
      f"--kd-resume {ROOT / 'no' / 'teacher.pth'}: no such checkpoint file"),
@@ -256,3 +264,13 @@ def test_temporaries_of_killed_writers_are_removed_and_files_keep_the_umask(tmp_
         os.umask(before)
     assert not stale.exists() and mine.exists()
     assert (tmp_path / "checkpoint.pth.tar").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("target", ["macs=0.05", "budget=0.05"])
+def test_a_budget_no_setting_can_meet_is_refused_before_training(target, capsys, tmp_path):
+    schedule = ROOT / "schedules" / "lenet_mnist.earlyexit.yaml"
+    code, err = run(["--compress", str(schedule), "--ee-calibrate", target, "--no-timing"], capsys, tmp_path / "runs")
+    assert code == 2
+    assert err == f"error: --ee-calibrate {target}: even every sample leaving at the first exit costs 24.0% of the " \
+                  "backbone's MACs"
+    assert not (tmp_path / "runs").exists()

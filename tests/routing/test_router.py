@@ -86,6 +86,7 @@ def test_a_skipped_block_is_not_called_at_batch_1_nor_when_nobody_keeps_it():
 
 def test_only_the_kept_rows_go_through_a_block():
     model, routing = routed_model("blockdrop")
+    routing.batch_strategy = "rows"  # one call per block (the default groups the batch by pattern)
     x = torch.randn(64, *INPUT, generator=torch.Generator().manual_seed(2))
     rows = {}
     hooks = [model.get_submodule(n).conv1.register_forward_hook(
@@ -130,9 +131,46 @@ def test_training_mixes_each_block_output_with_its_input_by_the_gate(mode):
     assert (record.log_prob is not None) == (mode == "sample")
 
 
-def test_blockdrops_grouped_by_pattern_way_gives_the_same_outputs():
-    from distill_ee.routing.stats import grouped_by_pattern
+def test_blockdrops_two_batch_strategies_give_the_same_outputs_and_counts():
+    model, routing = routed_model("blockdrop")
+    assert routing.batch_strategy == "patterns"
+    x = torch.randn(64, *INPUT, generator=torch.Generator().manual_seed(3))
+    by_pattern, executed = outputs(model, routing, x, reference=False)
+    routing.batch_strategy = "rows"
+    by_rows, executed_rows = outputs(model, routing, x, reference=False)
+    torch.testing.assert_close(by_pattern, by_rows, rtol=1e-5, atol=1e-5)
+    assert executed == executed_rows and any(0 < e < 64 for e in executed)
+
+
+def test_grouped_by_pattern_each_group_runs_without_its_dropped_blocks():
     model, routing = routed_model("blockdrop")
     x = torch.randn(64, *INPUT, generator=torch.Generator().manual_seed(3))
+    _, executed = outputs(model, routing, x, reference=False)
+    rows = []
+    for name in routing.block_names:
+        model.get_submodule(name).conv1.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
     with torch.no_grad():
-        torch.testing.assert_close(grouped_by_pattern(model, routing, x), model(x), rtol=1e-5, atol=1e-5)
+        model(x)
+    assert sum(rows) == sum(executed)  # no block ran on a row that dropped it
+
+
+def test_the_speed_measurement_reports_the_oracle_and_leaves_the_routing_as_it_was():
+    from distill_ee.routing.stats import measure_routing_speed
+    model, routing = routed_model("ffn")
+    x = torch.randn(32, *INPUT, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        before = model(x)
+    r = measure_routing_speed(model, x, 8, repeats=2)
+    assert r["batch_size"] == 8 and r["samples"] == 32 and len(r["rates"]) == routing.num_blocks
+    assert r["real_vs_oracle"] > 0 and r["oracle"] == pytest.approx(r["real_vs_oracle"] * r["routed"])
+    assert r["speedup"] == pytest.approx(r["backbone"] / r["routed"])
+    assert not routing.skip_all and not routing.counting and routing.dynamic
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before)
+
+
+def test_skip_all_passes_every_routed_block_over():
+    model, routing = routed_model("ffn")
+    routing.skip_all = True
+    x = torch.randn(4, *INPUT)
+    assert all(c == 0 for c in calls_per_block(model, routing, x).values())
