@@ -23,7 +23,8 @@ def write_anytime(rows: List[Dict[str, Any]], out_dir: str) -> str:
     """Log the table and draw ``anytime.png``; returns the picture's path."""
     log.info("Anytime prediction on the test split (every sample stopping at one classifier):\n%s",
              tabulate([[r["name"], r["macs"], f"{r['macs_pct']:.1f}", f"{r['top1']:.2f}"] for r in rows],
-                      headers=["classifier", "MACs (branches on the way included)", "% of backbone", "top1"], tablefmt="psql"))
+                      headers=["classifier", "MACs (branches on the way included)", "% of backbone", "top1"],
+                      tablefmt="psql"))
     fig, (ax,) = figure(5.0, 3.6)
     ax.plot([r["macs_pct"] for r in rows], [r["top1"] for r in rows], "o-", color="tab:blue")
     for r in rows:
