@@ -23,6 +23,11 @@ def costs_for(num_exits, branch=3.0):
     return ExitCosts(macs, 100.0, [branch] * num_exits)
 
 
+def conv_macs(pixels_out, c_out, c_in, kernel=3):
+    """Multiply-accumulates of a convolution: output pixels x output channels x kernel area x input channels."""
+    return pixels_out * c_out * kernel * kernel * c_in
+
+
 def one_epoch_of_one_step(model, optimizer, scheduler, epoch, x, y):
     """One epoch of one training step on ``(x, y)`` with every scheduler hook, in the README's order."""
     scheduler.on_epoch_begin(epoch)

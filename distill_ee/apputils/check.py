@@ -18,6 +18,7 @@ from torch import nn
 from ..context import BuildContext
 from ..early_exit.attach import probe_attach_points
 from ..early_exit.branch import format_shape
+from ..early_exit.builtin import declared_exits
 from ..early_exit.exits import EarlyExits
 from ..errors import DistillEEError
 from ..routing import Routing
@@ -81,6 +82,9 @@ def check(path: str, arch: str, dataset: str = "mnist5k", data: Optional[str] = 
     exits = EarlyExits.of(model)
     if exits is not None:
         parts.append(_exits(model, exits, example))
+    elif declared_exits(model):
+        parts.append(f"{arch} declares built-in classifiers ({', '.join(declared_exits(model))}); an early_exits "
+                     f"instance takes them with `attach: builtin`")
     return "\n\n".join(p for p in parts if p)
 
 
@@ -140,11 +144,15 @@ def _exits(model: nn.Module, exits: EarlyExits, example: torch.Tensor) -> str:
     macs = exits.exit_macs()
     backbone, _ = total_macs(model, example)
     rows = []
+    builtin = {n for n, e in declared_exits(model).items() if exit_set.attach_points.get(n) == e["attach"]}
     for k, name in enumerate(exits.output_names):
         is_exit = k < len(exit_set)
         shape = format_shape(tuple(probes[k].output.shape)) if is_exit else "-"
         params = sum(p.numel() for p in exit_set[name].parameters()) if is_exit else "-"
-        rows.append([name, exit_set.attach[k] if is_exit else "(the model's output)", shape,
+        attach = "(the model's output)"
+        if is_exit:
+            attach = exit_set.attach[k] + (" (built-in)" if name in builtin else "")
+        rows.append([name, attach, shape,
                      exits.criteria[k] if is_exit else "-", exits.thresholds[k] if is_exit else "-", params,
                      f"{macs[k]:,}", f"{100.0 * macs[k] / max(backbone, 1):.1f}%"])
     return "Exits (MACs per sample to leave there, branches on the way included)\n" + tabulate(

@@ -78,6 +78,14 @@ def probe_attach_points(model: nn.Module, names: Sequence[str], input_shape: Seq
     return [_probe_of(n, records[n]) for n in names]
 
 
+def forward_positions(model: nn.Module, names: Sequence[str], input_shape: Sequence[int]) -> List[int]:
+    """Where each module runs in one forward pass (its first call's rank; modules that do not run last)."""
+    resolved = [resolve_module_name(model, n) for n in names]
+    probes = probe_attach_points(model, list(dict.fromkeys(resolved)), input_shape)
+    rank = {n: p.order if p.calls else 1 << 30 for n, p in zip(dict.fromkeys(resolved), probes)}
+    return [rank[n] for n in resolved]
+
+
 def _probe_of(name: str, rec: Dict[str, Any]) -> AttachProbe:
     out = rec.get("output")
     mutated = isinstance(out, torch.Tensor) and out._version != rec["version"]

@@ -27,7 +27,8 @@ from ..modules import eval_mode, is_wrapper, unwrap
 from ..pruning.masks import notify_parameters_replaced
 from ..registry import EARLY_EXITS
 from ..structure import STEP_KINDS, ReplayContext, Step, StepKind, structure_steps, swap_into_optimizer
-from .attach import EXITS_STEP, attach_exits, detach_exits
+from .attach import EXITS_STEP, attach_exits, detach_exits, forward_positions
+from .builtin import expand_builtin
 from .cost import exit_macs
 from .exit_set import EXITS_ATTR, ExitSet, ThresholdArg, exits_of
 from .multi_exit import MultiExitModel
@@ -71,7 +72,10 @@ class EarlyExits:
         if exits_of(unwrap(model)) is not None:
             raise ScheduleError(f"the model already has early exits ({', '.join(exits_of(unwrap(model)).names)}); "
                                 "a model takes one early_exits instance: list all exits in it", path="")
-        spec = parse_early_exit_config({k: v for k, v in dict(config).items() if k != "class"})
+        inner = unwrap(model)
+        config = expand_builtin({k: v for k, v in dict(config).items() if k != "class"}, inner,
+                                order=lambda names: forward_positions(inner, names, input_shape))
+        spec = parse_early_exit_config(config)
         attach_exits(unwrap(model), spec, num_classes=num_classes, input_shape=input_shape, name=name)
         return cls(model)
 

@@ -10,6 +10,9 @@ The schedule loader hands over one instance as a plain dict (without ``class``):
     exits:                        # ordered: first exit = shallowest
       exit1: {attach: conv1, branch: [...], loss_weight: 0.3, threshold: 0.5, criterion: entropy}
 
+A model with classifiers of its own (MSDNet, RANet) is referred to with ``attach: builtin``, which
+``early_exit.builtin.expand_builtin`` writes out against the model before this validation.
+
 Learned decisions (``early_exit.deciders``) are instance-wide::
 
     criterion: gate               # a gate per exit, trained with the network (Scardapane et al., 2020)
@@ -33,7 +36,7 @@ from .criteria import get_criterion
 from .deciders import DEFAULT_THRESHOLD, LEARNED_CRITERIA, parse_head
 from .exit_set import RESERVED_NAMES
 
-INSTANCE_KEYS = ("criterion", "patience", "final_loss_weight", "final_name", "stages", "exits", "gate",
+INSTANCE_KEYS = ("attach", "criterion", "patience", "final_loss_weight", "final_name", "stages", "exits", "gate",
                  "learned_policy", "distillation", "gradient_equilibrium", "forward_transfer")
 DISTILLATION_KEYS = ("temperature", "weight", "teacher")
 #: who teaches the exits: the final classifier of the same forward pass, or a frozen snapshot of the network
@@ -218,12 +221,16 @@ def parse_early_exit_config(config: Mapping[str, Any]) -> EarlyExitSpec:
     """Validate an ``early_exits`` instance dict (``class`` already removed) into an EarlyExitSpec."""
     config = _mapping(config, "", "the early-exit instance")
     _check_keys(config, INSTANCE_KEYS + ("class",), "")
+    if "attach" in config:
+        raise ScheduleError("`attach: builtin` names the model's own classifiers: expand it against the model "
+                            "(early_exit.builtin.expand_builtin) first", path="attach")
     criterion = _criterion_name(config.get("criterion", DEFAULT_CRITERION), "criterion")
     final_name = config.get("final_name", DEFAULT_FINAL_NAME)
     if not isinstance(final_name, str) or not final_name:
         raise ScheduleError(f"final_name must be a non-empty name, got {final_name!r}", path="final_name")
     if "exits" not in config:
-        raise ScheduleError("an early-exit instance needs `exits` (name -> {attach, branch, ...})", path="")
+        raise ScheduleError("an early-exit instance needs `exits` (name -> {attach, branch, ...}) or "
+                            "`attach: builtin`", path="")
     exits_raw = _mapping(config["exits"], "exits", "`exits`")
     if not exits_raw:
         raise ScheduleError("`exits` is empty; give at least one exit", path="exits")

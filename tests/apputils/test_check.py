@@ -27,6 +27,18 @@ def test_patterns_show_every_parameter_they_matched():
     assert "| exit2  | layer2" in text and "(N, 32, 16, 16)" in text
 
 
+def test_built_in_classifiers_are_marked_and_offered(tmp_path):
+    text = check(str(SCHEDULES / "msdnet_mnist.yaml"), "msdnet_mnist")
+    assert "| classifier1 | blocks.0.coarsest (built-in) | (N, 48, 7, 7)" in text
+    plain = tmp_path / "lr.yaml"
+    plain.write_text("version: 1\nlr_schedulers:\n  lr: {class: ExponentialLR, gamma: 0.9}\npolicies:\n"
+                     "  - lr_scheduler: {instance_name: lr}\n    starting_epoch: 0\n    ending_epoch: 5\n"
+                     "    frequency: 1\n")
+    text = check(str(plain), "ranet_mnist")
+    assert ("ranet_mnist declares built-in classifiers (classifier1, classifier2, classifier3); an early_exits "
+            "instance takes them with `attach: builtin`") in text
+
+
 def test_a_bad_schedule_is_one_located_line_and_status_2(capsys):
     assert main(["check", str(ROOT / "tests/schedule/bad/unknown_argument.yaml"), "--arch", "lenet_mnist"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

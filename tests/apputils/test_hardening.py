@@ -274,3 +274,13 @@ def test_a_budget_no_setting_can_meet_is_refused_before_training(target, capsys,
     assert err == f"error: --ee-calibrate {target}: even every sample leaving at the first exit costs 24.0% of the " \
                   "backbone's MACs"
     assert not (tmp_path / "runs").exists()
+
+
+def test_builtin_classifiers_on_a_model_without_them_are_refused_before_training(capsys, tmp_path):
+    schedule = ROOT / "schedules" / "msdnet_mnist.yaml"
+    code, err = run(["--arch", "lenet_mnist", "--compress", str(schedule), "--epochs", "1"], capsys, tmp_path)
+    line = next(i for i, text in enumerate(schedule.read_text().splitlines(), 1) if "attach: builtin" in text)
+    assert code == 2
+    assert err == (f"error: {schedule}:{line}: early_exits.msdnet.attach: LeNet declares no built-in classifiers; "
+                   f"give every exit `attach` and `branch`")
+    assert not list(tmp_path.glob("*/metrics.csv"))

@@ -25,6 +25,10 @@ ZOO = [
     ("resnet56_cifar", CIFAR, ["layer3.8.conv2"]),
     ("resnet110_cifar", CIFAR, ["layer1.17.conv2", "layer3.17.bn2"]),
     ("vgg16_cifar", CIFAR, ["features.0", "features.1", "features.28", "classifier"]),
+    ("msdnet_mnist", MNIST, ["blocks.0.coarsest", "blocks.5.coarsest", "classifier.linear"]),
+    ("msdnet_cifar", CIFAR, ["blocks.0.layers.0", "blocks.6.coarsest", "classifier.linear"]),
+    ("msdnet_cifar_batch", CIFAR, ["blocks.4.coarsest"]),
+    ("ranet_mnist", MNIST, ["subnets.0.stem", "subnets.1.blocks.0.fuse", "subnets.1.blocks.1.out", "classifier"]),
 ]
 
 

@@ -32,6 +32,7 @@ TARGETS = {
     "resnet20_cifar.filters_thinning.yaml": ("resnet20_cifar", (3, 32, 32)),
     "resnet20_mnist.skipnet_exits_agp.yaml": ("resnet20_cifar", (1, 28, 28)),
     "resnet20_mnist.blockdrop.yaml": ("resnet20_cifar", (1, 28, 28)),
+    "msdnet_mnist.yaml": ("msdnet_mnist", (1, 28, 28)),
 }
 MUTANTS_PER_SCHEDULE = 40
 #: a guard against a mutant that hangs (a runaway loop or allocation), not a speed test: a case takes about a
