@@ -21,6 +21,8 @@ from ..early_exit.calibrate import exit_costs
 from ..early_exit.exits import EarlyExits, backbone_parameters
 from ..early_exit.risk import Guarantee
 from ..early_exit.export import export_torchscript
+from ..early_exit.onnx_export import export_onnx
+from ..modules import unwrap
 from ..errors import CheckpointError, ConfigError, DistillEEError
 from ..routing import Routing
 from ..atomic import atomic_write_text
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     summary.update(calibration)
     summary.update(kd_summary(args))
     if args.ee_export:
-        summary["torchscript"] = _export(exits, run_dir)
+        summary["export"] = {"format": args.ee_export, "files": _export(args.ee_export, model, exits, run_dir)}
     if calibration and not args.evaluate:  # the last epoch trained (or the checkpoint's, if none was)
         _save(run_dir, args, max(args.epochs, start_epoch) - 1, model, optimizer, scheduler, best, False,
               extra=calibration)
@@ -396,12 +398,18 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
     return {**policy, **out}
 
 
-def _export(exits: Optional[EarlyExits], run_dir: RunDir) -> List[str]:
-    """TorchScript stages and branches of the multi-exit model, for deployment without distill_ee's Python."""
+def _export(fmt: str, model: nn.Module, exits: Optional[EarlyExits], run_dir: RunDir) -> List[str]:
+    """The multi-exit model's stages and branches as ONNX (for ONNX Runtime) or TorchScript, with a manifest."""
     if exits is None:
         raise ConfigError("--ee-export needs early exits (in the schedule or the checkpoint)")
-    paths = export_torchscript(exits.multi_exit_model().eval(), run_dir.file("torchscript"))
-    log.info("Exported %d TorchScript files to %s", len(paths), run_dir.file("torchscript"))
+    multi = exits.multi_exit_model().eval()
+    if fmt == "onnx":
+        paths = export_onnx(multi, unwrap(model), run_dir.file("onnx"))
+        log.info("Exported %d ONNX files to %s (distill_ee.deploy.MultiExitSession runs them)", len(paths),
+                 run_dir.file("onnx"))
+    else:
+        paths = export_torchscript(multi, run_dir.file("torchscript"))
+        log.info("Exported %d TorchScript files to %s", len(paths), run_dir.file("torchscript"))
     return [str(p.relative_to(run_dir.path)) for p in paths]
 
 

@@ -82,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --ee-calibrate: fit a softmax temperature per exit first")
     p.add_argument("--ee-no-recalibrate", action="store_true",
                    help="keep the schedule's thresholds even when pruning changed the backbone")
-    p.add_argument("--ee-export", action="store_true",
-                   help="write the stages and exit branches as TorchScript (run dir, torchscript/) with a "
-                        "manifest that distill_ee.early_exit.export.load_exported runs with real exits")
+    p.add_argument("--ee-export", nargs="?", const="onnx", default=None, choices=["onnx", "torchscript"],
+                   metavar="FORMAT",
+                   help="write the stages, exit branches and deciders with a manifest: onnx (default; run dir "
+                        "onnx/, run with real exits by distill_ee.deploy.MultiExitSession on ONNX Runtime, "
+                        "without torch) or torchscript (torchscript/, distill_ee.early_exit.export.load_exported; "
+                        "torch.jit is deprecated upstream)")
     p.add_argument("--kd-teacher", metavar="ARCH", default=None,
                    help="knowledge distillation: the teacher's architecture (a zoo name); with --kd-resume its "
                         "checkpoint (a project checkpoint restores the teacher's exits and thinning)")

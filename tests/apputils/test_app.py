@@ -96,8 +96,12 @@ def test_an_unwritable_out_dir_is_a_clear_error_without_traceback(tmp_path):
 
 
 def test_calibrate_and_export_a_trained_checkpoint(first_run, tmp_path):
-    from distill_ee.early_exit.export import load_exported
     import torch
+
+    import distill_ee
+    from distill_ee.apputils.models import create_model
+    from distill_ee.deploy import MultiExitSession
+    from distill_ee.early_exit.export import load_exported
 
     args = ["--arch", "lenet_mnist", "--resume-from", str(first_run / "best.pth.tar"), "--evaluate",
             "--ee-calibrate", "drop=1.0", "--ee-export", "--no-timing", "-o", str(tmp_path), "-n", "cal"]
@@ -109,7 +113,24 @@ def test_calibrate_and_export_a_trained_checkpoint(first_run, tmp_path):
     assert cal["valid"]["drop"] <= 1.0
     assert summary["exits"][0]["threshold"] == pytest.approx(cal["thresholds"][0], rel=1e-5)
     assert {"tradeoff.csv", "tradeoff.png", "exit_fractions.png"} <= {p.name for p in run.iterdir()}
-    exported = load_exported(run / "torchscript")
+    assert summary["export"]["format"] == "onnx" and "onnx/manifest.json" in summary["export"]["files"]
+    session = MultiExitSession(run / "onnx")
+    assert session.thresholds[0] == pytest.approx(cal["thresholds"][0], rel=1e-5)
+    x = torch.randn(64, 1, 28, 28)
+    logits, exit_index = session(x.numpy())
+    model = create_model("lenet_mnist", 10, 1)
+    distill_ee.load_checkpoint(model, first_run / "best.pth.tar")
+    exits = distill_ee.EarlyExits.of(model)
+    exits.set_thresholds(session.thresholds)  # the calibrated ones (an --evaluate run saves no checkpoint)
+    with torch.no_grad():
+        want, want_index = exits.multi_exit_model().eval()(x)
+    assert (exit_index == want_index.numpy()).all()
+    assert abs(logits - want.numpy()).max() < 1e-4
+
+    args[args.index("--ee-export") + 1:args.index("--ee-export") + 1] = ["torchscript"]
+    args[-1] = "ts"
+    assert main(args) == 0
+    exported = load_exported(next(tmp_path.glob("ts___*")) / "torchscript")
     logits, exit_index = exported(torch.zeros(4, 1, 28, 28))
     assert logits.shape == (4, 10) and exit_index.shape == (4,)
 
