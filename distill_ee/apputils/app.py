@@ -384,7 +384,7 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
             guarantee = Guarantee(args.ee_confidence, args.ee_consistency or "risk", seed=args.seed or 0)
         out = run_calibration(exits, valid_loader, test_loader, target, str(run_dir.path),
                               masks=scheduler.masks if scheduler else None, temperature=args.ee_temperature,
-                              guarantee=guarantee)
+                              guarantee=guarantee, latency=(args.ee_latency_runtime, args.ee_latency_batch))
     except ConfigError as exc:
         if args.ee_calibrate is not None:
             raise

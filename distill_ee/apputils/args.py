@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ee-consistency", choices=["risk", "textual"], default=None,
                    help="with --ee-confidence: bound the top-1 drop (risk, default) or the disagreement with the "
                         "final classifier (textual, needs no labels)")
+    p.add_argument("--ee-latency-runtime", choices=["torch", "onnx"], default="torch",
+                   help="with --ee-calibrate latency=F: the runtime whose per-stage times are measured (PyTorch, "
+                        "or ONNX Runtime on an export of the model; default torch)")
+    p.add_argument("--ee-latency-batch", type=int, default=1, metavar="N",
+                   help="with --ee-calibrate latency=F: the batch size the times are measured at (default 1)")
     p.add_argument("--ee-temperature", action="store_true",
                    help="with --ee-calibrate: fit a softmax temperature per exit first")
     p.add_argument("--ee-no-recalibrate", action="store_true",
@@ -127,6 +132,7 @@ _RANGES = (
     ("--momentum", "momentum", 0.0, 1.0, False),
     ("--wd", "weight_decay", 0.0, None, False),
     ("--seed", "seed", 0, 2 ** 32 - 1, False),
+    ("--ee-latency-batch", "ee_latency_batch", 1, 4096, False),
 )
 #: at most this many sparsity levels per weight in a sensitivity analysis
 MAX_SENSE_LEVELS = 1000
@@ -153,6 +159,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--ee-confidence is a probability in (0, 1), e.g. 0.9; got {args.ee_confidence}")
     if args.ee_confidence is not None and args.ee_calibrate and args.ee_calibrate.strip().lower().startswith("prop"):
         raise ConfigError("--ee-confidence certifies drop= and macs= targets, not fixed proportions")
+    latency = bool(args.ee_calibrate) and args.ee_calibrate.strip().lower().startswith("latency")
+    for flag, value, default in (("--ee-latency-runtime", args.ee_latency_runtime, "torch"),
+                                 ("--ee-latency-batch", args.ee_latency_batch, 1)):
+        if value != default and not latency:
+            raise ConfigError(f"{flag} applies only with --ee-calibrate latency=F")
     if args.ee_calibrate is not None and args.valid_size == 0:
         raise ConfigError("--ee-calibrate chooses thresholds on the validation split, and --vs 0 leaves none")
     _check_kd(args)

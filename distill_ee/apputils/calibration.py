@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, Mapping, Optional
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Tuple
 
+import torch
+
+from ..deploy.profile import LatencyProfile
 from ..early_exit.calibrate import (TARGET_KINDS, CalibrationTarget, calibrate_exits, check_target_range,
                                     measure_exits, split_figures)
+from ..early_exit.latency import latency_costs, profile_torch
+from ..early_exit.onnx_export import export_onnx
 from ..early_exit.exits import EarlyExits
 from ..early_exit.risk import Guarantee, loss_rate
 from ..early_exit.stats import collect_exit_logits
-from ..modules import eval_mode
+from ..modules import eval_mode, unwrap
 from ..errors import ConfigError
 from ..registry import suggest
 from .tradeoff_files import write_tradeoff
@@ -24,8 +30,8 @@ from .tradeoff_files import write_tradeoff
 log = logging.getLogger("distill_ee")
 
 _EXAMPLES = ("drop=0.5 (top-1 points below the final exit), macs=0.4 (share of the backbone's MACs per sample), "
-             "proportions=0.5,0.3 (share of the samples leaving at each early exit) or budget=0.5 (MSDNet's "
-             "geometric shares for an average budget)")
+             "latency=0.4 (share of its measured time), proportions=0.5,0.3 (share of the samples leaving at each "
+             "early exit) or budget=0.5 (MSDNet's geometric shares for an average budget)")
 
 
 def parse_target(text: str) -> CalibrationTarget:
@@ -50,7 +56,7 @@ def parse_target(text: str) -> CalibrationTarget:
 def _target_number(part: str, kind: str, text: str) -> float:
     part = part.strip()
     scale = 1.0
-    if kind in ("macs", "budget") and part.endswith("%"):
+    if kind in ("macs", "budget", "latency") and part.endswith("%"):
         part, scale = part[:-1].strip(), 0.01
     try:
         value = float(part) * scale
@@ -63,7 +69,8 @@ def _target_number(part: str, kind: str, text: str) -> float:
 
 def run_calibration(exits: EarlyExits, valid_loader: Any, test_loader: Any, target_text: str, out_dir: str, *,
                     masks: Optional[Mapping[str, Any]] = None, temperature: bool = False,
-                    guarantee: Optional[Guarantee] = None) -> Dict[str, Any]:
+                    guarantee: Optional[Guarantee] = None, latency: Tuple[str, int] = ("torch", 1)
+                    ) -> Dict[str, Any]:
     """Calibrate on validation, measure test at the chosen thresholds, write the trade-off files; returns the
     ``{"calibration": ...}`` part of summary.json. With a ``guarantee``, the choice is certified for new data
     and the certificate is reported next to the loss rates realised on validation and test."""
@@ -71,25 +78,32 @@ def run_calibration(exits: EarlyExits, valid_loader: Any, test_loader: Any, targ
         raise ConfigError("threshold calibration needs a validation split (it never looks at the test split); "
                           "set a validation size above 0")
     target = parse_target(target_text)
+    profile = measure_latency(exits, valid_loader, *latency) if target.kind == "latency" else None
+    costs = latency_costs(profile) if profile is not None else None
     result = calibrate_exits(exits, valid_loader, target, masks=masks, temperature=temperature,
-                             guarantee=guarantee)
+                             guarantee=guarantee, costs=costs)
     names = list(exits.output_names)
-    test_point, test_final = measure_exits(exits, test_loader, masks)
+    cost = "time" if profile is not None else "MACs"
+    test_point, test_final = measure_exits(exits, test_loader, masks, costs=costs)
     files = write_tradeoff(result.front, result.chosen, out_dir, final=result.final_point, exit_names=names,
                            guides=target.guides(result.final_top1), certified=result.certified_points)
     snippet = result.yaml_snippet(exits.exit_names)
+    if profile is not None:
+        snippet = snippet.replace("of the backbone's MACs", f"of the backbone's time ({profile.runtime})")
     valid = split_figures(result.chosen, result.final_top1, names)
     test = split_figures(test_point, test_final, names)
     log.info("Calibrated exit thresholds for %s (%s): %d settings searched in %.2f s", target.text,
              target.describe(), result.settings_searched, result.seconds)
     for split, fig in (("validation", valid), ("test", test)):
-        log.info("  %-10s top1 %.2f (final exit %.2f, drop %.2f points), MACs %.1f%% of the backbone, "
-                 "samples per exit: %s", split, fig["top1"], fig["final_top1"], fig["drop"],
+        log.info("  %-10s top1 %.2f (final exit %.2f, drop %.2f points), %s %.1f%% of the backbone, "
+                 "samples per exit: %s", split, fig["top1"], fig["final_top1"], fig["drop"], cost,
                  100 * fig["macs_fraction"], ", ".join(f"{k} {v:.1f}%" for k, v in fig["taken_pct"].items()))
     log.info("Schedule lines for these thresholds:\n%s", snippet)
     out = {"target": target.text, "criteria": result.criteria, "thresholds": result.thresholds,
            "temperatures": result.temperatures, "valid": valid, "test": test, "yaml": snippet,
            "settings_searched": result.settings_searched, "seconds": result.seconds, "files": files}
+    if profile is not None:
+        out["latency"] = _latency_report(profile, test_point, names)
     if target.kind == "budget":  # MSDNet's rule next to the project's own search at the same budget
         out["same_budget_macs_search"] = _macs_search(exits, valid_loader, test_loader, target.value, masks, names)
     if result.certificate is not None:
@@ -98,6 +112,36 @@ def run_calibration(exits: EarlyExits, valid_loader: Any, test_loader: Any, targ
         log.info("  realised loss rate (%s consistency): validation %.2f, test %.2f points",
                  result.certificate.consistency, out["guarantee"]["valid_loss_pct"], out["guarantee"]["test_loss_pct"])
     return {"calibration": out}
+
+
+def measure_latency(exits: EarlyExits, valid_loader: Any, runtime: str, batch_size: int) -> LatencyProfile:
+    """Per stage and branch seconds per sample in ``runtime`` (torch, or onnx on a temporary export), on up to
+    256 validation images at ``batch_size``."""
+    inputs = torch.cat([x for x, _ in valid_loader])[:256].cpu()
+    model = unwrap(exits.model)
+    multi = exits.multi_exit_model().eval()
+    if runtime == "torch":
+        profile = profile_torch(multi, model, inputs, batch_size)
+    else:
+        from ..deploy import MultiExitSession
+        from ..deploy.profile import profile_session
+        with tempfile.TemporaryDirectory() as tmp:
+            export_onnx(multi, model, tmp)
+            session = MultiExitSession(tmp, threads=1 if batch_size == 1 else torch.get_num_threads())
+            profile = profile_session(session, inputs.numpy(), batch_size)
+    log.info("Latency profile (%s, batch %d), microseconds per sample: stages %s; branches %s; backbone %.1f",
+             profile.runtime, batch_size, " / ".join(f"{1e6 * t:.1f}" for t in profile.stages),
+             " / ".join(f"{1e6 * t:.1f}" for t in profile.branches), 1e6 * profile.backbone)
+    return profile
+
+
+def _latency_report(profile: LatencyProfile, test_point: Any, names: list) -> Dict[str, Any]:
+    """The profile and BranchyNet's rule checked at the test split's shares (each failing exit logged)."""
+    taken = [p / 100.0 for p in test_point.taken_pct]
+    warnings = profile.branch_check(taken, names[:-1])
+    for w in warnings:
+        log.warning("%s", w)
+    return {**profile.to_dict(), "warnings": warnings}
 
 
 def _macs_search(exits: EarlyExits, valid_loader: Any, test_loader: Any, budget: float,

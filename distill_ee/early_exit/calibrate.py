@@ -7,6 +7,8 @@ Targets (``CalibrationTarget``; the sample app parses them from the CLI's text):
 * ``macs=0.4`` (or 40%)   expected MACs per sample at most 40% of the backbone's; the most accurate such setting;
 * ``proportions=0.5,0.3`` a fixed share of all samples leaves at each early exit, in order (the rest reach the
                           final classifier); thresholds are set exit by exit on the samples still running.
+* ``latency=0.5`` (or 50%) as ``macs``, but priced in measured seconds per sample of each stage and branch in
+                          the runtime the model will run in (``LatencyProfile``): MACs mislead on CPU;
 * ``budget=0.5`` (or 50%) MSDNet's budgeted batch classification (Huang et al., 2018, section 4): the shares
                           leaving at the outputs follow a geometric law q_k ~ (1 - q)^(k-1), with q solved so
                           that the expected MACs per sample are the budget; thresholds then give those shares,
@@ -48,7 +50,9 @@ from .tradeoff import (ExitCosts, Keys, SearchSpace, Settings, TradeoffPoint, be
                        coordinate_descent, criterion_threshold, evaluate_grid, evaluate_settings, explore,
                        front_points, front_rows, measure_point, uses_grid)
 
-TARGET_KINDS = ("drop", "macs", "proportions", "budget")
+TARGET_KINDS = ("drop", "macs", "proportions", "budget", "latency")
+#: targets whose cost is time measured in a runtime, not MACs
+TIME_KINDS = ("latency",)
 
 
 # --------------------------------------------------------------------------- targets
@@ -86,6 +90,8 @@ class CalibrationTarget:
             return f"top-1 at most {self.value:g} points below the final exit, fewest MACs"
         if self.kind == "macs":
             return f"at most {100 * self.value:g}% of the backbone's MACs per sample, best top-1"
+        if self.kind == "latency":
+            return f"at most {100 * self.value:g}% of the backbone's measured time per sample, best top-1"
         if self.kind == "budget":
             return (f"MSDNet's budgeted batch rule: shares per exit on a geometric law averaging "
                     f"{100 * self.value:g}% of the backbone's MACs")
@@ -95,7 +101,7 @@ class CalibrationTarget:
         """The limit to draw on the trade-off plot (``top1`` floor or ``macs_fraction`` budget)."""
         if self.kind == "drop":
             return {"top1": final_top1 - self.value}
-        if self.kind in ("macs", "budget"):
+        if self.kind in ("macs", "budget", "latency"):
             return {"macs_fraction": self.value}
         return {}
 
@@ -104,8 +110,9 @@ def check_target_range(kind: str, values: Tuple[float, ...], text: str) -> None:
     """ConfigError (naming the target as ``text``) unless every value is in its kind's range."""
     if kind == "drop" and not 0.0 <= values[0] <= 100.0:
         raise ConfigError(f"calibration target {text!r}: drop is in top-1 points, between 0 and 100")
-    if kind in ("macs", "budget") and not 0.0 < values[0] <= 1.0:
-        raise ConfigError(f"calibration target {text!r}: {kind} is a fraction of the backbone's MACs in (0, 1], "
+    if kind in ("macs", "budget", "latency") and not 0.0 < values[0] <= 1.0:
+        what = "measured time" if kind == "latency" else "MACs"
+        raise ConfigError(f"calibration target {text!r}: {kind} is a fraction of the backbone's {what} in (0, 1], "
                           f"e.g. {kind}=0.4 or {kind}=40%")
     if kind == "proportions":
         if any(not 0.0 <= v <= 1.0 for v in values):
@@ -367,8 +374,8 @@ def _search(space: SearchSpace, keys: Keys) -> Tuple[Settings, int]:
     row = best_row(settings, keys)
     if float(keys(settings)[0][row]) == 0.0:
         cheapest = float(settings.macs.min()) / space.costs.full_macs
-        raise ConfigError(f"no threshold setting meets the MACs budget: the cheapest searched costs "
-                          f"{100 * cheapest:.1f}% of the backbone's MACs on the validation split")
+        raise ConfigError(f"no threshold setting meets the budget: the cheapest searched costs "
+                          f"{100 * cheapest:.1f}% of the backbone's cost on the validation split")
     return settings, row
 
 
@@ -453,9 +460,12 @@ def exit_costs(multi: MultiExitModel, model: torch.nn.Module, masks: Optional[Ma
 def calibrate_exits(exits: EarlyExits, valid_batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
                     target: CalibrationTarget, *, masks: Optional[Mapping[str, Any]] = None,
                     temperature: bool = False, effective: bool = False, candidates: Optional[int] = None,
-                    guarantee: Optional[Guarantee] = None) -> CalibrationResult:
+                    guarantee: Optional[Guarantee] = None, costs: Optional[ExitCosts] = None) -> CalibrationResult:
     """Calibrate a model's exits on validation batches and set their thresholds (temperatures, if fitted,
-    folded into the branches)."""
+    folded into the branches). ``costs``: the cost model (default: MACs; a ``latency=`` target needs one in
+    measured time, ``latency.latency_costs``)."""
+    if target.kind in TIME_KINDS and costs is None:
+        raise ConfigError(f"calibration target {target.text!r} needs a measured latency profile")
     multi = exits.multi_exit_model()
     learned = [c.name for c in multi.criteria if isinstance(c, LearnedCriterion)]
     if temperature and learned:
@@ -463,7 +473,7 @@ def calibrate_exits(exits: EarlyExits, valid_batches: Iterable[Tuple[torch.Tenso
                           "their thresholds without it")
     with eval_mode(multi):
         logits, targets = collect_exit_logits(multi, valid_batches)
-    costs = exit_costs(multi, unwrap(exits.model), masks, effective)
+    costs = costs or exit_costs(multi, unwrap(exits.model), masks, effective)
     result = calibrate(logits, targets, multi.criteria, costs.macs_per_exit, costs.full_macs, target,
                        temperature, branch_macs=costs.branch_macs, candidates=candidates, guarantee=guarantee)
     if result.temperatures is not None:
@@ -473,13 +483,14 @@ def calibrate_exits(exits: EarlyExits, valid_batches: Iterable[Tuple[torch.Tenso
 
 
 def measure_exits(exits: EarlyExits, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
-                  masks: Optional[Mapping[str, Any]] = None, effective: bool = False
-                  ) -> Tuple[TradeoffPoint, float]:
-    """(figures at the exits' thresholds, final exit top-1) on ``batches``, with calibration's cost model."""
+                  masks: Optional[Mapping[str, Any]] = None, effective: bool = False,
+                  costs: Optional[ExitCosts] = None) -> Tuple[TradeoffPoint, float]:
+    """(figures at the exits' thresholds, final exit top-1) on ``batches``, with calibration's cost model
+    (``costs``, default MACs)."""
     multi = exits.multi_exit_model()
     with eval_mode(multi):
         logits, targets = collect_exit_logits(multi, batches)
-    costs = exit_costs(multi, unwrap(exits.model), masks, effective)
+    costs = costs or exit_costs(multi, unwrap(exits.model), masks, effective)
     point = measure_point(logits, targets, multi.criteria, list(exits.thresholds), costs)
     final_top1 = 100.0 * float((logits[-1].argmax(dim=1) == targets).double().mean())
     return point, final_top1

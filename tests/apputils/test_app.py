@@ -135,6 +135,19 @@ def test_calibrate_and_export_a_trained_checkpoint(first_run, tmp_path):
     assert logits.shape == (4, 10) and exit_index.shape == (4,)
 
 
+def test_latency_target_calibrates_on_the_measured_times_of_the_chosen_runtime(first_run, tmp_path):
+    args = ["--arch", "lenet_mnist", "--resume-from", str(first_run / "best.pth.tar"), "--evaluate",
+            "--ee-calibrate", "latency=0.9", "--ee-latency-runtime", "onnx", "--no-timing", "-o", str(tmp_path),
+            "-n", "lat"]
+    assert main(args) == 0
+    summary = json.loads((next(tmp_path.glob("lat___*")) / "summary.json").read_text())
+    latency = summary["calibration"]["latency"]
+    assert latency["runtime"] == "onnxruntime" and latency["batch_size"] == 1
+    assert len(latency["stages"]) == 2 and len(latency["branches"]) == 1 and latency["backbone"] > 0
+    assert isinstance(latency["warnings"], list)
+    assert summary["calibration"]["valid"]["macs_fraction"] <= 0.9  # a share of the measured time here
+
+
 def test_sensitivity_analysis_writes_csv_and_png(first_run, tmp_path):
     args = ["--arch", "lenet_mnist", "--resume-from", str(first_run / "best.pth.tar"), "--sense", "filter",
             "--sense-range", "0", "0.6", "0.3", "-o", str(tmp_path), "-n", "sense"]

@@ -53,9 +53,15 @@ BEFORE_ANY_OUTPUT = [
     (["--skip-checksum"], "--skip-checksum applies only with --resume-from"),
     (["--ee-temperature"], "--ee-temperature applies only with --ee-calibrate"),
     (["--ee-calibrate", "foo"], "calibration target 'foo': expected KIND=VALUE, e.g. drop=0.5 (top-1 points below "
-                                "the final exit), macs=0.4 (share of the backbone's MACs per sample), "
-                                "proportions=0.5,0.3 (share of the samples leaving at each early exit) or "
-                                "budget=0.5 (MSDNet's geometric shares for an average budget)"),
+                                "the final exit), macs=0.4 (share of the backbone's MACs per sample), latency=0.4 "
+                                "(share of its measured time), proportions=0.5,0.3 (share of the samples leaving at "
+                                "each early exit) or budget=0.5 (MSDNet's geometric shares for an average budget)"),
+    (["--ee-calibrate", "latency=2"], "calibration target 'latency=2': latency is a fraction of the backbone's "
+                                      "measured time in (0, 1], e.g. latency=0.4 or latency=40%"),
+    (["--ee-latency-batch", "4"], "--ee-latency-batch applies only with --ee-calibrate latency=F"),
+    (["--ee-latency-runtime", "onnx"], "--ee-latency-runtime applies only with --ee-calibrate latency=F"),
+    (["--ee-calibrate", "latency=0.5", "--ee-latency-batch", "0"],
+     "--ee-latency-batch must be at least 1 and at most 4096, got 0"),
     (["--ee-calibrate", "budget=0"], "calibration target 'budget=0': budget is a fraction of the backbone's MACs "
                                      "in (0, 1], e.g. budget=0.4 or budget=40%"),
     (["--ee-calibrate", "drop=1", "--vs", "0"],
