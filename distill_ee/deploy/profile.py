@@ -61,15 +61,16 @@ class LatencyProfile:
         return asdict(self)
 
 
-def best_time(fn: Callable[[], Any], rounds: int) -> float:
-    """Fastest of ``rounds`` calls of ``fn`` after one warm-up call (seconds)."""
+def typical_time(fn: Callable[[], Any], rounds: int) -> float:
+    """Median of ``rounds`` calls of ``fn`` after one warm-up call (seconds): what a call takes, to predict
+    latency with (the fastest round would promise too little)."""
     fn()
-    best = float("inf")
+    times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 
 
 def profile_session(session: Any, inputs: np.ndarray, batch_size: int, rounds: int = 5) -> LatencyProfile:
@@ -89,9 +90,9 @@ def profile_session(session: Any, inputs: np.ndarray, batch_size: int, rounds: i
             session._stage(k, env)
         envs.append(snapshots)
         done.append(env)
-    stages = [best_time(lambda k=k: [session._stage(k, list(e[k])) for e in envs], rounds) / n
+    stages = [typical_time(lambda k=k: [session._stage(k, list(e[k])) for e in envs], rounds) / n
               for k in range(len(session.stages))]
-    branches = [best_time(lambda k=k: [session._branch(k, a[plan["attach"][k]]) for a in done], rounds) / n
+    branches = [typical_time(lambda k=k: [session._branch(k, a[plan["attach"][k]]) for a in done], rounds) / n
                 for k in range(len(session.branches))]
-    backbone = best_time(lambda: [session.backbone(b) for b in batches], rounds) / n
+    backbone = typical_time(lambda: [session.backbone(b) for b in batches], rounds) / n
     return LatencyProfile("onnxruntime", batch_size, stages, branches, backbone)

@@ -11,7 +11,7 @@ from typing import Any, List
 import torch
 from torch import nn
 
-from ..deploy.profile import LatencyProfile, best_time
+from ..deploy.profile import LatencyProfile, typical_time
 from ..modules import eval_mode
 from .collaboration import run_branch
 from .multi_exit import MultiExitModel
@@ -39,11 +39,11 @@ def profile_torch(multi: MultiExitModel, model: nn.Module, inputs: torch.Tensor,
                     env[slot] = value
             before.append(snapshots)
             done.append(env)
-        stages = [best_time(lambda k=k: [calls[k](*[e[k][i] for i in plan.inputs[k]]) for e in before], rounds) / n
+        stages = [typical_time(lambda k=k: [calls[k](*[e[k][i] for i in plan.inputs[k]]) for e in before], rounds) / n
                   for k in range(len(calls))]
-        branches = [best_time(lambda k=k: [run_branch(multi.branches[k], e[plan.attach[k]], None) for e in done],
+        branches = [typical_time(lambda k=k: [run_branch(multi.branches[k], e[plan.attach[k]], None) for e in done],
                               rounds) / n for k in range(multi.num_exits)]
-        backbone = best_time(lambda: [model(b) for b in batches], rounds) / n
+        backbone = typical_time(lambda: [model(b) for b in batches], rounds) / n
     return LatencyProfile("pytorch", batch_size, stages, branches, backbone)
 
 
