@@ -7,7 +7,6 @@ fires. Needs numpy and onnxruntime, not torch.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -16,6 +15,7 @@ import onnxruntime as ort
 
 from .criteria import State, exit_mask, leaves
 from .manifest import LEARNED_CRITERIA, Manifest, ManifestError, read_manifest
+from .profile import typical_time
 
 
 def make_session(path: Path, threads: Optional[int] = None) -> ort.InferenceSession:
@@ -191,7 +191,7 @@ class MultiExitSession:
         """Seconds per sample to reach each exit (its stages and the branches on the way), final last."""
         out = []
         for k in range(self.manifest.num_exits + 1):
-            out.append(_median(lambda: self._prefix(x, k), repeats) / x.shape[0])
+            out.append(typical_time(lambda: self._prefix(x, k), repeats) / x.shape[0])
         return out
 
     def _prefix(self, x: np.ndarray, k: int) -> None:
@@ -213,13 +213,3 @@ def _shrink(env: List[Any], slots: Sequence[int], keep: np.ndarray) -> None:
         if key not in done:
             done[key] = np.ascontiguousarray(value[keep])
         env[slot] = done[key]
-
-
-def _median(fn: Any, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]

@@ -13,7 +13,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -31,14 +31,20 @@ FORMAT = "distill_ee.multi_exit"
 FORMAT_VERSION = 1
 
 
-def export_torchscript(multi: MultiExitModel, directory: Union[str, Path]) -> List[Path]:
-    """Write every stage and branch of ``multi`` as TorchScript plus the manifest; returns the written paths."""
+def prepare_export(multi: MultiExitModel, directory: Union[str, Path]) -> Tuple[Path, list, list]:
+    """(directory, made; each stage's example arguments; each branch's), refusing what no export runs."""
     if any(takes_previous(b) for b in multi.branches):
         raise DistillEEError("exits with forward_transfer read the previous exit's logits, which the exported "
                              "runtime does not pass; export a model without forward_transfer")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stage_args, branch_args = _example_arguments(multi)
+    return directory, stage_args, branch_args
+
+
+def export_torchscript(multi: MultiExitModel, directory: Union[str, Path]) -> List[Path]:
+    """Write every stage and branch of ``multi`` as TorchScript plus the manifest; returns the written paths."""
+    directory, stage_args, branch_args = prepare_export(multi, directory)
     written: List[Path] = []
     files: Dict[str, List[str]] = {"stages": [], "branches": []}
     methods: List[str] = []

@@ -23,9 +23,8 @@ from ..deploy.manifest import FORMAT, MANIFEST, VERSION
 from ..dynamic import static_compute
 from ..errors import DistillEEError
 from ..modules import eval_mode, example_input
-from .collaboration import takes_previous
 from .deciders import LearnedCriterion
-from .export import _example_arguments, _write_json
+from .export import _write_json, prepare_export
 from .multi_exit import MultiExitModel
 
 #: the opset written (ONNX Runtime 1.17 and later read it)
@@ -46,12 +45,7 @@ class _Backbone(nn.Module):
 
 def export_onnx(multi: MultiExitModel, model: nn.Module, directory: Union[str, Path]) -> List[Path]:
     """Write ``multi``'s stages, branches and deciders, the backbone and the manifest; the written paths."""
-    if any(takes_previous(b) for b in multi.branches):
-        raise DistillEEError("exits with forward_transfer read the previous exit's logits, which the exported "
-                             "runtime does not pass; export a model without forward_transfer")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    stage_args, branch_args = _example_arguments(multi)
+    directory, stage_args, branch_args = prepare_export(multi, directory)
     plan = multi.plan
     written: List[Path] = []
     files: Dict[str, Any] = {"stages": [], "branches": [], "deciders": {}}
