@@ -1,0 +1,110 @@
+"""Post-training int8 quantization of an ONNX multi-exit export, run with real integer kernels on ONNX Runtime.
+
+Every stage, branch, fused exit, decider and the backbone is quantized statically in ONNX Runtime's QDQ format
+(``onnxruntime.quantization``): weights int8 (per output channel by default), activations uint8 or int8 with
+ranges calibrated on sample inputs (min/max), only convolutions, matrix products and linear layers quantized,
+so the criteria's softmax and entropy stay in float. Each file is calibrated on the values it really receives:
+the calibration images are run through the float stages and every file gets its own inputs. The result is a
+directory ``MultiExitSession`` runs as it is (the manifest records how it was quantized). Nothing here imports
+torch.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .manifest import MANIFEST, read_manifest
+from .session import MultiExitSession
+
+#: the operators turned into integer kernels
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+class _Reader:
+    """ONNX Runtime's calibration data reader over a list of feeds."""
+
+    def __init__(self, feeds: List[Dict[str, np.ndarray]]):
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        """The next feed (None when done)."""
+        return next(self._feeds, None)
+
+    def rewind(self) -> None:
+        """Not needed: each file is calibrated once."""
+
+
+def calibration_feeds(session: MultiExitSession, images: np.ndarray, batch_size: int = 64
+                      ) -> Dict[str, List[Dict[str, np.ndarray]]]:
+    """For every file of the export, the inputs it receives when ``images`` run through the float model."""
+    plan = session.plan
+    feeds: Dict[str, List[Dict[str, np.ndarray]]] = {}
+
+    def add(name: str, feed: Dict[str, np.ndarray]) -> None:
+        feeds.setdefault(name, []).append(feed)
+
+    for i in range(0, images.shape[0], batch_size):
+        x = np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32)
+        env: List[Any] = [None] * plan["num_slots"]
+        env[0] = x
+        add(session.manifest.backbone.name if session.manifest.backbone else "", {"input": x})
+        for k in range(len(session.stages)):
+            stage_feed = {f"slot{s}": env[s] for s in plan["inputs"][k]}
+            add(session.manifest.stages[k].name, stage_feed)
+            if session.manifest.exits is not None and k < session.manifest.num_exits:
+                add(session.manifest.exits[k].name, stage_feed)
+            session._stage(k, env)
+            if k < session.manifest.num_exits:
+                features = env[plan["attach"][k]]
+                add(session.manifest.branches[k].name, {"features": features})
+                if k in session.deciders:
+                    add(session.manifest.deciders[k].name, {"logits": session._branch(k, features)})
+    return feeds
+
+
+def quantize_export(source: Union[str, Path], target: Union[str, Path], images: np.ndarray, *,
+                    per_channel: bool = True, activations: str = "uint8", symmetric_activations: bool = False,
+                    exclude: Sequence[str] = ()) -> List[Path]:
+    """Quantize every file of the export in ``source`` into ``target`` (calibrated on ``images``); the written
+    paths. ``activations``: ``uint8`` or ``int8``; ``exclude``: file names left in float."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if activations not in ("uint8", "int8"):
+        raise ValueError(f"activations are uint8 or int8, got {activations!r}")
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    session = MultiExitSession(source, threads=1)
+    feeds = calibration_feeds(session, images)
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, file_feeds in feeds.items():
+            if not name:
+                continue
+            out = target / name
+            if name in exclude:
+                shutil.copyfile(source / name, out)
+            else:
+                pre = Path(tmp) / name
+                quant_pre_process(str(source / name), str(pre), skip_symbolic_shape=True)
+                quantize_static(str(pre), str(out), _Reader(file_feeds), quant_format=QuantFormat.QDQ,
+                                per_channel=per_channel, op_types_to_quantize=list(QUANTIZED_OPS),
+                                activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                                weight_type=QuantType.QInt8,
+                                extra_options={"ActivationSymmetric": symmetric_activations,
+                                               "WeightSymmetric": True})
+            written.append(out)
+    manifest = json.loads((source / MANIFEST).read_text())
+    manifest["quantization"] = {"format": "QDQ", "weights": "int8", "activations": activations,
+                                "per_channel": per_channel, "symmetric_activations": symmetric_activations,
+                                "calibration_images": int(images.shape[0]), "operators": list(QUANTIZED_OPS),
+                                "float": sorted(exclude)}
+    (target / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    written.append(target / MANIFEST)
+    read_manifest(target)  # the result must be a runnable export
+    return written
