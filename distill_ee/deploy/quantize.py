@@ -2,8 +2,8 @@
 
 Every stage, branch, fused exit, decider and the backbone is quantized statically in ONNX Runtime's QDQ format
 (``onnxruntime.quantization``): weights int8 (per output channel by default), activations uint8 or int8 with
-ranges calibrated on sample inputs (min/max), only convolutions, matrix products and linear layers quantized,
-so the criteria's softmax and entropy stay in float. Each file is calibrated on the values it really receives:
+ranges calibrated on sample inputs (min/max); the network's operators are quantized, the criteria's softmax
+and entropy stay in float. Each file is calibrated on the values it really receives:
 the calibration images are run through the float stages and every file gets its own inputs. The result is a
 directory ``MultiExitSession`` runs as it is (the manifest records how it was quantized). Nothing here imports
 torch.
@@ -21,8 +21,11 @@ import numpy as np
 from .manifest import MANIFEST, read_manifest
 from .session import MultiExitSession
 
-#: the operators turned into integer kernels
-QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+#: the operators quantized: the network's own (convolutions, matrix products, pooling, activations, residual sums
+#: and reshaping); not Softmax, LogSoftmax, Mul, ReduceSum, ArgMax or Sigmoid, which only the exits' scores and
+#: deciders use, so that the decisions are computed in float
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Add",
+                 "Concat", "Flatten", "Reshape", "Resize", "Transpose", "Squeeze", "Unsqueeze")
 
 
 class _Reader:
