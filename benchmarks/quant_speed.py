@@ -119,12 +119,13 @@ def main(argv: Optional[List[str]] = None) -> None:
                 sessions[batch] = (fp32, int8)
             fp32, int8 = sessions[256]
             a32, a8 = accuracy(fp32, images, targets), accuracy(int8, images, targets)
-            quality.append([arch, f"{a32['backbone']:.1f} / {a8['backbone']:.1f}", f"{a32['exits']:.1f} / {a8['exits']:.1f}",
+            fp32_file, int8_file = run / "onnx" / "backbone.onnx", int8_dir / "backbone.onnx"
+            quality.append([arch, f"{a32['backbone']:.1f} / {a8['backbone']:.1f}",
+                            f"{a32['exits']:.1f} / {a8['exits']:.1f}",
                             " / ".join(f"{100 * t:.0f}" for t in a32["taken"]),
                             " / ".join(f"{100 * t:.0f}" for t in a8["taken"]),
-                            f"{(run / 'onnx' / 'backbone.onnx').stat().st_size / 1e3:.0f} / "
-                            f"{(int8_dir / 'backbone.onnx').stat().st_size / 1e3:.0f} kB",
-                            f"{weight_bytes(run / 'onnx' / 'backbone.onnx') / weight_bytes(int8_dir / 'backbone.onnx'):.2f}x"])
+                            f"{fp32_file.stat().st_size / 1e3:.0f} / {int8_file.stat().st_size / 1e3:.0f} kB",
+                            f"{weight_bytes(fp32_file) / weight_bytes(int8_file):.2f}x"])
             for batch, inputs in ((1, images[:args.single]), (256, images)):
                 print(f"timing {arch} at batch {batch} ...", flush=True)
                 fp32, int8 = sessions[batch]
