@@ -22,6 +22,7 @@ import yaml
 from torch import nn
 
 from ..atomic import atomic_write_text
+from ..early_exit.exits import EarlyExits
 from ..errors import ConfigError
 from ..modules import eval_mode
 
@@ -61,7 +62,8 @@ class _Running:
 
 
 def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], names: Optional[List[str]] = None) -> Stats:
-    """Statistics of the inputs and output of every leaf module (or the modules ``names``) over ``batches``."""
+    """Statistics of the inputs and output of every leaf module (or the modules ``names``) over ``batches``; a
+    model with early exits runs every branch too."""
     modules = dict(model.named_modules())
     chosen = names if names is not None else [n for n, m in modules.items() if n and not list(m.children())]
     running: Dict[str, Dict[str, Any]] = {n: {"inputs": {}, "output": _Running()} for n in chosen}
@@ -77,10 +79,12 @@ def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], names: Opti
         return record
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in chosen]
+    exits = EarlyExits.of(model)
+    run = exits.multi_exit_model().simulate if exits is not None else model  # exit branches run too
     try:
         with eval_mode(model), torch.no_grad():
             for x in batches:
-                model(x)
+                run(x)
     finally:
         for h in handles:
             h.remove()

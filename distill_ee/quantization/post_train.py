@@ -1,0 +1,188 @@
+"""``PostTrainLinearQuantizer``: Distiller's post-training range-based linear quantizer, by its names and arguments.
+
+In a schedule's ``quantizers`` section (or a ``--qe-config-file`` holding only that section)::
+
+    quantizers:
+      post_train_quantizer:
+        class: PostTrainLinearQuantizer
+        bits_activations: 8
+        bits_parameters: 8          # or bits_weights
+        bits_accum: 32
+        mode: ASYMMETRIC_UNSIGNED   # or {activations: ..., weights: ...}
+        per_channel_wts: true
+        clip_acts: AVG              # NONE, AVG or N_STD (with clip_n_stds)
+        model_activation_stats: stats.yaml
+        overrides:                  # by layer-name pattern (a regular expression), the first match wins
+          conv1: {bits_weights: 8, bits_activations: 8}
+          fc: {clip_acts: NONE, input_quantization_settings: {0: {bits_activations: 8}}}
+
+It does nothing while training; ``quantize(model, stats)`` then attaches a ``QuantizationSet`` (simulated
+quantization of every convolution and linear layer, exit branches included) with activation ranges from the
+statistics. The int8 kernels themselves run on ONNX Runtime (``distill_ee.deploy.quantize``).
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Dict, Mapping, Optional, Tuple, Union
+
+from torch import nn
+
+from ..arguments import ArgumentError, Range
+from ..context import BuildContext
+from ..errors import ConfigError
+from ..modules import unwrap
+from ..policies.base import Policy
+from ..registry import QUANTIZERS, suggest
+from .linear import ClipMode, LinearQuantMode
+from .quantset import LayerSettings, QuantizationSet, attach_quantization, quantizable_layers
+from .stats import Stats, load_stats
+
+Bits = Annotated[int, Range(2, 16, integer=True)]
+OVERRIDE_KEYS = ("bits_activations", "bits_weights", "bits_parameters", "mode", "per_channel_wts", "clip_acts",
+                 "clip_n_stds", "input_quantization_settings")
+
+
+@QUANTIZERS.register("PostTrainLinearQuantizer")
+class PostTrainLinearQuantizer(Policy):
+    """Post-training linear quantization of a trained model's convolutions and linear layers (simulated)."""
+
+    kind = "quantizer"
+    needs_minibatch_hooks = False
+    changes_masks_in_minibatches = False
+
+    def __init__(self, model: nn.Module, defaults: LayerSettings, overrides: Optional[Dict[str, Dict[str, Any]]]
+                 = None, model_activation_stats: Optional[str] = None, bits_accum: int = 32, name: str = ""):
+        super().__init__(name)
+        self.model = model
+        self.defaults = defaults
+        self.overrides = dict(overrides or {})
+        self.model_activation_stats = model_activation_stats
+        self.bits_accum = bits_accum
+
+    @classmethod
+    def build(cls, ctx: BuildContext, bits_activations: Optional[Bits] = 8, bits_parameters: Optional[Bits] = 8,
+              bits_weights: Optional[Bits] = None, bits_accum: Annotated[int, Range(8, 64, integer=True)] = 32,
+              mode: Union[str, Dict[str, str]] = "SYMMETRIC", per_channel_wts: bool = False,
+              clip_acts: str = "NONE", clip_n_stds: Optional[Annotated[float, Range(0.0, 100.0)]] = None,
+              overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+              model_activation_stats: Optional[str] = None) -> "PostTrainLinearQuantizer":
+        """Check Distiller's arguments (each problem located at its key) and make the quantizer."""
+        defaults = LayerSettings(bits_activations=bits_activations,
+                                 bits_weights=bits_weights if bits_weights is not None else bits_parameters,
+                                 bits_inputs=bits_activations, per_channel_wts=bool(per_channel_wts))
+        defaults.mode_activations, defaults.mode_weights = _modes(mode, ("mode",))
+        defaults.clip_acts = _clip(clip_acts, ("clip_acts",))
+        if clip_n_stds is not None:
+            defaults.clip_n_stds = float(clip_n_stds)
+        checked = {}
+        for pattern, settings in (overrides or {}).items():
+            try:
+                re.compile(str(pattern))
+            except re.error as err:
+                raise ArgumentError(f"{pattern!r} is not a regular expression ({err})", ("overrides", pattern))
+            checked[str(pattern)] = _override(settings, ("overrides", pattern), defaults)
+        return cls(ctx.model, defaults, checked, model_activation_stats, bits_accum, ctx.name)
+
+    def settings_for(self, layer: str) -> LayerSettings:
+        """The settings of ``layer``: the first override whose pattern matches its whole name, else the defaults."""
+        for pattern, settings in self.overrides.items():
+            if re.fullmatch(pattern, layer):
+                return settings
+        return self.defaults
+
+    def quantize(self, model: Optional[nn.Module] = None, stats: Optional[Stats] = None) -> QuantizationSet:
+        """Attach the simulated quantization to ``model`` (default: the schedule's), ranges from ``stats`` or the
+        ``model_activation_stats`` file."""
+        model = unwrap(model if model is not None else self.model)
+        if stats is None:
+            if self.model_activation_stats is None:
+                raise ConfigError("post-training quantization needs activation statistics: give "
+                                  "model_activation_stats (a stats file) or collect them (--qe-calibration)")
+            stats = load_stats(self.model_activation_stats)
+        qset = QuantizationSet({n: self.settings_for(n) for n, _ in quantizable_layers(model)}, self.name)
+        qset.set_ranges(stats)
+        return attach_quantization(model, qset)
+
+
+def _modes(mode: Any, path: Tuple[Any, ...]) -> Tuple[str, str]:
+    """(activations mode, weights mode) from one name or ``{activations, weights}``."""
+    if isinstance(mode, Mapping):
+        unknown = [k for k in mode if k not in ("activations", "weights")]
+        if unknown:
+            raise ArgumentError(f"unknown key {unknown[0]!r}", (*path, unknown[0]), valid=["activations", "weights"])
+        acts = _mode(mode.get("activations", "SYMMETRIC"), (*path, "activations"))
+        return acts, _mode(mode.get("weights", "SYMMETRIC"), (*path, "weights"))
+    one = _mode(mode, path)
+    return one, one
+
+
+def _mode(value: Any, path: Tuple[Any, ...]) -> str:
+    names = [m.name for m in LinearQuantMode]
+    if isinstance(value, str) and value.upper() in names:
+        return value.upper()
+    raise ArgumentError(f"{value!r} is not a quantization mode", path, valid=names,
+                        suggestions=suggest(str(value).upper(), names))
+
+
+def _clip(value: Any, path: Tuple[Any, ...]) -> str:
+    names = [m.name for m in ClipMode]
+    if isinstance(value, str) and value.upper() in names:
+        return value.upper()
+    other = " (Distiller's GAUSS and LAPLACE are not available)" if str(value).upper() in ("GAUSS", "LAPLACE") else ""
+    raise ArgumentError(f"{value!r} is not a clip mode{other}", path, valid=names,
+                        suggestions=suggest(str(value).upper(), names))
+
+
+def _bits(value: Any, path: Tuple[Any, ...]) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 16:
+        raise ArgumentError(f"bits must be an integer from 2 to 16 (or null: not quantized), got {value!r}", path)
+    return value
+
+
+def _override(raw: Any, path: Tuple[Any, ...], defaults: LayerSettings) -> LayerSettings:
+    """One override's settings, on top of the defaults."""
+    if not isinstance(raw, Mapping):
+        raise ArgumentError("an override is a mapping of settings", path, valid=list(OVERRIDE_KEYS))
+    s = LayerSettings(**defaults.to_config())
+    for key, value in raw.items():
+        where = (*path, key)
+        if key not in OVERRIDE_KEYS:
+            raise ArgumentError(f"unknown key {key!r}", where, valid=list(OVERRIDE_KEYS),
+                                suggestions=suggest(str(key), OVERRIDE_KEYS))
+        if key == "bits_activations":
+            s.bits_activations = s.bits_inputs = _bits(value, where)
+        elif key in ("bits_weights", "bits_parameters"):
+            s.bits_weights = _bits(value, where)
+        elif key == "mode":
+            s.mode_activations, s.mode_weights = _modes(value, where)
+        elif key == "per_channel_wts":
+            if not isinstance(value, bool):
+                raise ArgumentError(f"must be true or false, got {value!r}", where)
+            s.per_channel_wts = value
+        elif key == "clip_acts":
+            s.clip_acts = _clip(value, where)
+        elif key == "clip_n_stds":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
+                raise ArgumentError(f"must be a number in (0, 100], got {value!r}", where)
+            s.clip_n_stds = float(value)
+        else:
+            s.bits_inputs = _input_bits(value, where, s.bits_inputs)
+    return s
+
+
+def _input_bits(value: Any, path: Tuple[Any, ...], current: Optional[int]) -> Optional[int]:
+    """``input_quantization_settings: {0: {bits_activations: 8}}``: the bits of the layer's (only) input."""
+    if not isinstance(value, Mapping):
+        raise ArgumentError("input settings map an input index to its settings, e.g. {0: {bits_activations: 8}}",
+                            path)
+    for index, settings in value.items():
+        if str(index) != "0":
+            raise ArgumentError(f"convolutions and linear layers have one input (0), got {index!r}", (*path, index))
+        if not isinstance(settings, Mapping) or set(settings) - {"bits_activations"}:
+            raise ArgumentError("an input's settings are {bits_activations: N}", (*path, index),
+                                valid=["bits_activations"])
+        current = _bits(settings.get("bits_activations", current), (*path, index, "bits_activations"))
+    return current
+
