@@ -22,6 +22,8 @@ from ..early_exit.exits import EarlyExits, backbone_parameters
 from ..early_exit.risk import Guarantee
 from ..early_exit.export import export_torchscript
 from ..early_exit.onnx_export import export_onnx
+from ..deploy.quantize import quantize_export
+from ..quantization.quantset import quantization_of
 from ..modules import unwrap
 from ..errors import CheckpointError, ConfigError, DistillEEError
 from ..routing import Routing
@@ -32,6 +34,7 @@ from ..summaries import compute_table, model_table, sparsity_table, total_sparsi
 from .args import check_args, parse_args
 from .calibration import parse_target, run_calibration
 from .kd import add_kd_policy, kd_summary
+from .quantize_eval import is_quantized, prepare_quantizer, quantize_trained
 from .learned_policy_files import run_learned_policy
 from .datasets import check_inputs, dataset_info, load_dataset, make_loaders
 from .datasets.sharding import ORDER_STRIDE, shard_loaders
@@ -129,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     scheduler = _make_scheduler(args, model, optimizer, example.to(device), schedule_text)
     scheduler = add_kd_policy(args, model, optimizer, scheduler, info.num_classes, info.input_shape[0],
                               example.to(device), device)
+    quantizer = prepare_quantizer(args, model, scheduler, example.to(device))  # a bad config: before any output
     start_epoch, best = _resume(args, model, optimizer, scheduler, device)
     exits = EarlyExits.of(model)
     _check_exit_flags(args, model, exits)
@@ -143,13 +147,16 @@ def run(args: argparse.Namespace) -> int:
                       best)
     if run_dir is None:  # the other processes are done: rank 0 calibrates, reports and saves alone
         return 0
+    quantized = quantize_trained(args, quantizer, model, loaders[1], run_dir) if quantizer is not None else {}
     calibration = _calibrate(args, scheduler, exits, loaders, run_dir)
     summary = final_report(args, dataset, model, scheduler, loaders, criterion, device, example, run_dir,
                            exits=exits)
     summary.update(calibration)
+    summary.update(quantized)
     summary.update(kd_summary(args))
     if args.ee_export:
-        summary["export"] = {"format": args.ee_export, "files": _export(args.ee_export, model, exits, run_dir)}
+        summary["export"] = {"format": args.ee_export,
+                             "files": _export(args.ee_export, model, exits, run_dir, loaders[1])}
     if calibration and not args.evaluate:  # the last epoch trained (or the checkpoint's, if none was)
         _save(run_dir, args, max(args.epochs, start_epoch) - 1, model, optimizer, scheduler, best, False,
               extra=calibration)
@@ -371,10 +378,12 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
     pruned = bool(scheduler and (scheduler.find("pruner") or scheduler.find("extension")
                                  or scheduler.find("regularizer")))
     learned = any(c in LEARNED_CRITERIA for c in exits.criteria)  # their deciders are trained for 0.5
-    if target is None and pruned and not learned and not args.ee_no_recalibrate and not args.evaluate:
+    quantized = is_quantized(exits.model)
+    if target is None and (pruned or quantized) and not learned and not args.ee_no_recalibrate and \
+            (quantized or not args.evaluate):
         target = AUTO_RECALIBRATION
-        log.info("Pruning changed the backbone: recalibrating exit thresholds on the validation split (%s)",
-                 target)
+        log.info("%s changed the backbone: recalibrating exit thresholds on the validation split (%s)",
+                 "Quantization" if quantized else "Pruning", target)
     if target is None:
         return policy
     _, valid_loader, test_loader = loaders
@@ -398,18 +407,33 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
     return {**policy, **out}
 
 
-def _export(fmt: str, model: nn.Module, exits: Optional[EarlyExits], run_dir: RunDir) -> List[str]:
+def _export(fmt: str, model: nn.Module, exits: Optional[EarlyExits], run_dir: RunDir,
+            valid_loader: Any = None) -> List[str]:
     """The multi-exit model's stages and branches as ONNX (for ONNX Runtime) or TorchScript, with a manifest."""
     if exits is None:
         raise ConfigError("--ee-export needs early exits (in the schedule or the checkpoint)")
     multi = exits.multi_exit_model().eval()
-    if fmt == "onnx":
-        paths = export_onnx(multi, unwrap(model), run_dir.file("onnx"))
-        log.info("Exported %d ONNX files to %s (distill_ee.deploy.MultiExitSession runs them)", len(paths),
-                 run_dir.file("onnx"))
-    else:
-        paths = export_torchscript(multi, run_dir.file("torchscript"))
-        log.info("Exported %d TorchScript files to %s", len(paths), run_dir.file("torchscript"))
+    qset = quantization_of(unwrap(model))
+    if qset is not None:
+        qset.active = False  # the float graph is exported; int8 comes from ONNX Runtime's own kernels
+    try:
+        if fmt == "onnx":
+            paths = export_onnx(multi, unwrap(model), run_dir.file("onnx"))
+            log.info("Exported %d ONNX files to %s (distill_ee.deploy.MultiExitSession runs them)", len(paths),
+                     run_dir.file("onnx"))
+            if qset is not None and valid_loader is not None:
+                images = torch.cat([x for x, _ in valid_loader])[:256].cpu().numpy()
+                paths += quantize_export(run_dir.file("onnx"), run_dir.file("onnx_int8"), images,
+                                         per_channel=qset.settings[qset.layers[0]].per_channel_wts)
+                log.info("Quantized the export to int8 in %s (ONNX Runtime QDQ, calibrated on %d validation "
+                         "images)", run_dir.file("onnx_int8"), images.shape[0])
+        else:
+            paths = export_torchscript(multi, run_dir.file("torchscript"))
+            log.info("Exported %d TorchScript files to %s (float: the quantization is simulated)" if qset else
+                     "Exported %d TorchScript files to %s", len(paths), run_dir.file("torchscript"))
+    finally:
+        if qset is not None:
+            qset.active = True
     return [str(p.relative_to(run_dir.path)) for p in paths]
 
 

@@ -93,6 +93,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "onnx/, run with real exits by distill_ee.deploy.MultiExitSession on ONNX Runtime, "
                         "without torch) or torchscript (torchscript/, distill_ee.early_exit.export.load_exported; "
                         "torch.jit is deprecated upstream)")
+    q = p.add_argument_group("post-training quantization (Distiller's --qe flags)")
+    q.add_argument("--quantize-eval", "--qe", action="store_true", dest="quantize_eval",
+                   help="after training (or on --evaluate's checkpoint), quantize the model with "
+                        "PostTrainLinearQuantizer (simulated; with --ee-export onnx, also a real int8 export), "
+                        "recalibrate the exits' thresholds and report on the quantized model")
+    q.add_argument("--qe-mode", choices=list(QE_MODES), default=None,
+                   help="quantization mode of activations and weights (default sym)")
+    q.add_argument("--qe-mode-acts", choices=list(QE_MODES), default=None, help="mode of the activations only")
+    q.add_argument("--qe-mode-wts", choices=list(QE_MODES), default=None, help="mode of the weights only")
+    q.add_argument("--qe-bits-acts", type=int, default=None, metavar="N", help="bits of activations (default 8)")
+    q.add_argument("--qe-bits-wts", type=int, default=None, metavar="N", help="bits of weights (default 8)")
+    q.add_argument("--qe-bits-accum", type=int, default=None, metavar="N", help="bits of accumulators (32)")
+    q.add_argument("--qe-per-channel", action="store_true", help="one weight range per output channel")
+    q.add_argument("--qe-clip-acts", choices=["none", "avg", "n_std"], default=None,
+                   help="activation ranges: none (min/max), avg (average of per-batch min/max) or n_std")
+    q.add_argument("--qe-clip-n-stds", type=float, default=None, metavar="N",
+                   help="with --qe-clip-acts n_std: how many standard deviations (default 3)")
+    q.add_argument("--qe-no-quant-layers", nargs="+", default=None, metavar="LAYER",
+                   help="layers (names or regular expressions) left in float")
+    q.add_argument("--qe-stats-file", default=None, metavar="STATS_YAML",
+                   help="activation statistics (Distiller's stats YAML) instead of collecting them")
+    q.add_argument("--qe-calibration", type=float, default=None, metavar="PORTION",
+                   help="collect the activation statistics on this portion of the validation split (default: "
+                        "all of it) and write them to quantization_stats.yaml in the run directory")
+    q.add_argument("--qe-config-file", default=None, metavar="YAML",
+                   help="a YAML with a quantizers: section (PostTrainLinearQuantizer); the other --qe flags "
+                        "then cannot be given")
     p.add_argument("--kd-teacher", metavar="ARCH", default=None,
                    help="knowledge distillation: the teacher's architecture (a zoo name); with --kd-resume its "
                         "checkpoint (a project checkpoint restores the teacher's exits and thinning)")
@@ -167,8 +194,42 @@ def check_args(args: argparse.Namespace) -> None:
     if args.ee_calibrate is not None and args.valid_size == 0:
         raise ConfigError("--ee-calibrate chooses thresholds on the validation split, and --vs 0 leaves none")
     _check_kd(args)
+    _check_qe(args)
     if args.gpus is not None and not all(part.strip().isdigit() for part in args.gpus.split(",")):
         raise ConfigError(f"--gpus takes comma-separated GPU numbers, e.g. 0 or 0,1; got {args.gpus!r}")
+
+
+#: --qe-mode values -> Distiller's mode names
+QE_MODES = {"sym": "SYMMETRIC", "asym_u": "ASYMMETRIC_UNSIGNED", "asym_s": "ASYMMETRIC_SIGNED"}
+#: the --qe flags that shape the quantizer (not allowed with --qe-config-file)
+QE_SHAPING = ("qe_mode", "qe_mode_acts", "qe_mode_wts", "qe_bits_acts", "qe_bits_wts", "qe_bits_accum",
+              "qe_per_channel", "qe_clip_acts", "qe_clip_n_stds", "qe_no_quant_layers")
+
+
+def _check_qe(args: argparse.Namespace) -> None:
+    """The --qe flags: only with --qe, numbers in range, the config file alone."""
+    given = [a for a in (*QE_SHAPING, "qe_stats_file", "qe_calibration", "qe_config_file")
+             if getattr(args, a) not in (None, False)]
+    if given and not args.quantize_eval:
+        raise ConfigError(f"--{given[0].replace('_', '-')} applies only with --quantize-eval/--qe")
+    for flag, value, low, high in (("--qe-bits-acts", args.qe_bits_acts, 2, 16), ("--qe-bits-wts", args.qe_bits_wts,
+                                                                                  2, 16),
+                                   ("--qe-bits-accum", args.qe_bits_accum, 8, 64)):
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"{flag} must be at least {low} and at most {high}, got {value}")
+    if args.qe_calibration is not None and not (math.isfinite(args.qe_calibration) and 0 < args.qe_calibration <= 1):
+        raise ConfigError(f"--qe-calibration is a portion of the validation split in (0, 1], got {args.qe_calibration}")
+    if args.qe_clip_n_stds is not None and (args.qe_clip_acts != "n_std" or not (
+            math.isfinite(args.qe_clip_n_stds) and 0 < args.qe_clip_n_stds <= 100)):
+        raise ConfigError(f"--qe-clip-n-stds takes a number in (0, 100] with --qe-clip-acts n_std, got "
+                          f"{args.qe_clip_n_stds}")
+    if args.qe_config_file is not None:
+        shaping = [a for a in QE_SHAPING if getattr(args, a) not in (None, False)]
+        if shaping:
+            raise ConfigError(f"--{shaping[0].replace('_', '-')} cannot be given with --qe-config-file (its "
+                              f"quantizers: section says how to quantize)")
+    if args.quantize_eval and args.qe_stats_file is not None and args.qe_calibration is not None:
+        raise ConfigError("--qe-stats-file and --qe-calibration both give the activation statistics: choose one")
 
 
 def _check_kd(args: argparse.Namespace) -> None:

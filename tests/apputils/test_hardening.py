@@ -59,6 +59,15 @@ BEFORE_ANY_OUTPUT = [
     (["--ee-calibrate", "latency=2"], "calibration target 'latency=2': latency is a fraction of the backbone's "
                                       "measured time in (0, 1], e.g. latency=0.4 or latency=40%"),
     (["--ee-latency-batch", "4"], "--ee-latency-batch applies only with --ee-calibrate latency=F"),
+    (["--qe-bits-acts", "4"], "--qe-bits-acts applies only with --quantize-eval/--qe"),
+    (["--qe", "--qe-bits-wts", "1"], "--qe-bits-wts must be at least 2 and at most 16, got 1"),
+    (["--qe", "--qe-calibration", "0"], "--qe-calibration is a portion of the validation split in (0, 1], got 0.0"),
+    (["--qe", "--qe-clip-n-stds", "2"], "--qe-clip-n-stds takes a number in (0, 100] with --qe-clip-acts n_std, "
+                                        "got 2.0"),
+    (["--qe", "--qe-config-file", "x.yaml", "--qe-per-channel"],
+     "--qe-per-channel cannot be given with --qe-config-file (its quantizers: section says how to quantize)"),
+    (["--qe", "--qe-stats-file", "s.yaml", "--qe-calibration", "0.5"],
+     "--qe-stats-file and --qe-calibration both give the activation statistics: choose one"),
     (["--ee-latency-runtime", "onnx"], "--ee-latency-runtime applies only with --ee-calibrate latency=F"),
     (["--ee-calibrate", "latency=0.5", "--ee-latency-batch", "0"],
      "--ee-latency-batch must be at least 1 and at most 4096, got 0"),
