@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --qe-clip-acts n_std: how many standard deviations (default 3)")
     q.add_argument("--qe-no-quant-layers", nargs="+", default=None, metavar="LAYER",
                    help="layers (names or regular expressions) left in float")
+    q.add_argument("--qe-dynamic", action="store_true",
+                   help="activation ranges from each batch itself, not from statistics")
     q.add_argument("--qe-stats-file", default=None, metavar="STATS_YAML",
                    help="activation statistics (Distiller's stats YAML) instead of collecting them")
     q.add_argument("--qe-calibration", type=float, default=None, metavar="PORTION",
@@ -203,7 +205,7 @@ def check_args(args: argparse.Namespace) -> None:
 QE_MODES = {"sym": "SYMMETRIC", "asym_u": "ASYMMETRIC_UNSIGNED", "asym_s": "ASYMMETRIC_SIGNED"}
 #: the --qe flags that shape the quantizer (not allowed with --qe-config-file)
 QE_SHAPING = ("qe_mode", "qe_mode_acts", "qe_mode_wts", "qe_bits_acts", "qe_bits_wts", "qe_bits_accum",
-              "qe_per_channel", "qe_clip_acts", "qe_clip_n_stds", "qe_no_quant_layers")
+              "qe_per_channel", "qe_clip_acts", "qe_clip_n_stds", "qe_no_quant_layers", "qe_dynamic")
 
 
 def _check_qe(args: argparse.Namespace) -> None:

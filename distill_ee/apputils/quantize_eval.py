@@ -60,6 +60,8 @@ def _flag_config(args: argparse.Namespace) -> Dict[str, Any]:
                                        "weights": QE_MODES[args.qe_mode_wts] if args.qe_mode_wts else mode},
                               "per_channel_wts": bool(args.qe_per_channel),
                               "clip_acts": (args.qe_clip_acts or "none").upper()}
+    if args.qe_dynamic:
+        config["dynamic_acts"] = True
     if args.qe_clip_n_stds is not None:
         config["clip_n_stds"] = args.qe_clip_n_stds
     if args.qe_no_quant_layers:

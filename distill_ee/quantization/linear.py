@@ -92,21 +92,28 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -
 
 
 class _FakeQuantize(torch.autograd.Function):
-    """Quantize then dequantize; the gradient passes straight through (straight-through estimator)."""
+    """Quantize then dequantize. The gradient passes straight through inside the representable range and is
+    zero outside it (a saturated value does not move the loss), as in TensorFlow's and PyTorch's fake
+    quantization: with a plain straight-through gradient, training from scratch with slowly tracked ranges
+    diverges."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int,
                 mode: LinearQuantMode) -> torch.Tensor:
-        return dequantize(quantize(x, scale, zero_point, bits, mode), scale, zero_point)
+        lowest, highest = integer_range(bits, mode)
+        q = scale * x - zero_point
+        ctx.save_for_backward((q >= lowest - 0.5) & (q <= highest + 0.5))
+        return dequantize(torch.clamp(torch.round(q), lowest, highest), scale, zero_point)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
-        return grad, None, None, None, None
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int,
                   mode: LinearQuantMode) -> torch.Tensor:
-    """``x`` as it is after quantization to ``bits`` and back (gradient: straight through)."""
+    """``x`` as it is after quantization to ``bits`` and back (gradient: straight through within the range)."""
     return _FakeQuantize.apply(x, scale, zero_point, bits, mode)
 
 

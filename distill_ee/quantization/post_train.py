@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Dict, Mapping, Optional, Tuple, Union
 
+import torch
 from torch import nn
 
 from ..arguments import ArgumentError, Range
@@ -65,11 +66,14 @@ class PostTrainLinearQuantizer(Policy):
               mode: Union[str, Dict[str, str]] = "SYMMETRIC", per_channel_wts: bool = False,
               clip_acts: str = "NONE", clip_n_stds: Optional[Annotated[float, Range(0.0, 100.0)]] = None,
               overrides: Optional[Dict[str, Dict[str, Any]]] = None,
-              model_activation_stats: Optional[str] = None) -> "PostTrainLinearQuantizer":
-        """Check Distiller's arguments (each problem located at its key) and make the quantizer."""
+              model_activation_stats: Optional[str] = None, dynamic_acts: bool = False
+              ) -> "PostTrainLinearQuantizer":
+        """Check Distiller's arguments (each problem located at its key) and make the quantizer;
+        ``dynamic_acts``: activation ranges from each batch itself (``--qe-dynamic``)."""
         defaults = LayerSettings(bits_activations=bits_activations,
                                  bits_weights=bits_weights if bits_weights is not None else bits_parameters,
-                                 bits_inputs=bits_activations, per_channel_wts=bool(per_channel_wts))
+                                 bits_inputs=bits_activations, per_channel_wts=bool(per_channel_wts),
+                                 dynamic=bool(dynamic_acts))
         defaults.mode_activations, defaults.mode_weights = _modes(mode, ("mode",))
         defaults.clip_acts = _clip(clip_acts, ("clip_acts",))
         if clip_n_stds is not None:
@@ -186,3 +190,154 @@ def _input_bits(value: Any, path: Tuple[Any, ...], current: Optional[int]) -> Op
         current = _bits(settings.get("bits_activations", current), (*path, index, "bits_activations"))
     return current
 
+
+
+@QUANTIZERS.register("QuantAwareTrainRangeLinearQuantizer")
+class QuantAwareTrainRangeLinearQuantizer(Policy):
+    """Quantization-aware training (Distiller's range-based linear QAT): from the policy's first epoch on, every
+    convolution and linear layer trains with its input, weights and output fake-quantized (gradients straight
+    through to the float weights), the activation ranges tracked by an exponential moving average of each
+    batch's min and max (``ema_decay``). The model stays quantized after the window: ready for int8."""
+
+    kind = "quantizer"
+    needs_minibatch_hooks = False
+    changes_masks_in_minibatches = False
+
+    def __init__(self, model: nn.Module, qset: QuantizationSet, name: str = ""):
+        super().__init__(name)
+        self.model = model
+        self.qset = qset
+
+    @classmethod
+    def build(cls, ctx: BuildContext, bits_activations: Optional[Bits] = 8, bits_parameters: Optional[Bits] = 8,
+              bits_weights: Optional[Bits] = None, bits_accum: Annotated[int, Range(8, 64, integer=True)] = 32,
+              mode: Union[str, Dict[str, str]] = "SYMMETRIC", per_channel_wts: bool = False,
+              ema_decay: Annotated[float, Range(0.0, 1.0)] = 0.999, quantize_inputs: bool = True,
+              num_bits_inputs: Optional[Bits] = None, overrides: Optional[Dict[str, Dict[str, Any]]] = None
+              ) -> "QuantAwareTrainRangeLinearQuantizer":
+        """Check the arguments and attach the (not yet active) fake quantization to the model."""
+        if not 0.0 < ema_decay < 1.0:
+            raise ArgumentError(f"ema_decay must be strictly between 0 and 1, got {ema_decay}", ("ema_decay",))
+        inputs = (num_bits_inputs or bits_activations) if quantize_inputs else None
+        defaults = LayerSettings(bits_activations=bits_activations,
+                                 bits_weights=bits_weights if bits_weights is not None else bits_parameters,
+                                 bits_inputs=inputs, per_channel_wts=bool(per_channel_wts))
+        defaults.mode_activations, defaults.mode_weights = _modes(mode, ("mode",))
+        rules = {}
+        for pattern, settings in (overrides or {}).items():
+            try:
+                re.compile(str(pattern))
+            except re.error as err:
+                raise ArgumentError(f"{pattern!r} is not a regular expression ({err})", ("overrides", pattern))
+            rules[str(pattern)] = _override(settings, ("overrides", pattern), defaults)
+        model = unwrap(ctx.model)
+
+        def settings_for(layer: str) -> LayerSettings:
+            return next((s for p, s in rules.items() if re.fullmatch(p, layer)), defaults)
+
+        qset = QuantizationSet({n: settings_for(n) for n, _ in quantizable_layers(model)}, ctx.name, ema_decay)
+        qset.active = False  # float until the policy's first epoch
+        return cls(ctx.model, attach_quantization(model, qset), ctx.name)
+
+    def on_epoch_begin(self, ctx: Any) -> None:
+        """Train quantized from now on."""
+        self.qset.active = True
+
+
+def _research_bits(value: Optional[int], path: Tuple[Any, ...]) -> Optional[int]:
+    """Distiller's convention for DoReFa / PACT: 32 bits (or null) means not quantized."""
+    if value is None or value >= 32:
+        return None
+    return _bits(value, path)
+
+
+class _ResearchQuantizer(Policy):
+    """Shared by DoReFa and PACT: fake quantization of every convolution and linear layer from the policy's
+    first epoch on (Distiller's defaults: 32 bits, i.e. not quantized, unless given)."""
+
+    kind = "quantizer"
+    needs_minibatch_hooks = False
+    changes_masks_in_minibatches = False
+    scheme = "dorefa"
+
+    def __init__(self, model: nn.Module, qset: QuantizationSet, name: str = ""):
+        super().__init__(name)
+        self.model = model
+        self.qset = qset
+
+    @classmethod
+    def _make(cls, ctx: BuildContext, bits_activations: Optional[int], bits_weights: Optional[int],
+              bits_bias: Optional[int], overrides: Optional[Dict[str, Dict[str, Any]]],
+              alpha: float = 8.0) -> "_ResearchQuantizer":
+        if bits_bias is not None:
+            raise ArgumentError("biases stay in float here (the accumulator's precision); drop bits_bias",
+                                ("bits_bias",))
+        defaults = LayerSettings(bits_activations=None, bits_inputs=_research_bits(bits_activations,
+                                                                                 ("bits_activations",)),
+                                 bits_weights=_research_bits(bits_weights, ("bits_weights",)), scheme=cls.scheme)
+        rules = {}
+        for pattern, settings in (overrides or {}).items():
+            unknown = [k for k in dict(settings or {}) if k not in ("bits_activations", "bits_weights")]
+            if unknown:
+                raise ArgumentError(f"unknown key {unknown[0]!r}", ("overrides", pattern, unknown[0]),
+                                    valid=["bits_activations", "bits_weights"])
+            s = LayerSettings(**defaults.to_config())
+            if "bits_activations" in settings:
+                s.bits_inputs = _research_bits(settings["bits_activations"], ("overrides", pattern, "bits_activations"))
+            if "bits_weights" in settings:
+                s.bits_weights = _research_bits(settings["bits_weights"], ("overrides", pattern, "bits_weights"))
+            rules[str(pattern)] = s
+        model = unwrap(ctx.model)
+        layers = {n: next((s for p, s in rules.items() if re.fullmatch(p, n)), defaults)
+                  for n, _ in quantizable_layers(model)}
+        qset = QuantizationSet(layers, ctx.name)
+        with torch.no_grad():
+            for p in qset.alphas.values():
+                p.fill_(alpha)
+        qset.active = False
+        attach_quantization(model, qset)
+        ctx.add_parameters(qset.parameters())  # PACT's clipping values learn with the network
+        return cls(ctx.model, qset, ctx.name)
+
+    def on_epoch_begin(self, ctx: Any) -> None:
+        """Train quantized from now on."""
+        self.qset.active = True
+
+
+@QUANTIZERS.register("DorefaQuantizer")
+class DorefaQuantizer(_ResearchQuantizer):
+    """DoReFa-Net's quantization-aware training (Zhou et al., 2016): weights through tanh to [-1, 1] and
+    quantized; each layer's input clamped to [0, 1] and quantized (the ReLU output it usually is)."""
+
+    scheme = "dorefa"
+
+    @classmethod
+    def build(cls, ctx: BuildContext, bits_activations: Optional[int] = 32, bits_weights: Optional[int] = 32,
+              bits_bias: Optional[int] = None, overrides: Optional[Dict[str, Dict[str, Any]]] = None
+              ) -> "DorefaQuantizer":
+        """Distiller's arguments."""
+        return cls._make(ctx, bits_activations, bits_weights, bits_bias, overrides)  # type: ignore[return-value]
+
+
+@QUANTIZERS.register("PACTQuantizer")
+class PACTQuantizer(_ResearchQuantizer):
+    """PACT (Choi et al., 2018): DoReFa's weights; each layer's input clipped to [0, alpha] with alpha learned
+    per layer (``act_clip_init_val``; ``act_clip_decay`` its L2 weight decay) and quantized."""
+
+    scheme = "pact"
+
+    @classmethod
+    def build(cls, ctx: BuildContext, bits_activations: Optional[int] = 32, bits_weights: Optional[int] = 32,
+              bits_bias: Optional[int] = None, overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+              act_clip_init_val: Annotated[float, Range(0.0, 1000.0)] = 8.0,
+              act_clip_decay: Optional[Annotated[float, Range(0.0, 1.0)]] = None) -> "PACTQuantizer":
+        """Distiller's arguments."""
+        if act_clip_init_val <= 0:
+            raise ArgumentError(f"act_clip_init_val must be above 0, got {act_clip_init_val}", ("act_clip_init_val",))
+        made = cls._make(ctx, bits_activations, bits_weights, bits_bias, overrides, act_clip_init_val)
+        if act_clip_decay and ctx.optimizer is not None:
+            alphas = {id(p) for p in made.qset.alphas.values()}
+            for group in ctx.optimizer.param_groups:
+                if any(id(p) in alphas for p in group["params"]):
+                    group["weight_decay"] = float(act_clip_decay)
+        return made  # type: ignore[return-value]

@@ -18,11 +18,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import DistillEEError
+from ..errors import CheckpointError, DistillEEError
+from ..modules import unwrap
+from ..structure import (STEP_KINDS, ReplayContext, Step, StepKind, forget_step, record_step, structure_steps,
+                         swap_into_optimizer)
 from .linear import ClipMode, LinearQuantMode, fake_quantize, quant_params, stats_range, weight_range
 
 #: the attribute of the user's model that holds its QuantizationSet
 QUANT_ATTR = "quantization"
+#: the kind of the structure step that attaches it
+QUANT_STEP = "quantization"
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
 
@@ -38,30 +43,69 @@ class LayerSettings:
     per_channel_wts: bool = False
     clip_acts: str = "NONE"
     clip_n_stds: float = 3.0
+    #: ``range`` (range-based linear), ``dorefa`` or ``pact`` (Zhou et al., 2016; Choi et al., 2018): weights
+    #: through tanh to [-1, 1]; the layer's input clamped to [0, 1] (DoReFa) or to [0, alpha] with alpha learned
+    #: (PACT); the output not quantized (it is the next layer's input)
+    scheme: str = "range"
+    #: activation ranges taken from each batch itself (Distiller's --qe-dynamic), not from statistics
+    dynamic: bool = False
 
     def to_config(self) -> Dict[str, Any]:
         """Plain values."""
         return asdict(self)
 
 
+RANGE_NAMES = ("in_low", "in_high", "out_low", "out_high")
+
+
 class _Ranges(nn.Module):
-    """One layer's activation ranges (input and output), as buffers."""
+    """One layer's activation ranges (input and output), as buffers; with EMA tracking, also the biased
+    averages and the number of batches seen."""
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("in_low", "in_high", "out_low", "out_high"):
+        for name in RANGE_NAMES:
             self.register_buffer(name, torch.zeros(()))
+            self.register_buffer(f"{name}_biased", torch.zeros(()))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def track(self, x: torch.Tensor, out: bool, decay: float) -> None:
+        """Move the input's (or output's) range towards this batch's min and max, bias-corrected (Distiller's
+        EMA: ``biased = decay * biased + (1 - decay) * value``, ``range = biased / (1 - decay^steps)``)."""
+        low_name, high_name = ("out_low", "out_high") if out else ("in_low", "in_high")
+        if not out:
+            self.steps += 1
+        correction = 1.0 - decay ** int(self.steps)
+        for name, value in ((low_name, x.detach().min()), (high_name, x.detach().max())):
+            biased = getattr(self, f"{name}_biased")
+            biased.mul_(decay).add_((1.0 - decay) * value)
+            getattr(self, name).copy_(biased / correction)
 
 
 class QuantizationSet(nn.Module):
     """The quantized layers of a model by name, their settings and activation ranges."""
 
-    def __init__(self, settings: Mapping[str, LayerSettings], instance_name: str = ""):
+    def __init__(self, settings: Mapping[str, LayerSettings], instance_name: str = "",
+                 ema_decay: Optional[float] = None):
         super().__init__()
         self.settings: Dict[str, LayerSettings] = dict(settings)
         self.ranges = nn.ModuleDict({_key(n): _Ranges() for n in self.settings})
+        #: PACT's learned clipping value of each layer's input (Distiller's initial value: 8)
+        self.alphas = nn.ParameterDict({_key(n): nn.Parameter(torch.tensor(8.0)) for n, s in self.settings.items()
+                                        if s.scheme == "pact"})
         self.instance_name = instance_name
+        #: quantization-aware training: activation ranges tracked by EMA in training mode (None: fixed ranges)
+        self.ema_decay = ema_decay
         self.active = True
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        """Whether the quantization is on (saved with the model)."""
+        return {"active": bool(self.active)}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore ``get_extra_state``'s value."""
+        if isinstance(state, dict) and "active" in state:
+            self.active = bool(state["active"])
 
     @property
     def layers(self) -> List[str]:
@@ -95,8 +139,14 @@ class QuantizationSet(nn.Module):
         if not self.active:
             return original(x)
         s, r = self.settings[name], self.ranges[_key(name)]
+        if s.scheme != "range":
+            return self._learned(name, s, module, x)
+        tracking = self.training and self.ema_decay is not None
+        if tracking:
+            r.track(x, out=False, decay=self.ema_decay)
         if s.bits_inputs:
-            x = _fake(x, r.in_low, r.in_high, s.bits_inputs, s.mode_activations)
+            low, high = (x.detach().min(), x.detach().max()) if s.dynamic else (r.in_low, r.in_high)
+            x = _fake(x, low, high, s.bits_inputs, s.mode_activations)
         weight = module.weight
         if s.bits_weights:
             low, high = weight_range(weight.detach(), s.per_channel_wts)
@@ -105,9 +155,58 @@ class QuantizationSet(nn.Module):
             out = module._conv_forward(x, weight, module.bias)
         else:
             out = F.linear(x, weight, module.bias)
+        if tracking:
+            r.track(out, out=True, decay=self.ema_decay)
         if s.bits_activations:
-            out = _fake(out, r.out_low, r.out_high, s.bits_activations, s.mode_activations)
+            low, high = (out.detach().min(), out.detach().max()) if s.dynamic else (r.out_low, r.out_high)
+            out = _fake(out, low, high, s.bits_activations, s.mode_activations)
         return out
+
+    def _learned(self, name: str, s: LayerSettings, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """DoReFa / PACT: input clamped to [0, 1] or [0, alpha] and quantized unsigned; weights through tanh."""
+        if s.bits_inputs:
+            if s.scheme == "pact":
+                x = pact_quantize(x, self.alphas[_key(name)], s.bits_inputs)
+            else:
+                x = unit_quantize(torch.clamp(x, 0.0, 1.0), s.bits_inputs)
+        weight = dorefa_weights(module.weight, s.bits_weights) if s.bits_weights else module.weight
+        if isinstance(module, nn.Conv2d):
+            return module._conv_forward(x, weight, module.bias)
+        return F.linear(x, weight, module.bias)
+
+
+class _RoundSTE(torch.autograd.Function):
+    """Rounding with a straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def unit_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """DoReFa's ``quantize_k`` of values in [0, 1]: ``round((2^k - 1) x) / (2^k - 1)``, gradient straight through."""
+    n = 2 ** bits - 1
+    return _RoundSTE.apply(x * n) / n
+
+
+def dorefa_weights(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """DoReFa's weights (Zhou et al., 2016, eq. 9): ``2 quantize_k(tanh(w) / (2 max|tanh(w)|) + 1/2) - 1``."""
+    t = torch.tanh(weight)
+    return 2 * unit_quantize(t / (2 * t.detach().abs().max().clamp_min(1e-12)) + 0.5, bits) - 1
+
+
+def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """PACT (Choi et al., 2018): ``clamp(x, 0, alpha)`` quantized to ``bits`` on [0, alpha]; alpha learns from
+    the samples it clips (d/d alpha = 1 where x >= alpha), the rest straight through."""
+    clipped = torch.clamp(x, min=0.0)
+    clipped = torch.where(clipped < alpha, clipped, alpha.expand_as(clipped))
+    n = 2 ** bits - 1
+    scale = n / alpha.detach()
+    return _RoundSTE.apply(clipped * scale) / scale
 
 
 def _key(name: str) -> str:
@@ -127,7 +226,8 @@ def quantization_of(model: nn.Module) -> Optional[QuantizationSet]:
 
 
 def attach_quantization(model: nn.Module, qset: QuantizationSet) -> QuantizationSet:
-    """Register ``qset`` as ``model.quantization`` and route its layers' forward through it."""
+    """Register ``qset`` as ``model.quantization``, route its layers' forward through it and record the
+    structure step that rebuilds it on a fresh model."""
     if hasattr(model, QUANT_ATTR):
         raise DistillEEError(f"the model already has an attribute {QUANT_ATTR!r}: it is quantized once")
     modules = dict(model.named_modules())
@@ -138,6 +238,8 @@ def attach_quantization(model: nn.Module, qset: QuantizationSet) -> Quantization
         original = type(module).forward.__get__(module)
         module.forward = functools.partial(qset.run, name, module, original)
     setattr(model, QUANT_ATTR, qset)
+    record_step(model, {"kind": QUANT_STEP, "name": qset.instance_name, "ema_decay": qset.ema_decay,
+                        "layers": {n: s.to_config() for n, s in qset.settings.items()}})
     return qset
 
 
@@ -150,6 +252,9 @@ def detach_quantization(model: nn.Module) -> Optional[QuantizationSet]:
     for name in qset.layers:
         modules[name].__dict__.pop("forward", None)
     delattr(model, QUANT_ATTR)
+    for step in structure_steps(model):
+        if step.get("kind") == QUANT_STEP:
+            forget_step(model, step)
     return qset
 
 
@@ -157,3 +262,39 @@ def quantizable_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """(name, module) of every convolution and linear layer of the model, exit branches included (they run at
     inference too)."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+
+
+class QuantizationStep(StepKind):
+    """Replays ``{"kind": "quantization", "name", "ema_decay", "layers": {name: settings}}``."""
+
+    def replay(self, model: nn.Module, step: Step, ctx: ReplayContext) -> QuantizationSet:
+        """Attach the saved quantization (its ranges come with the checkpoint's weights)."""
+        try:
+            settings = {str(n): LayerSettings(**dict(s)) for n, s in dict(step["layers"]).items()}
+            decay = step.get("ema_decay")
+            qset = QuantizationSet(settings, str(step.get("name", "")), None if decay is None else float(decay))
+            attach_quantization(unwrap(model), qset)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"malformed quantization step ({err})") from None
+        except DistillEEError as err:
+            raise CheckpointError(f"the saved quantization does not fit this model: {err}") from None
+        swap_into_optimizer(ctx, ctx.detached.pop(f"quantization:{step.get('name', '')}", None),
+                            list(qset.parameters()))  # PACT's clipping values, if any
+        return qset
+
+    def undo(self, model: nn.Module, step: Step, ctx: ReplayContext) -> None:
+        """Put the layers back in float; PACT's clipping values are swapped for the replayed ones."""
+        removed = detach_quantization(unwrap(model))
+        if removed is not None:
+            ctx.detached[f"quantization:{step.get('name', '')}"] = list(removed.parameters())
+
+    def state_prefixes(self, step: Step) -> List[str]:
+        """The QuantizationSet's keys: ``quantization.``."""
+        return [f"{QUANT_ATTR}."]
+
+    def describe(self, step: Step) -> str:
+        """``quantization 'qat'``."""
+        return f"quantization {step.get('name', '')!r}"
+
+
+STEP_KINDS.add(QUANT_STEP, QuantizationStep())

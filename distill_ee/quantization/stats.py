@@ -63,7 +63,7 @@ class _Running:
 
 def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], names: Optional[List[str]] = None) -> Stats:
     """Statistics of the inputs and output of every leaf module (or the modules ``names``) over ``batches``; a
-    model with early exits runs every branch too."""
+    model with early exits runs every branch too, a quantized one runs in float meanwhile."""
     modules = dict(model.named_modules())
     chosen = names if names is not None else [n for n, m in modules.items() if n and not list(m.children())]
     running: Dict[str, Dict[str, Any]] = {n: {"inputs": {}, "output": _Running()} for n in chosen}
@@ -78,9 +78,14 @@ def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], names: Opti
                 entry["output"].add(output)
         return record
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in chosen]
     exits = EarlyExits.of(model)
-    run = exits.multi_exit_model().simulate if exits is not None else model  # exit branches run too
+    # exit branches run too; the multi-exit model is made first (making it runs the model on a dummy batch)
+    run = exits.multi_exit_model().simulate if exits is not None else model
+    handles = [modules[n].register_forward_hook(hook(n)) for n in chosen]
+    qset = getattr(model, "quantization", None)
+    was = getattr(qset, "active", None)
+    if was is not None:
+        qset.active = False  # the float model's statistics (what the ranges are taken from)
     try:
         with eval_mode(model), torch.no_grad():
             for x in batches:
@@ -88,6 +93,8 @@ def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], names: Opti
     finally:
         for h in handles:
             h.remove()
+        if was is not None:
+            qset.active = was
     out: Stats = {}
     for name, entry in running.items():
         if entry["output"].batches == 0:

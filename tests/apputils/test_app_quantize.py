@@ -64,7 +64,8 @@ def test_a_config_file_gives_the_quantizer_and_a_stats_file_the_ranges(trained, 
 @pytest.mark.parametrize("text, message", [
     ("quantizers:\n  ptq: {class: PostTrainLinearQuantizer, clip_acts: GAUSS}\n",
      "ptq.yaml:2: quantizers.ptq.clip_acts: 'GAUSS' is not a clip mode"),
-    ("pruners:\n  p: {class: AutomatedGradualPruner}\n", "ptq.yaml:1: pruners: a quantization config holds only a quantizers: section"),
+    ("pruners:\n  p: {class: AutomatedGradualPruner}\n",
+     "ptq.yaml:1: pruners: a quantization config holds only a quantizers: section"),
 ])
 def test_a_bad_config_file_is_refused_before_anything_runs(trained, tmp_path, capsys, text, message):
     config = tmp_path / "ptq.yaml"
@@ -75,3 +76,28 @@ def test_a_bad_config_file_is_refused_before_anything_runs(trained, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+QAT = ROOT / "schedules" / "lenet_mnist.qat_exit.yaml"
+
+
+def test_resuming_mid_qat_gives_the_uninterrupted_run(tmp_path):
+    base = ["--arch", "lenet_mnist", "--compress", str(QAT), "--lr", "0.02", "--seed", "0", "--deterministic",
+            "--no-timing", "-o", str(tmp_path)]
+    assert main([*base, "--epochs", "2", "-n", "straight"]) == 0
+    assert main([*base, "--epochs", "1", "-n", "first"]) == 0
+    first = next(tmp_path.glob("first___*")) / "checkpoint.pth.tar"
+    assert main([*base, "--epochs", "2", "--resume-from", str(first), "-n", "resumed"]) == 0
+    straight = torch.load(next(tmp_path.glob("straight___*")) / "checkpoint.pth.tar", weights_only=True)
+    resumed = torch.load(next(tmp_path.glob("resumed___*")) / "checkpoint.pth.tar", weights_only=True)
+    a, b = straight["state_dict"], resumed["state_dict"]
+    assert set(a) == set(b) and any(k.startswith("quantization.ranges.conv1.") for k in a)
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+    assert a["quantization.ranges.conv1.steps"] > 0  # the ranges were tracked while training
+
+
+def test_dynamic_activation_ranges(trained, tmp_path):
+    _, summary = evaluate(trained, tmp_path, "--qe-dynamic", name="dyn")
+    assert summary["quantization"]["defaults"]["dynamic"] is True

@@ -56,13 +56,13 @@ def test_per_channel_weights_get_one_range_per_output_channel():
     assert q.flatten().tolist() == [64.0, -127.0, 127.0, 64.0]
 
 
-def test_fake_quantization_passes_the_gradient_straight_through():
-    x = torch.tensor([0.3, 0.7], requires_grad=True)
+def test_fake_quantization_passes_the_gradient_straight_through_within_the_range():
+    x = torch.tensor([0.3, 0.7, 1.5, -0.4], requires_grad=True)
     scale, zp = quant_params(torch.tensor(0.0), torch.tensor(1.0), 2, LinearQuantMode.ASYMMETRIC_UNSIGNED)
     y = fake_quantize(x, scale, zp, 2, LinearQuantMode.ASYMMETRIC_UNSIGNED)
-    assert y.tolist() == pytest.approx([1 / 3, 2 / 3])  # 4 levels: 0, 1/3, 2/3, 1
+    assert y.tolist() == pytest.approx([1 / 3, 2 / 3, 1.0, 0.0])  # 4 levels: 0, 1/3, 2/3, 1
     y.sum().backward()
-    assert x.grad.tolist() == [1.0, 1.0]
+    assert x.grad.tolist() == [1.0, 1.0, 0.0, 0.0]  # saturated values get no gradient
 
 
 def test_clip_modes_take_their_range_from_the_statistics():
