@@ -137,3 +137,30 @@ def test_the_int8_export_is_close_to_the_simulated_quantization(tmp_path):
         # simulation (it also quantizes the pooling and ReLU outputs the simulation leaves in float)
         assert np.abs(q - s).max() < 0.05 * scale
         assert math.isfinite(float(np.abs(q - s).mean()))
+
+
+def test_distillers_quant_aware_training_schedule_loads_unchanged():
+    text = """
+quantizers:
+  linear_quantizer:
+    class: QuantAwareTrainRangeLinearQuantizer
+    bits_activations: 8
+    bits_weights: 8
+    mode: 'ASYMMETRIC_UNSIGNED'  # Can try "SYMMETRIC" as well
+    ema_decay: 0.999   # Decay value for exponential moving average tracking of activation ranges
+    per_channel_wts: True
+
+policies:
+    - quantizer:
+        instance_name: linear_quantizer
+      starting_epoch: 0
+      ending_epoch: 300
+      frequency: 1
+"""
+    model = Net()
+    scheduler = schedule_from_text(model, torch.optim.SGD(model.parameters(), lr=0.1), text,
+                                   example_input=torch.zeros(1, 1, 8, 8))
+    qset = quantization_of(model)
+    assert qset.ema_decay == 0.999 and qset.layers == ["conv1", "conv2", "fc"]
+    assert qset.settings["fc"].mode_activations == "ASYMMETRIC_UNSIGNED" and qset.settings["fc"].per_channel_wts
+    assert [p.kind for p in scheduler.policies] == ["quantizer"]
