@@ -33,6 +33,8 @@ TARGETS = {
     "resnet20_mnist.skipnet_exits_agp.yaml": ("resnet20_cifar", (1, 28, 28)),
     "resnet20_mnist.blockdrop.yaml": ("resnet20_cifar", (1, 28, 28)),
     "msdnet_mnist.yaml": ("msdnet_mnist", (1, 28, 28)),
+    "lenet_mnist.qat_exit.yaml": ("lenet_mnist", (1, 28, 28)),
+    "resnet20_mnist.agp_thinning_exits_ptq.yaml": ("resnet20_cifar", (1, 28, 28)),
 }
 MUTANTS_PER_SCHEDULE = 40
 #: a guard against a mutant that hangs (a runaway loop or allocation), not a speed test: a case takes about a
