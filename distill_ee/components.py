@@ -30,6 +30,7 @@ BUILTIN_MODULES = (
     "distill_ee.routing.component",
     "distill_ee.routing.skipnet",
     "distill_ee.routing.blockdrop",
+    "distill_ee.quantization.quantset",
     "distill_ee.quantization.post_train",
     "distill_ee.lr_schedulers",
     "distill_ee.pruning.magnitude",

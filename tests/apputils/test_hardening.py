@@ -212,8 +212,8 @@ def resume(path, capsys, tmp_path, *extra):
     (lambda s: s["compression_sched"].update(policies=3), "malformed checkpoint: 'compression_sched.policies' must "
                                                           "be a mapping, got int"),
     (lambda s: s.update(structure=[{"kind": "quantize"}]), "unknown structure step kind 'quantize' (valid: "
-                                                           "early_exits, routing, thinning); is the plugin that made "
-                                                           "it installed?"),
+                                                           "early_exits, quantization, routing, thinning); is the "
+                                                           "plugin that made it installed?"),
 ])
 def test_malformed_checkpoints_are_one_line(checkpoint, edit, message, capsys, tmp_path):
     path = edited(checkpoint, tmp_path, edit)
