@@ -115,14 +115,19 @@ def row(arch: str, batch: int, t: Dict[str, Any]) -> List[Any]:
     return cells
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """Train (or take) both runs, check exactness, time, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(description: str, argv: Optional[List[str]]) -> argparse.Namespace:
+    """The flags both this script and quant_speed.py take: --runs, --rounds, --single."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--runs", nargs=2, metavar=("LENET_RUN", "RESNET_RUN"),
                         help="run directories of the two trainings (with --ee-export onnx); default: train here")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--single", type=int, default=200, help="test images timed one by one at batch 1")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Train (or take) both runs, check exactness, time, print the table."""
+    args = parse_args(__doc__.splitlines()[0], argv)
     threads = torch.get_num_threads()
     _, _, test = make_loaders(load_dataset("mnist5k"), 256)
     images = torch.cat([x for x, _ in test])

@@ -18,7 +18,6 @@ round was (a busy machine shows there).
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import distill_ee  # noqa: E402
-from deploy_speed import MODELS, train  # noqa: E402
+from deploy_speed import MODELS, parse_args, train  # noqa: E402
 from distill_ee.apputils.datasets import load_dataset, make_loaders  # noqa: E402
 from distill_ee.apputils.models import create_model  # noqa: E402
 from distill_ee.apputils.timing import oracle_bound  # noqa: E402
@@ -92,12 +91,7 @@ def timed(fp32: MultiExitSession, int8: MultiExitSession, batches: List[np.ndarr
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Train (or take) both runs, quantize, recalibrate, measure, print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs=2, metavar=("LENET_RUN", "RESNET_RUN"),
-                        help="run directories of the two trainings (with --ee-export onnx); default: train here")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--single", type=int, default=200, help="test images timed one by one at batch 1")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__.splitlines()[0], argv)
     threads = torch.get_num_threads()
     _, valid, test = make_loaders(load_dataset("mnist5k"), 256)
     valid_images = torch.cat([x for x, _ in valid]).numpy()

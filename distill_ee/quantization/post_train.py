@@ -78,14 +78,7 @@ class PostTrainLinearQuantizer(Policy):
         defaults.clip_acts = _clip(clip_acts, ("clip_acts",))
         if clip_n_stds is not None:
             defaults.clip_n_stds = float(clip_n_stds)
-        checked = {}
-        for pattern, settings in (overrides or {}).items():
-            try:
-                re.compile(str(pattern))
-            except re.error as err:
-                raise ArgumentError(f"{pattern!r} is not a regular expression ({err})", ("overrides", pattern))
-            checked[str(pattern)] = _override(settings, ("overrides", pattern), defaults)
-        return cls(ctx.model, defaults, checked, model_activation_stats, bits_accum, ctx.name)
+        return cls(ctx.model, defaults, _rules(overrides, defaults), model_activation_stats, bits_accum, ctx.name)
 
     def settings_for(self, layer: str) -> LayerSettings:
         """The settings of ``layer``: the first override whose pattern matches its whole name, else the defaults."""
@@ -106,6 +99,18 @@ class PostTrainLinearQuantizer(Policy):
         qset = QuantizationSet({n: self.settings_for(n) for n, _ in quantizable_layers(model)}, self.name)
         qset.set_ranges(stats)
         return attach_quantization(model, qset)
+
+
+def _rules(overrides: Optional[Mapping[str, Any]], defaults: LayerSettings) -> Dict[str, LayerSettings]:
+    """Each override's settings by its pattern (a regular expression), checked."""
+    rules = {}
+    for pattern, settings in (overrides or {}).items():
+        try:
+            re.compile(str(pattern))
+        except re.error as err:
+            raise ArgumentError(f"{pattern!r} is not a regular expression ({err})", ("overrides", pattern))
+        rules[str(pattern)] = _override(settings, ("overrides", pattern), defaults)
+    return rules
 
 
 def _modes(mode: Any, path: Tuple[Any, ...]) -> Tuple[str, str]:
@@ -223,13 +228,7 @@ class QuantAwareTrainRangeLinearQuantizer(Policy):
                                  bits_weights=bits_weights if bits_weights is not None else bits_parameters,
                                  bits_inputs=inputs, per_channel_wts=bool(per_channel_wts))
         defaults.mode_activations, defaults.mode_weights = _modes(mode, ("mode",))
-        rules = {}
-        for pattern, settings in (overrides or {}).items():
-            try:
-                re.compile(str(pattern))
-            except re.error as err:
-                raise ArgumentError(f"{pattern!r} is not a regular expression ({err})", ("overrides", pattern))
-            rules[str(pattern)] = _override(settings, ("overrides", pattern), defaults)
+        rules = _rules(overrides, defaults)
         model = unwrap(ctx.model)
 
         def settings_for(layer: str) -> LayerSettings:
