@@ -115,6 +115,13 @@ def row(arch: str, batch: int, t: Dict[str, Any]) -> List[Any]:
     return cells
 
 
+def trained_model(arch: str, run: Path) -> torch.nn.Module:
+    """The run's checkpoint in a fresh ``arch`` model (its exits and thinning rebuilt), in eval mode."""
+    model = create_model(arch, 10, 1)
+    distill_ee.load_checkpoint(model, run / "checkpoint.pth.tar")
+    return model.eval()
+
+
 def parse_args(description: str, argv: Optional[List[str]]) -> argparse.Namespace:
     """The flags both this script and quant_speed.py take: --runs, --rounds, --single."""
     parser = argparse.ArgumentParser(description=description)
@@ -135,9 +142,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = [Path(r) for r in args.runs] if args.runs else [train(a, Path(tmp)) for a in MODELS]
         for arch, run in zip(MODELS, runs):
-            model = create_model(arch, 10, 1)
-            distill_ee.load_checkpoint(model, run / "checkpoint.pth.tar")
-            model.eval()
+            model = trained_model(arch, run)
             multi = distill_ee.EarlyExits.of(model).multi_exit_model().eval()
             session = MultiExitSession(run / "onnx", threads=threads)
             single = MultiExitSession(run / "onnx", threads=1)  # one sample: handing work to a 2nd thread costs more

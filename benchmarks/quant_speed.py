@@ -31,15 +31,13 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import distill_ee  # noqa: E402
-from deploy_speed import MODELS, parse_args, train  # noqa: E402
+from deploy_speed import MODELS, parse_args, train, trained_model  # noqa: E402
 from distill_ee.apputils.datasets import load_dataset, make_loaders  # noqa: E402
-from distill_ee.apputils.models import create_model  # noqa: E402
 from distill_ee.apputils.timing import oracle_bound  # noqa: E402
 from distill_ee.deploy import MultiExitSession  # noqa: E402
 from distill_ee.deploy.quantize import quantize_export  # noqa: E402
-from distill_ee.early_exit.calibrate import CalibrationTarget, calibrate, exit_costs  # noqa: E402
-from distill_ee.early_exit.criteria import criteria_list  # noqa: E402
+from distill_ee.apputils.calibration import recalibrate_session  # noqa: E402
+from distill_ee.early_exit.calibrate import CalibrationTarget  # noqa: E402
 from distill_ee.interleaved import interleaved_rounds  # noqa: E402
 
 TARGET = CalibrationTarget("drop", (0.5,))
@@ -50,18 +48,6 @@ def weight_bytes(path: Path) -> int:
     import onnx
 
     return sum(len(i.raw_data) for i in onnx.load(str(path)).graph.initializer)
-
-
-def recalibrate(session: MultiExitSession, model: torch.nn.Module, valid: Any) -> None:
-    """Thresholds for ``TARGET`` chosen on the validation split with the session's own (int8) logits."""
-    images = torch.cat([x for x, _ in valid])
-    targets = torch.cat([y for _, y in valid])
-    logits = [torch.from_numpy(z) for z in session.simulate(images.numpy())]
-    multi = distill_ee.EarlyExits.of(model).multi_exit_model().eval()
-    costs = exit_costs(multi, model)
-    result = calibrate(logits, targets, criteria_list(session.criteria, session.manifest.num_exits),
-                       costs.macs_per_exit, costs.full_macs, TARGET, branch_macs=costs.branch_macs)
-    session.set_thresholds(result.thresholds)
 
 
 def accuracy(session: MultiExitSession, images: np.ndarray, targets: np.ndarray) -> Dict[str, Any]:
@@ -101,15 +87,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = [Path(r) for r in args.runs] if args.runs else [train(a, Path(tmp)) for a in MODELS]
         for arch, run in zip(MODELS, runs):
-            model = create_model(arch, 10, 1)
-            distill_ee.load_checkpoint(model, run / "checkpoint.pth.tar")
-            model.eval()
+            model = trained_model(arch, run)
             int8_dir = Path(tmp) / f"{arch}_int8"
             quantize_export(run / "onnx", int8_dir, valid_images[:256])
             sessions = {}
             for batch, n_threads in ((1, 1), (256, threads)):
                 fp32, int8 = MultiExitSession(run / "onnx", n_threads), MultiExitSession(int8_dir, n_threads)
-                recalibrate(int8, model, valid)
+                recalibrate_session(int8, model, valid, TARGET.text)
                 sessions[batch] = (fp32, int8)
             fp32, int8 = sessions[256]
             a32, a8 = accuracy(fp32, images, targets), accuracy(int8, images, targets)

@@ -32,7 +32,7 @@ from ..schedule import read_schedule, schedule_from_text
 from ..scheduler import CompressionScheduler
 from ..summaries import compute_table, model_table, sparsity_table, total_sparsity
 from .args import check_args, parse_args
-from .calibration import parse_target, run_calibration
+from .calibration import parse_target, recalibrate_session, run_calibration
 from .kd import add_kd_policy, kd_summary
 from .quantize_eval import is_quantized, prepare_quantizer, quantize_trained
 from .learned_policy_files import run_learned_policy
@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     summary.update(kd_summary(args))
     if args.ee_export:
         summary["export"] = {"format": args.ee_export,
-                             "files": _export(args.ee_export, model, exits, run_dir, loaders[1])}
+                             "files": _export(args.ee_export, model, exits, run_dir, loaders[1],
+                                              _threshold_target(args))}
     if calibration and not args.evaluate:  # the last epoch trained (or the checkpoint's, if none was)
         _save(run_dir, args, max(args.epochs, start_epoch) - 1, model, optimizer, scheduler, best, False,
               extra=calibration)
@@ -407,8 +408,28 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
     return {**policy, **out}
 
 
+def _threshold_target(args: argparse.Namespace) -> str:
+    """The target the run's thresholds were chosen for (drop=0.5 when none, or when it needs a time profile)."""
+    target = args.ee_calibrate or AUTO_RECALIBRATION
+    return AUTO_RECALIBRATION if target.strip().lower().startswith("latency") else target
+
+
+def _recalibrate_int8(target: str, model: nn.Module, valid_loader: Any, directory: Path) -> None:
+    """The int8 export's thresholds chosen again on the validation split with its own (int8) logits."""
+    from ..deploy import MultiExitSession
+    from ..deploy.manifest import write_thresholds
+
+    session = MultiExitSession(directory, threads=1)
+    if any(c in LEARNED_CRITERIA for c in session.criteria):
+        return  # learned deciders are trained for their own threshold
+    result = recalibrate_session(session, model, valid_loader, target)
+    write_thresholds(directory, result.thresholds)
+    log.info("  int8 export's thresholds recalibrated for %s on the validation split: top1 %.2f, %.1f%% of the "
+             "MACs", target, result.chosen.top1, 100 * result.chosen.macs_fraction)
+
+
 def _export(fmt: str, model: nn.Module, exits: Optional[EarlyExits], run_dir: RunDir,
-            valid_loader: Any = None) -> List[str]:
+            valid_loader: Any = None, target: str = "drop=0.5") -> List[str]:
     """The multi-exit model's stages and branches as ONNX (for ONNX Runtime) or TorchScript, with a manifest."""
     if exits is None:
         raise ConfigError("--ee-export needs early exits (in the schedule or the checkpoint)")
@@ -427,6 +448,7 @@ def _export(fmt: str, model: nn.Module, exits: Optional[EarlyExits], run_dir: Ru
                                          per_channel=qset.settings[qset.layers[0]].per_channel_wts)
                 log.info("Quantized the export to int8 in %s (ONNX Runtime QDQ, calibrated on %d validation "
                          "images)", run_dir.file("onnx_int8"), images.shape[0])
+                _recalibrate_int8(target, model, valid_loader, run_dir.file("onnx_int8"))
         else:
             paths = export_torchscript(multi, run_dir.file("torchscript"))
             log.info("Exported %d TorchScript files to %s (float: the quantization is simulated)" if qset else

@@ -15,8 +15,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from ..deploy.profile import LatencyProfile
-from ..early_exit.calibrate import (TARGET_KINDS, CalibrationTarget, calibrate_exits, check_target_range,
-                                    measure_exits, split_figures)
+from ..early_exit.calibrate import (TARGET_KINDS, CalibrationTarget, calibrate, calibrate_exits,
+                                    check_target_range, exit_costs, measure_exits, split_figures)
+from ..early_exit.criteria import criteria_list
 from ..early_exit.latency import latency_costs, profile_torch
 from ..early_exit.onnx_export import export_onnx
 from ..early_exit.exits import EarlyExits
@@ -112,6 +113,23 @@ def run_calibration(exits: EarlyExits, valid_loader: Any, test_loader: Any, targ
         log.info("  realised loss rate (%s consistency): validation %.2f, test %.2f points",
                  result.certificate.consistency, out["guarantee"]["valid_loss_pct"], out["guarantee"]["test_loss_pct"])
     return {"calibration": out}
+
+
+def recalibrate_session(session: Any, model: torch.nn.Module, valid_loader: Any, target_text: str,
+                        masks: Optional[Mapping[str, Any]] = None) -> Any:
+    """Thresholds for ``target_text`` chosen on the validation split with an export's own logits (an int8 one:
+    its decisions, not the float model's), set on the session; the calibration result."""
+    target = parse_target(target_text)
+    images = torch.cat([x for x, _ in valid_loader]).cpu()
+    targets = torch.cat([y for _, y in valid_loader]).cpu()
+    logits = [torch.from_numpy(z) for z in session.simulate(images.numpy())]
+    exits = EarlyExits.of(model)
+    multi = exits.multi_exit_model().eval()
+    costs = exit_costs(multi, unwrap(model), masks)
+    result = calibrate(logits, targets, criteria_list(session.criteria, len(session.exit_names)),
+                       costs.macs_per_exit, costs.full_macs, target, branch_macs=costs.branch_macs)
+    session.set_thresholds(result.thresholds)
+    return result
 
 
 def measure_latency(exits: EarlyExits, valid_loader: Any, runtime: str, batch_size: int) -> LatencyProfile:

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ConfigError, ScheduleError
 from ..modules import unwrap
 from ..quantization.post_train import PostTrainLinearQuantizer
-from ..quantization.quantset import quantization_of
+from ..quantization.quantset import quantizable_layers, quantization_of
 from ..quantization.stats import collect_stats, load_stats, save_stats
 from ..schedule import schedule_from_text
 from ..schedule.source import parse_yaml
@@ -33,7 +33,28 @@ STATS_FILE = "quantization_stats.yaml"
 
 def prepare_quantizer(args: argparse.Namespace, model: nn.Module, scheduler: Any,
                       example: torch.Tensor) -> Optional[PostTrainLinearQuantizer]:
-    """The post-training quantizer of this run (None without --qe or a schedule's quantizer)."""
+    """The post-training quantizer of this run (None without --qe or a schedule's quantizer), its statistics
+    file read and checked against the model's layers now, before training."""
+    quantizer = _choose_quantizer(args, model, scheduler, example)
+    if quantizer is None:
+        return None
+    path = args.qe_stats_file or quantizer.model_activation_stats
+    if path and args.qe_calibration is None:
+        stats = load_stats(path)
+        missing = [n for n, _ in quantizable_layers(unwrap(model)) if n not in stats]
+        if missing:
+            raise ConfigError(f"{path}: no statistics for layer {missing[0]!r} (the file must come from this model, "
+                              f"exits included); collect them with --qe-calibration")
+        quantizer.stats = stats
+    elif args.valid_size == 0:
+        raise ConfigError("post-training quantization collects its activation statistics on the validation split, "
+                          "and --vs 0 leaves none; give --qe-stats-file")
+    return quantizer
+
+
+def _choose_quantizer(args: argparse.Namespace, model: nn.Module, scheduler: Any,
+                      example: torch.Tensor) -> Optional[PostTrainLinearQuantizer]:
+    """From the schedule, --qe-config-file or the flags."""
     in_schedule = [c for c in (scheduler.components.get("quantizers", {}).values() if scheduler else [])
                    if isinstance(c, PostTrainLinearQuantizer)]
     if in_schedule:
@@ -86,10 +107,9 @@ def _from_text(text: str, model: nn.Module, example: torch.Tensor, file: str) ->
 def quantize_trained(args: argparse.Namespace, quantizer: PostTrainLinearQuantizer, model: nn.Module,
                      valid_loader: Any, run_dir: Any) -> Dict[str, Any]:
     """Statistics read or collected, the model quantized (simulated); the ``quantization`` part of summary.json."""
-    stats_path = args.qe_stats_file or quantizer.model_activation_stats
-    if stats_path and args.qe_calibration is None:
-        stats = load_stats(stats_path)
-        source = str(stats_path)
+    stats = getattr(quantizer, "stats", None)
+    if stats is not None:  # read and checked before training
+        source = str(args.qe_stats_file or quantizer.model_activation_stats)
     else:
         if valid_loader is None:
             raise ConfigError("collecting activation statistics needs a validation split (--vs above 0), or give "

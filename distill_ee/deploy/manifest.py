@@ -71,6 +71,22 @@ class Manifest:
         return [*self.exit_names, self.final_name]
 
 
+def write_thresholds(directory: Union[str, Path], thresholds: List[Optional[float]]) -> None:
+    """Store new thresholds (one per exit) in an export's manifest, atomically."""
+    import os
+    import tempfile
+
+    path = Path(directory) / MANIFEST
+    raw = json.loads(path.read_text())
+    if len(thresholds) != len(raw.get("exit_names", [])):
+        raise ManifestError(f"{path}: need {len(raw.get('exit_names', []))} thresholds, got {len(thresholds)}")
+    raw["thresholds"] = [None if t is None else float(t) for t in thresholds]
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=MANIFEST, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(raw, f, indent=2)
+    os.replace(tmp, path)
+
+
 def read_manifest(directory: Union[str, Path]) -> Manifest:
     """The manifest of an export directory, checked; ManifestError (located) when it cannot be run."""
     directory = Path(directory)

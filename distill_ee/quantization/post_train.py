@@ -59,6 +59,8 @@ class PostTrainLinearQuantizer(Policy):
         self.overrides = dict(overrides or {})
         self.model_activation_stats = model_activation_stats
         self.bits_accum = bits_accum
+        #: statistics read ahead of time (the app checks the file before training); None: read or collect later
+        self.stats: Optional[Stats] = None
 
     @classmethod
     def build(cls, ctx: BuildContext, bits_activations: Optional[Bits] = 8, bits_parameters: Optional[Bits] = 8,
@@ -70,11 +72,9 @@ class PostTrainLinearQuantizer(Policy):
               ) -> "PostTrainLinearQuantizer":
         """Check Distiller's arguments (each problem located at its key) and make the quantizer;
         ``dynamic_acts``: activation ranges from each batch itself (``--qe-dynamic``)."""
-        defaults = LayerSettings(bits_activations=bits_activations,
-                                 bits_weights=bits_weights if bits_weights is not None else bits_parameters,
-                                 bits_inputs=bits_activations, per_channel_wts=bool(per_channel_wts),
-                                 dynamic=bool(dynamic_acts))
-        defaults.mode_activations, defaults.mode_weights = _modes(mode, ("mode",))
+        defaults = _linear_defaults(bits_activations, bits_parameters, bits_weights, mode, per_channel_wts,
+                                    bits_activations)
+        defaults.dynamic = bool(dynamic_acts)
         defaults.clip_acts = _clip(clip_acts, ("clip_acts",))
         if clip_n_stds is not None:
             defaults.clip_n_stds = float(clip_n_stds)
@@ -91,6 +91,7 @@ class PostTrainLinearQuantizer(Policy):
         """Attach the simulated quantization to ``model`` (default: the schedule's), ranges from ``stats`` or the
         ``model_activation_stats`` file."""
         model = unwrap(model if model is not None else self.model)
+        stats = stats if stats is not None else self.stats
         if stats is None:
             if self.model_activation_stats is None:
                 raise ConfigError("post-training quantization needs activation statistics: give "
@@ -99,6 +100,16 @@ class PostTrainLinearQuantizer(Policy):
         qset = QuantizationSet({n: self.settings_for(n) for n, _ in quantizable_layers(model)}, self.name)
         qset.set_ranges(stats)
         return attach_quantization(model, qset)
+
+
+def _linear_defaults(bits_activations: Optional[int], bits_parameters: Optional[int], bits_weights: Optional[int],
+                     mode: Any, per_channel_wts: bool, bits_inputs: Optional[int]) -> LayerSettings:
+    """The range-based quantizers' settings of every layer (``bits_weights`` wins over ``bits_parameters``)."""
+    defaults = LayerSettings(bits_activations=bits_activations,
+                             bits_weights=bits_weights if bits_weights is not None else bits_parameters,
+                             bits_inputs=bits_inputs, per_channel_wts=bool(per_channel_wts))
+    defaults.mode_activations, defaults.mode_weights = _modes(mode, ("mode",))
+    return defaults
 
 
 def _rules(overrides: Optional[Mapping[str, Any]], defaults: LayerSettings) -> Dict[str, LayerSettings]:
@@ -224,10 +235,7 @@ class QuantAwareTrainRangeLinearQuantizer(Policy):
         if not 0.0 < ema_decay < 1.0:
             raise ArgumentError(f"ema_decay must be strictly between 0 and 1, got {ema_decay}", ("ema_decay",))
         inputs = (num_bits_inputs or bits_activations) if quantize_inputs else None
-        defaults = LayerSettings(bits_activations=bits_activations,
-                                 bits_weights=bits_weights if bits_weights is not None else bits_parameters,
-                                 bits_inputs=inputs, per_channel_wts=bool(per_channel_wts))
-        defaults.mode_activations, defaults.mode_weights = _modes(mode, ("mode",))
+        defaults = _linear_defaults(bits_activations, bits_parameters, bits_weights, mode, per_channel_wts, inputs)
         rules = _rules(overrides, defaults)
         model = unwrap(ctx.model)
 

@@ -72,3 +72,14 @@ def test_a_target_a_cascade_cannot_take_is_refused(checkpoints, tmp_path, capsys
     path = write(tmp_path, config(checkpoints))
     assert main(["cascade", str(path), "--calibrate", "budget=0.5"]) == 2
     assert "--calibrate takes drop= or macs= for a cascade" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-b", "0"], "-b/--batch-size must be at least 1, got 0"),
+    (["--calibrate", "drop"], "calibration target 'drop': expected KIND=VALUE"),
+])
+def test_bad_flags_are_one_line(checkpoints, tmp_path, capsys, argv, message):
+    path = write(tmp_path, config(checkpoints))
+    assert main(["cascade", str(path), *argv, "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

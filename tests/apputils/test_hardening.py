@@ -68,6 +68,9 @@ BEFORE_ANY_OUTPUT = [
      "--qe-per-channel cannot be given with --qe-config-file (its quantizers: section says how to quantize)"),
     (["--qe", "--qe-stats-file", "s.yaml", "--qe-calibration", "0.5"],
      "--qe-stats-file and --qe-calibration both give the activation statistics: choose one"),
+    (["--qe", "--qe-stats-file", "missing.yaml"], "missing.yaml: cannot be read (No such file or directory)"),
+    (["--qe", "--vs", "0"], "post-training quantization collects its activation statistics on the validation "
+                            "split, and --vs 0 leaves none; give --qe-stats-file"),
     (["--ee-latency-runtime", "onnx"], "--ee-latency-runtime applies only with --ee-calibrate latency=F"),
     (["--ee-calibrate", "latency=0.5", "--ee-latency-batch", "0"],
      "--ee-latency-batch must be at least 1 and at most 4096, got 0"),
@@ -147,6 +150,11 @@ def test_flags_that_need_exits_are_refused_before_the_first_epoch(argv, message,
 
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+    (["--ee-export", "tflite"], "argument --ee-export: invalid choice: 'tflite' (choose from 'onnx', 'torchscript')"),
+    (["--ee-latency-runtime", "gpu"], "argument --ee-latency-runtime: invalid choice: 'gpu' (choose from 'torch', "
+                                      "'onnx')"),
+    (["--qe-mode", "linear"], "argument --qe-mode: invalid choice: 'linear' (choose from 'sym', 'asym_u', "
+                              "'asym_s')"),
     (["--dist-backend", "tcp"],
      "argument --dist-backend: invalid choice: 'tcp' (choose from 'gloo', 'nccl', 'mpi', 'ucc')"),
 ])
@@ -298,4 +306,14 @@ def test_builtin_classifiers_on_a_model_without_them_are_refused_before_training
     assert code == 2
     assert err == (f"error: {schedule}:{line}: early_exits.msdnet.attach: LeNet declares no built-in classifiers; "
                    f"give every exit `attach` and `branch`")
+    assert not list(tmp_path.glob("*/metrics.csv"))
+
+
+def test_a_stats_file_that_misses_a_layer_is_refused_before_training(capsys, tmp_path):
+    stats = tmp_path / "stats.yaml"
+    stats.write_text("conv1: {output: {min: 0, max: 1, avg_min: 0, avg_max: 1, mean: 0, std: 1}}\n")
+    code, err = run(["--compress", str(SCHEDULE), "--epochs", "1", "--qe", "--qe-stats-file", str(stats)], capsys,
+                    tmp_path)
+    assert code == 2 and err == (f"error: {stats}: no statistics for layer 'conv2' (the file must come from this "
+                                 f"model, exits included); collect them with --qe-calibration")
     assert not list(tmp_path.glob("*/metrics.csv"))

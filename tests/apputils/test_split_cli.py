@@ -69,3 +69,10 @@ def test_a_model_without_exits_cannot_be_split(tmp_path, capsys):
     tiers.write_text(TIERS)
     assert main(["plan-split", str(path), str(tiers), "-o", str(tmp_path)]) == 2
     assert "the model has no early exits to split at" in capsys.readouterr().err
+
+
+def test_a_simulation_size_out_of_range_is_refused(checkpoint, tmp_path, capsys):
+    tiers = tmp_path / "tiers.yaml"
+    tiers.write_text(TIERS)
+    assert main(["plan-split", str(checkpoint), str(tiers), "--simulate", "-1", "-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --simulate takes 0 to 10000 images, got -1"

@@ -101,11 +101,24 @@ def test_research_quantizers_train_with_fake_quantization(cls):
     assert model.conv2.weight.grad is not None and model.conv2.weight.grad.abs().sum() > 0
 
 
-def test_bad_research_quantizer_arguments_are_located():
-    with pytest.raises(ScheduleError, match="pact_quantizer.overrides.conv1.bits_wieghts: unknown key"):
-        schedule_from_text(Net(), torch.optim.SGD(Net().parameters(), lr=0.1),
-                           PACT.replace("conv1: {bits_weights", "conv1: {bits_wieghts"),
+@pytest.mark.parametrize("edit, words", [
+    (lambda t: t.replace("conv1: {bits_weights", "conv1: {bits_wieghts"),
+     "pact_quantizer.overrides.conv1.bits_wieghts: unknown key"),
+    (lambda t: t.replace("act_clip_init_val: 6.0", "act_clip_init_val: 0"),
+     "pact_quantizer.act_clip_init_val: act_clip_init_val must be above 0"),
+    (lambda t: t.replace("bits_weights: 3", "bits_weights: 3\n    bits_bias: 8"),
+     "pact_quantizer.bits_bias: biases stay in float here"),
+    (lambda t: t.replace("bits_activations: 4", "bits_activations: 1"),
+     "pact_quantizer.bits_activations: bits must be an integer from 2 to 16"),
+    (lambda t: t.replace("PACTQuantizer\n    act_clip_init_val: 6.0\n    act_clip_decay: 0.0001",
+                         "QuantAwareTrainRangeLinearQuantizer\n    ema_decay: 1.0"),
+     "pact_quantizer.ema_decay: ema_decay must be strictly between 0 and 1"),
+])
+def test_bad_quantizer_arguments_are_located(edit, words):
+    with pytest.raises(ScheduleError) as err:
+        schedule_from_text(Net(), torch.optim.SGD(Net().parameters(), lr=0.1), edit(PACT), file="q.yaml",
                            example_input=torch.zeros(1, 1, 8, 8))
+    assert str(err.value).startswith("q.yaml:") and f"quantizers.{words}" in str(err.value), str(err.value)
 
 
 def test_the_int8_export_is_close_to_the_simulated_quantization(tmp_path):
