@@ -45,6 +45,14 @@ def test_quantized_evaluation_collects_statistics_recalibrates_exits_and_keeps_t
     assert abs(summary["top1_final_exit"] - fp32["top1_final_exit"]) <= 1.0
     session = MultiExitSession(run / "onnx_int8")
     assert session.manifest.raw["quantization"]["weights"] == "int8"
+    # its thresholds were chosen with its own int8 logits: at most 0.5 points below its final exit on validation
+    from distill_ee.apputils.datasets import load_dataset, make_loaders
+    _, valid, _ = make_loaders(load_dataset("mnist5k"), 256)
+    images = torch.cat([x for x, _ in valid]).numpy()
+    labels = torch.cat([y for _, y in valid]).numpy()
+    chosen, _ = session(images)
+    final = session.simulate(images)[-1]
+    assert (final.argmax(1) == labels).mean() - (chosen.argmax(1) == labels).mean() <= 0.005 + 1e-9
     logits, index = session(np.zeros((4, 1, 28, 28), np.float32))
     assert logits.shape == (4, 10) and index.shape == (4,)
 
