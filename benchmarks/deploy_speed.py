@@ -40,7 +40,7 @@ from distill_ee.apputils.datasets import load_dataset, make_loaders  # noqa: E40
 from distill_ee.apputils.models import create_model  # noqa: E402
 from distill_ee.apputils.timing import exit_fractions, oracle_bound, run_prefix  # noqa: E402
 from distill_ee.deploy import MultiExitSession  # noqa: E402
-from distill_ee.interleaved import interleaved_rounds  # noqa: E402
+from distill_ee.timing import interleaved_rounds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--dataset", "mnist5k", "--seed", "0", "--deterministic", "--no-timing", "--ee-export", "onnx"]

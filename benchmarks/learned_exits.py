@@ -41,7 +41,7 @@ from distill_ee.apputils.timing import compare_speed  # noqa: E402
 from distill_ee.early_exit.calibrate import CalibrationTarget, calibrate, exit_costs  # noqa: E402
 from distill_ee.early_exit.criteria import criteria_list  # noqa: E402
 from distill_ee.early_exit.deciders import (GateCriterion, LearnedPolicyCriterion, build_decider,  # noqa: E402
-                                            parse_head)
+                                            default_head)
 from distill_ee.early_exit.gates import soft_conditional_loss  # noqa: E402
 from distill_ee.early_exit.learned_policy import fit_deciders  # noqa: E402
 from distill_ee.early_exit.multi_exit import MultiExitModel  # noqa: E402
@@ -74,7 +74,7 @@ def train_gates(logits: Sequence[torch.Tensor], targets: torch.Tensor, fractions
                 num_classes: int) -> List[torch.nn.Module]:
     """Gates trained with the soft-conditional loss + lambda * cost on frozen logits (full batch, Adam)."""
     torch.manual_seed(0)
-    head = parse_head(None, "gate.head")
+    head = default_head()
     gates = [build_decider(head, num_classes, exit_name=f"exit{k + 1}", path="gate.head")
              for k in range(len(logits) - 1)]
     optimizer = torch.optim.Adam([p for g in gates for p in g.parameters()], lr=0.05)
@@ -138,7 +138,7 @@ def main() -> None:
                      "criteria": [GateCriterion(g) for g in gates], "thresholds": [0.5] * len(gates)})
     for tradeoff in args.tradeoffs:
         torch.manual_seed(0)
-        head = parse_head(None, "learned_policy.head")
+        head = default_head()
         deciders = [build_decider(head, k, exit_name=n, path="head") for n in exits.exit_names]
         fit_deciders(deciders, valid_l, valid_y, fractions, tradeoff)
         rows.append({"rule": f"learned policy, trade-off={tradeoff:g}",

@@ -38,7 +38,7 @@ from distill_ee.deploy import MultiExitSession  # noqa: E402
 from distill_ee.deploy.quantize import quantize_export  # noqa: E402
 from distill_ee.apputils.calibration import recalibrate_session  # noqa: E402
 from distill_ee.early_exit.calibrate import CalibrationTarget  # noqa: E402
-from distill_ee.interleaved import interleaved_rounds  # noqa: E402
+from distill_ee.timing import interleaved_rounds  # noqa: E402
 
 TARGET = CalibrationTarget("drop", (0.5,))
 

@@ -17,6 +17,7 @@ str, numbers), never as the loader's located containers.
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import inspect
 import math
 import sys
@@ -133,6 +134,23 @@ class OneOf(Meaning):
             raise ArgumentError(f"{value!r} is not valid", suggestions=suggest(str(value), map(str, self.choices)),
                                 valid=list(self.choices))
         return value
+
+
+@dataclass(frozen=True)
+class Checked(Meaning):
+    """A value checked and converted by a function of its own (``check(value)``, raising ArgumentError)."""
+
+    text: str
+    check: Callable[[Any], Any]
+    checks_type = True
+
+    def describe(self) -> str:
+        """What a valid value is."""
+        return self.text
+
+    def convert(self, value: Any, names: Optional[NameSource]) -> Any:
+        """``check(value)``."""
+        return self.check(value)
 
 
 class NonFinite(Meaning):
@@ -270,6 +288,8 @@ def check_value(hint: Any, value: Any, names: Optional[NameSource] = None) -> An
         return value
     if hint in (float, int, bool, str):
         return _check_simple(hint, value)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _check_dataclass(hint, value, names)
     if origin is tuple and args and args[-1] is not Ellipsis:
         return _check_fixed_tuple(hint, args, value, names)
     if origin in _SEQUENCES or hint in (list, tuple):
@@ -289,6 +309,14 @@ def _check_annotated(hint: Any, base: Any, value: Any, names: Optional[NameSourc
     for meaning in meanings:
         value = meaning.convert(value, names)
     return value
+
+
+def _check_dataclass(hint: type, value: Any, names: Optional[NameSource]) -> Any:
+    """A mapping of the dataclass's fields, each checked by its annotation, turned into the dataclass."""
+    owner = getattr(hint, "owner", hint.__name__)
+    if not isinstance(value, dict):
+        raise ArgumentError(f"{owner} must be a mapping, got {type(value).__name__} {value!r}")
+    return hint(**bind(hint, value, owner=owner, names=names, mapping=True))
 
 
 def _check_simple(hint: type, value: Any) -> Any:
@@ -436,18 +464,20 @@ def _resolve_hints(func: Callable[..., Any], params: Dict[str, inspect.Parameter
 
 def bind(target: Callable[..., Any], values: Mapping[str, Any], *, owner: str,
          names: Optional[NameSource] = None, supply: Optional[Callable[[str], Any]] = None,
-         skip: int = 0) -> Dict[str, Any]:
+         skip: int = 0, mapping: bool = False) -> Dict[str, Any]:
     """Keyword arguments for ``target`` from schedule ``values``: unknown or missing names refused, every
-    value checked and converted by its annotation; builder-supplied parameters filled by ``supply``."""
+    value checked and converted by its annotation; builder-supplied parameters filled by ``supply``.
+    ``mapping``: the values are the keys of a YAML block (a dataclass's fields), and messages say so."""
     sig = signature_of(target, skip)
     user = sig.user_arguments
     for key in values:
         if key not in user and not (sig.takes_any and key not in INJECTED):
-            raise ArgumentError(f"unknown argument of {owner}", (key,), suggestions=suggest(str(key), user),
-                                valid=user)
+            what = f"unknown key {key!r} in {owner}" if mapping else f"unknown argument of {owner}"
+            raise ArgumentError(what, (key,), suggestions=suggest(str(key), user), valid=user)
     for name in sig.required:
         if name not in values:
-            raise ArgumentError(f"missing argument {name!r} of {owner}", valid=user)
+            what = f"{owner} needs `{name}`" if mapping else f"missing argument {name!r} of {owner}"
+            raise ArgumentError(what, valid=user)
     out: Dict[str, Any] = {}
     if supply is not None:
         out.update({name: supply(name) for name in sig.parameters if name in INJECTED})

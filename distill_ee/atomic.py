@@ -3,41 +3,68 @@
 A reader never sees half a file, and a process killed mid-write leaves the previous file intact. The
 temporary file is named ``.NAME.PID.XXXX.tmp``, so the temporaries of a killed writer are recognised (their
 process is gone) and removed at the next write into the same folder. Finished files get the permissions the
-user's umask gives any new file (not the 0600 of a temporary file).
+user's umask gives any new file (not the 0600 of a temporary file). Every file the framework writes goes
+through here: ``atomic_write`` (a file object), ``atomic_path`` (for writers that want a path, such as the ONNX
+exporter), ``atomic_write_text``, ``atomic_write_csv`` and ``atomic_write_json``.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
+import json
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence, Union
 
 PathLike = Union[str, Path]
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 
 
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``."""
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """A temporary path next to ``path`` for the block to write; renamed over ``path`` when the block ends,
+    removed when it raises."""
     path = Path(path)
     remove_stale_temporaries(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def atomic_write_csv(path: PathLike, rows: Iterable[Sequence[Any]], lineterminator: str = "\r\n") -> Path:
+    """Write ``rows`` (the header first) as CSV to ``path`` atomically; the path."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator=lineterminator).writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+    return Path(path)
+
+
+def atomic_write_json(path: PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON (a newline at the end) to ``path`` atomically; the path."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return Path(path)
 
 
 def remove_stale_temporaries(folder: PathLike) -> int:

@@ -19,7 +19,7 @@ from .modules import first_line
 
 #: the entry-point group third-party packages register their modules in
 PLUGIN_GROUP = "distill_ee.plugins"
-#: every built-in module that registers components, sections or structure step kinds
+#: every built-in module that registers components, sections, attachment kinds or structure step kinds
 BUILTIN_MODULES = (
     "distill_ee.policies.base",
     "distill_ee.policies.pruning",
@@ -27,7 +27,7 @@ BUILTIN_MODULES = (
     "distill_ee.policies.lr",
     "distill_ee.policies.early_exit",
     "distill_ee.policies.routing",
-    "distill_ee.routing.component",
+    "distill_ee.routing.router",
     "distill_ee.routing.skipnet",
     "distill_ee.routing.blockdrop",
     "distill_ee.quantization.quantset",
@@ -44,6 +44,7 @@ BUILTIN_MODULES = (
     "distill_ee.regularization.group_lasso",
     "distill_ee.early_exit.criteria",
     "distill_ee.early_exit.branch",
+    "distill_ee.early_exit.exit_set",
     "distill_ee.early_exit.exits",
     "distill_ee.early_exit.deciders",
     "distill_ee.thinning.extensions",

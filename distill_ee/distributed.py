@@ -14,13 +14,15 @@ Consistency across ranks:
 * **Masks.** After each hook in which a policy may have changed masks, the scheduler has the processes agree on
   which masks changed on any of them and broadcasts those, with the weights they mask, from rank 0: random
   masks (BernoulliFilterPruner) and data-dependent ones are the same on every rank (``share_masks``).
-* **Exits.** A branch is idle in the epochs its policy does not run; DDP is rebuilt without it then (and with it
-  again when a policy trains it), which costs nothing per step; ``find_unused_parameters=True`` would cost a
-  graph traversal per step (``benchmarks/ddp_overhead.py`` measures both).
+* **Attachments.** An exit branch, a routing gate or a learned clipping value is idle in the epochs no policy
+  trains it (``distill_ee.attachment.idle_parameters``); DDP is rebuilt without it then (and with it again when a
+  policy trains it), which costs nothing per step; ``find_unused_parameters=True`` would cost a graph traversal
+  per step (``benchmarks/ddp_overhead.py`` measures both).
 * **Thinning.** It replaces parameters; the scheduler's masks tell their listeners, and the ``Replicated``
   wrapper rebuilds its DDP on every rank at the same hook.
-* **Calibration and sensitivity** run on rank 0; ``share_exits`` broadcasts the exits' thresholds, criteria and
-  branch weights (temperatures are folded into them) to the other ranks.
+* **Calibration and sensitivity** run on rank 0; ``share_attachments`` broadcasts every attachment's state
+  (the exits' thresholds and criteria, branch weights with temperatures folded in, routing and quantization
+  state) to the other ranks.
 """
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .early_exit.exit_set import exit_sets
+from .attachment import attachments
+from .attachment import idle_parameters as attachment_idle_parameters
 from .errors import ConfigError
-from .modules import model_device, unwrap
+from .modules import model_device
 
 
 def is_distributed() -> bool:
@@ -162,18 +165,10 @@ class Replicated(nn.Module):
 
 
 def idle_parameters(model: nn.Module, scheduler: Any = None) -> List[nn.Parameter]:
-    """Exit parameters a training step does not use now: those no running early-exit policy trains (before,
-    between and after the policies' epochs), and the deciders of a learned policy (trained after the network)."""
-    busy = set()
-    for policy in scheduler.find("early_exit") if scheduler is not None else []:
-        if policy.trains_branches:
-            busy.update(id(p) for p in policy.trained_parameters())
-    idle = [p for _, exit_set in exit_sets(model) for p in exit_set.parameters() if id(p) not in busy]
-    routing = getattr(unwrap(model), "routing", None)
-    if isinstance(routing, nn.Module) and not any(
-            getattr(p, "trains_routing", False) for p in (scheduler.find("routing") if scheduler is not None else [])):
-        idle += list(routing.parameters())  # gates or policy network: nothing trains them outside routing epochs
-    return idle
+    """Attachment parameters a training step does not use now: those no policy of ``scheduler`` trains at
+    present (exit branches before, between and after their policies' epochs, the deciders of a learned policy,
+    routing outside its epochs)."""
+    return attachment_idle_parameters(model, scheduler.policies if scheduler is not None else [])
 
 
 def wrap(model: nn.Module, scheduler: Any = None, **ddp_kwargs: Any) -> nn.Module:
@@ -252,16 +247,22 @@ def all_true(flag: bool) -> bool:
     return bool(t.item())
 
 
-def share_exits(model: nn.Module, src: int = 0) -> None:
-    """Rank ``src``'s exit thresholds, criteria and branch weights on every rank (after a calibration)."""
+def share_attachments(model: nn.Module, src: int = 0) -> None:
+    """Rank ``src``'s state of every attachment on every rank: extra state (the exits' thresholds and criteria,
+    routing and quantization switches), parameters and buffers (after a calibration, say)."""
     if not is_distributed():
         return
-    for _, exit_set in exit_sets(model):
-        state = broadcast_object({"criteria": list(exit_set.criteria), "thresholds": list(exit_set.thresholds)},
-                                 src)
-        exit_set.set_criteria(state["criteria"])
-        exit_set.set_thresholds(state["thresholds"])
-        broadcast_tensors([t for t in (*exit_set.parameters(), *exit_set.buffers())], src)
+    for attachment in attachments(model):
+        extra = [m for m in attachment.modules()
+                 if type(m).get_extra_state is not nn.Module.get_extra_state]
+        states = broadcast_object([m.get_extra_state() for m in extra], src)
+        for module, state in zip(extra, states):
+            module.set_extra_state(state)
+        broadcast_tensors([t for t in (*attachment.parameters(), *attachment.buffers())], src)
+
+
+#: the name this function had when only exits were shared
+share_exits = share_attachments
 
 
 def share_masks(masks: Mapping[str, Any], params: Mapping[str, torch.Tensor], versions: Dict[str, int],

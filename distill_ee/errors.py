@@ -56,3 +56,11 @@ class DataError(DistillEEError):
 
 class ConfigError(DistillEEError):
     """A bad command-line value or combination of flags."""
+
+
+class AttachmentError(DistillEEError):
+    """An attachment that cannot be attached: the model has one of its kind already, or its attribute is taken."""
+
+
+class ThresholdError(DistillEEError, ValueError):
+    """Exit thresholds that do not fit the exits: an unknown exit name, a wrong count, a value out of range."""

@@ -44,12 +44,18 @@ def suggest(name: str, valid: Iterable[str], n: int = 3) -> List[str]:
 
 
 class Registry:
-    """A typed map from names (and aliases) to registered objects, filled by a decorator."""
+    """A typed map from names (and aliases) to registered objects, filled by a decorator.
 
-    def __init__(self, kind: str):
+    ``named_by_schedules`` marks the registries whose names a schedule file may write (listed by
+    ``registries()``, documented in the generated class table).
+    """
+
+    def __init__(self, kind: str, *, named_by_schedules: bool = True):
         self.kind = kind
+        self.named_by_schedules = named_by_schedules
         self._entries: Dict[str, Any] = {}
         self._aliases: Dict[str, str] = {}
+        _ALL.append(self)
 
     def register(self, name: Optional[str] = None, *, aliases: Iterable[str] = ()) -> Callable[[T], T]:
         """Decorator that registers a class or function under ``name`` (default: its ``__name__``)."""
@@ -88,6 +94,10 @@ class Registry:
         """The object registered under ``name`` or an alias of it; raises UnknownNameError."""
         return self._entries[self.canonical(name)]
 
+    def aliases(self, name: str) -> List[str]:
+        """The other names ``name`` is registered under, sorted."""
+        return sorted(a for a, target in self._aliases.items() if target == self.canonical(name))
+
     def names(self, pattern: str = "*") -> List[str]:
         """Registered (non-alias) names matching a shell-style pattern, sorted."""
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
@@ -102,6 +112,15 @@ class Registry:
         return f"Registry({self.kind!r}, {len(self)} entries)"
 
 
+#: every registry made, in creation order (``registries()``)
+_ALL: List["Registry"] = []
+
+
+def registries() -> List["Registry"]:
+    """Every registry whose names a schedule may write, in the order they were made."""
+    return [r for r in _ALL if r.named_by_schedules]
+
+
 PRUNERS = Registry("pruner")
 REGULARIZERS = Registry("regularizer")
 QUANTIZERS = Registry("quantizer")
@@ -111,6 +130,8 @@ EARLY_EXITS = Registry("early-exit class")
 EXIT_CRITERIA = Registry("exit criterion")
 BRANCH_LAYERS = Registry("branch layer")
 ROUTING = Registry("routing")
+#: attachment kind -> Attachment subclass (``distill_ee.attachment``); named by checkpoints, not schedules
+ATTACHMENTS = Registry("attachment kind", named_by_schedules=False)
 
 
 @dataclass(frozen=True)
@@ -138,7 +159,7 @@ class Section:
         return list(fields)
 
 
-SECTIONS = Registry("schedule section")
+SECTIONS = Registry("schedule section", named_by_schedules=False)
 
 
 def add_section(section: Section) -> Section:

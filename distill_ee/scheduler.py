@@ -131,17 +131,23 @@ class CompressionScheduler:
             self._due_minibatch = [p for p in self.policies_for(epoch) if p.needs_minibatch_hooks]
         return self._due_minibatch
 
-    def on_minibatch_begin(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
-                           optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-        """Before the forward pass: due policies run, then every mask is applied."""
+    def _minibatch_hook(self, hook: str, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                        optimizer: Optional[torch.optim.Optimizer]) -> List[Policy]:
+        """Call the minibatch hook named ``hook`` of every due policy; returns those policies."""
         due = self._due_now(epoch)
         if due:
             ctx = self._ctx(epoch, optimizer, minibatch_id=minibatch_id,
                             minibatches_per_epoch=minibatches_per_epoch)
             for policy in due:
-                policy.on_minibatch_begin(ctx)
-            if any(policy.changes_masks_in_minibatches for policy in due):
-                self._share_masks()
+                getattr(policy, hook)(ctx)
+        return due
+
+    def on_minibatch_begin(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
+                           optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Before the forward pass: due policies run, then every mask is applied."""
+        due = self._minibatch_hook("on_minibatch_begin", epoch, minibatch_id, minibatches_per_epoch, optimizer)
+        if any(policy.changes_masks_in_minibatches for policy in due):
+            self._share_masks()
         # Masks applied after the last optimizer step still hold unless a mask changed since then; only
         # forward-only masks (lifted after each step) must be applied again.
         unchanged = self._applied_at == ParameterMasker.changes
@@ -170,24 +176,14 @@ class CompressionScheduler:
     def before_parameter_optimization(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                                       optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """After backward, before ``optimizer.step()``."""
-        due = self._due_now(epoch)
-        if due:
-            ctx = self._ctx(epoch, optimizer, minibatch_id=minibatch_id,
-                            minibatches_per_epoch=minibatches_per_epoch)
-            for policy in due:
-                policy.before_parameter_optimization(ctx)
+        self._minibatch_hook("before_parameter_optimization", epoch, minibatch_id, minibatches_per_epoch, optimizer)
 
     def on_minibatch_end(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                          optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """After ``optimizer.step()``: masks are re-applied (momentum and decay move pruned weights)."""
         apply_masks(self._params, self.zeros_mask_dict, is_forward=False)
         self._applied_at = ParameterMasker.changes
-        due = self._due_now(epoch)
-        if due:
-            ctx = self._ctx(epoch, optimizer, minibatch_id=minibatch_id,
-                            minibatches_per_epoch=minibatches_per_epoch)
-            for policy in due:
-                policy.on_minibatch_end(ctx)
+        self._minibatch_hook("on_minibatch_end", epoch, minibatch_id, minibatches_per_epoch, optimizer)
 
     def on_epoch_end(self, epoch: int, optimizer: Optional[torch.optim.Optimizer] = None,
                      metrics: Optional[Dict[str, float]] = None) -> None:

@@ -27,7 +27,7 @@ from .registry import Registry
 Step = Dict[str, Any]
 #: the model attribute holding its structure steps, oldest first
 STRUCTURE_ATTR = "structure_steps"
-STEP_KINDS = Registry("structure step")
+STEP_KINDS = Registry("structure step", named_by_schedules=False)
 
 
 @dataclass

@@ -121,7 +121,8 @@ def test_every_module_that_registers_something_is_in_the_built_in_list():
         if "apputils" in path.parts:
             continue
         text = path.read_text()
-        if re.search(r"^(@\w+\.register\(|add_section\(|STEP_KINDS\.add\(|LR_SCHEDULERS\.add\()", text, re.M):
+        registers = r"^(@\w+\.register\(|@register_attachment|add_section\(|STEP_KINDS\.add\(|LR_SCHEDULERS\.add\()"
+        if re.search(registers, text, re.M):
             module = ".".join(("distill_ee",) + path.relative_to(PACKAGE).with_suffix("").parts)
             registering.add(module)
     registering.discard("distill_ee.registry")

@@ -1,6 +1,6 @@
-"""Training on two gloo processes: the README's DDP loop, with exits that stop training early, AGP, random
-filter masks and thinning, ends bit-identical on both ranks and where a single process with the same global
-batch ends; masks, evaluation and data sharding agree across ranks."""
+"""Training on two gloo processes: the DDP loop of docs/distributed.md, with exits that stop training early,
+AGP, random filter masks and thinning, ends bit-identical on both ranks and where a single process with the
+same global batch ends; masks, evaluation and data sharding agree across ranks."""
 import os
 import re
 from pathlib import Path
@@ -17,10 +17,13 @@ from distill_ee import distributed
 from distill_ee.early_exit.calibrate import CalibrationTarget, calibrate_exits
 from distill_ee.modules import unwrap
 from ddp_support import run_ranks
-from test_user_loop import LOOP, README, data, user_namespace
+from test_user_loop import LOOP, data, user_namespace
 from test_user_loop import SCHEDULE as USER_LOOP_SCHEDULE
 
-SECTION = "## Many processes: torchrun and DistributedDataParallel"
+pytestmark = pytest.mark.slow
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
+SECTION = "## Your loop on many processes"
 
 def ddp_schedule():
     """The README loop's schedule with a random-filter pruner added and the exits' policy ending half-way."""
@@ -37,8 +40,8 @@ def ddp_schedule():
 
 
 def readme_ddp_setup():
-    """The python block of the README's DDP section."""
-    text = README.read_text()
+    """The python block of the DDP section of docs/distributed.md."""
+    text = DOC.read_text()
     section = text[text.index(SECTION):]
     section = section[:section.index("\n## ", len(SECTION))]
     (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
@@ -46,14 +49,14 @@ def readme_ddp_setup():
 
 
 def loop_with_set_epoch():
-    """The README's loop with the one line its DDP section says to add at the top of each epoch."""
+    """The README's loop with the one line the DDP section says to add at the top of each epoch."""
     section, _ = readme_ddp_setup()
     assert "sampler.set_epoch(epoch)" in section
     return LOOP.replace("    model.train()\n", "    model.train()\n    sampler.set_epoch(epoch)\n", 1)
 
 
 def readme_ddp_run(workdir, epochs=4):
-    """One process of the README's DDP loop; rank 0 then calibrates the exits and shares the thresholds."""
+    """One process of the documented DDP loop; rank 0 then calibrates the exits and shares the thresholds."""
     rank = int(os.environ.get("RANK", "0"))
     here = Path(workdir) / f"rank{rank}"
     here.mkdir(parents=True)
@@ -82,7 +85,7 @@ def readme_ddp_run(workdir, epochs=4):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The README's DDP loop on two processes, and on one process with the same global batch."""
+    """The documented DDP loop on two processes, and on one process with the same global batch."""
     two = run_ranks(readme_ddp_run, str(tmp_path_factory.mktemp("two")), world=2)
     one = run_ranks(readme_ddp_run, str(tmp_path_factory.mktemp("one")), world=1)
     return two, one[0]

@@ -7,7 +7,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,17 +16,16 @@ from torch import nn
 
 from .. import distributed
 from ..checkpoint import OptimizerStateError, load_checkpoint, read_checkpoint, save_checkpoint
-from ..early_exit.deciders import LEARNED_CRITERIA
 from ..early_exit.calibrate import exit_costs
-from ..early_exit.exits import EarlyExits, backbone_parameters
+from ..attachment import backbone_parameters, export_problems, exporting
+from ..early_exit.exits import EarlyExits
 from ..early_exit.risk import Guarantee
 from ..early_exit.export import export_torchscript
-from ..early_exit.onnx_export import export_onnx
+from ..early_exit.onnx_export import check_exportable, export_onnx
 from ..deploy.quantize import quantize_export
 from ..quantization.quantset import quantization_of
 from ..modules import unwrap
 from ..errors import CheckpointError, ConfigError, DistillEEError
-from ..routing import Routing
 from ..atomic import atomic_write_text
 from ..schedule import read_schedule, schedule_from_text
 from ..scheduler import CompressionScheduler
@@ -264,23 +263,25 @@ def _check_run_state(path: str, state: Dict[str, Any], fresh: bool) -> None:
 def _check_exit_flags(args: argparse.Namespace, model: nn.Module, exits: Optional[EarlyExits]) -> None:
     """Flags that need exits, refused before the first epoch when neither schedule nor checkpoint has any, and
     flags the exits' criterion does not take."""
-    if args.ee_export and Routing.of(model) is not None:
-        raise ConfigError("--ee-export does not export routed blocks (SkipNet/BlockDrop): their decisions run in "
-                          "Python; export a model without routing")
-    if args.ee_export and exits is not None and exits.spec.forward_transfer:
-        raise ConfigError("--ee-export does not export exits with forward_transfer (each reads the previous exit's "
-                          "logits, which the exported runtime does not pass)")
+    problems = export_problems(model) if args.ee_export else []
+    if problems:
+        raise ConfigError(f"--ee-export does not export {problems[0]}")
     if exits is None:
         for flag, given in (("--ee-calibrate", args.ee_calibrate), ("--ee-export", args.ee_export)):
             if given:
                 raise ConfigError(f"{flag} needs early exits (in the --compress schedule or the checkpoint)")
         return
-    if "learned" in exits.criteria and args.ee_calibrate is not None:
+    if exits.exit_set.learned_policy and args.ee_calibrate is not None:
         raise ConfigError("--ee-calibrate does not apply to a learned exit policy: its trade-off "
                           "(learned_policy.tradeoff in the schedule) sets where it works")
-    learned = [c for c in exits.criteria if c in LEARNED_CRITERIA]
+    learned = exits.exit_set.learned_decisions
     if learned and args.ee_temperature:
         raise ConfigError(f"--ee-temperature would change the logits the {learned[0]} deciders read")
+    if args.ee_export == "onnx":
+        try:
+            check_exportable(exits.exit_set.criterion_objects(), exits.exit_names)
+        except DistillEEError as err:
+            raise ConfigError(f"--ee-export onnx: {err}") from None
 
 
 def _check_budget(args: argparse.Namespace, exits: Optional[EarlyExits],
@@ -370,7 +371,7 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
             raise ConfigError("--ee-calibrate needs early exits (in the schedule or the checkpoint)")
         return {}
     policy: Dict[str, Any] = {}
-    if "learned" in exits.criteria and not args.evaluate:
+    if exits.exit_set.learned_policy and not args.evaluate:
         _, valid_loader, test_loader = loaders
         policy = run_learned_policy(exits, valid_loader, test_loader, str(run_dir.path),
                                     masks=scheduler.masks if scheduler else None)
@@ -378,7 +379,7 @@ def _calibrate(args: argparse.Namespace, scheduler: Optional[CompressionSchedule
     target = args.ee_calibrate
     pruned = bool(scheduler and (scheduler.find("pruner") or scheduler.find("extension")
                                  or scheduler.find("regularizer")))
-    learned = any(c in LEARNED_CRITERIA for c in exits.criteria)  # their deciders are trained for 0.5
+    learned = bool(exits.exit_set.learned_decisions)  # their deciders are trained for 0.5
     quantized = is_quantized(exits.model)
     if target is None and (pruned or quantized) and not learned and not args.ee_no_recalibrate and \
             (quantized or not args.evaluate):
@@ -414,18 +415,17 @@ def _threshold_target(args: argparse.Namespace) -> str:
     return AUTO_RECALIBRATION if target.strip().lower().startswith("latency") else target
 
 
-def _recalibrate_int8(target: str, model: nn.Module, valid_loader: Any, directory: Path) -> None:
-    """The int8 export's thresholds chosen again on the validation split with its own (int8) logits."""
-    from ..deploy import MultiExitSession
-    from ..deploy.manifest import write_thresholds
-
-    session = MultiExitSession(directory, threads=1)
-    if any(c in LEARNED_CRITERIA for c in session.criteria):
-        return  # learned deciders are trained for their own threshold
-    result = recalibrate_session(session, model, valid_loader, target)
-    write_thresholds(directory, result.thresholds)
-    log.info("  int8 export's thresholds recalibrated for %s on the validation split: top1 %.2f, %.1f%% of the "
-             "MACs", target, result.chosen.top1, 100 * result.chosen.macs_fraction)
+def _int8_thresholds(target: str, model: nn.Module, exits: EarlyExits, valid_loader: Any) -> Callable[[Any], Any]:
+    """How the int8 export's thresholds are chosen: again on the validation split with its own (int8) logits
+    (learned deciders keep theirs: they are trained for their own threshold)."""
+    def choose(session: Any) -> Any:
+        if exits.exit_set.learned_decisions:
+            return session.thresholds
+        result = recalibrate_session(session, model, valid_loader, target)
+        log.info("  int8 export's thresholds recalibrated for %s on the validation split: top1 %.2f, %.1f%% of "
+                 "the MACs", target, result.chosen.top1, 100 * result.chosen.macs_fraction)
+        return result.thresholds
+    return choose
 
 
 def _export(fmt: str, model: nn.Module, exits: Optional[EarlyExits], run_dir: RunDir,
@@ -435,27 +435,22 @@ def _export(fmt: str, model: nn.Module, exits: Optional[EarlyExits], run_dir: Ru
         raise ConfigError("--ee-export needs early exits (in the schedule or the checkpoint)")
     multi = exits.multi_exit_model().eval()
     qset = quantization_of(unwrap(model))
-    if qset is not None:
-        qset.active = False  # the float graph is exported; int8 comes from ONNX Runtime's own kernels
-    try:
+    with exporting(unwrap(model)):  # the float graph (int8 comes from ONNX Runtime's own kernels)
         if fmt == "onnx":
             paths = export_onnx(multi, unwrap(model), run_dir.file("onnx"))
             log.info("Exported %d ONNX files to %s (distill_ee.deploy.MultiExitSession runs them)", len(paths),
                      run_dir.file("onnx"))
             if qset is not None and valid_loader is not None:
                 images = torch.cat([x for x, _ in valid_loader])[:256].cpu().numpy()
-                paths += quantize_export(run_dir.file("onnx"), run_dir.file("onnx_int8"), images,
-                                         per_channel=qset.settings[qset.layers[0]].per_channel_wts)
-                log.info("Quantized the export to int8 in %s (ONNX Runtime QDQ, calibrated on %d validation "
+                log.info("Quantizing the export to int8 in %s (ONNX Runtime QDQ, calibrated on %d validation "
                          "images)", run_dir.file("onnx_int8"), images.shape[0])
-                _recalibrate_int8(target, model, valid_loader, run_dir.file("onnx_int8"))
+                paths += quantize_export(run_dir.file("onnx"), run_dir.file("onnx_int8"), images,
+                                         per_channel=qset.settings[qset.layers[0]].per_channel_wts,
+                                         thresholds=_int8_thresholds(target, model, exits, valid_loader))
         else:
             paths = export_torchscript(multi, run_dir.file("torchscript"))
             log.info("Exported %d TorchScript files to %s (float: the quantization is simulated)" if qset else
                      "Exported %d TorchScript files to %s", len(paths), run_dir.file("torchscript"))
-    finally:
-        if qset is not None:
-            qset.active = True
     return [str(p.relative_to(run_dir.path)) for p in paths]
 
 

@@ -30,14 +30,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from tabulate import tabulate
 
-from ..cascade import Cascade, IDKCriterion, Member, choose_idk_thresholds, fit_idk
+from ..cascade import Cascade, IDKCriterion, Member, cascade_rules, choose_idk_thresholds, fit_idk
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..early_exit.calibrate import calibrate, split_figures
-from ..early_exit.criteria import get_criterion
 from ..early_exit.exits import EarlyExits
 from ..early_exit.tradeoff import measure_point
 from ..errors import ConfigError, DistillEEError
-from ..interleaved import interleaved_rounds
+from ..registry import suggest
+from ..timing import interleaved_rounds
 from ..schedule.source import ScheduleSource, decode_schedule, parse_yaml
 from ..summaries import total_macs
 from .args import OneLineErrorParser
@@ -48,7 +48,6 @@ from .run_dir import RunDir, setup_logging
 from .tradeoff_files import write_tradeoff
 
 log = logging.getLogger("distill_ee")
-RULE_KINDS = ("max_prob", "margin", "entropy", "idk")
 TOP_KEYS = ("dataset", "data", "members")
 MEMBER_KEYS = ("name", "checkpoint", "arch", "rule")
 
@@ -92,9 +91,7 @@ def read_config(path: str) -> Dict[str, Any]:
         raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
     source = parse_yaml(decode_schedule(data, path), path)
     raw = source.data
-    for key in raw:
-        if key not in TOP_KEYS:
-            raise source.error([key], f"unknown key {key!r}", valid=TOP_KEYS)
+    source.expect_keys([], raw, TOP_KEYS, "a cascade file is a mapping with `members` (and `dataset`, `data`)")
     members = raw.get("members")
     if not isinstance(members, list) or len(members) < 2:
         raise source.error(["members"], "a cascade lists at least two members, small to big")
@@ -111,11 +108,7 @@ def read_config(path: str) -> Dict[str, Any]:
 
 def _member(source: ScheduleSource, i: int, raw: Any, last: bool) -> Dict[str, Any]:
     where: List[Any] = ["members", i]
-    if not isinstance(raw, dict):
-        raise source.error(where, "a member is a mapping with `checkpoint` (and `name`, `rule`)")
-    for key in raw:
-        if key not in MEMBER_KEYS:
-            raise source.error([*where, key], f"unknown key {key!r}", valid=MEMBER_KEYS)
+    source.expect_keys(where, raw, MEMBER_KEYS, "a member is a mapping with `checkpoint` (and `name`, `rule`)")
     pattern = raw.get("checkpoint")
     if not isinstance(pattern, str) or not pattern:
         raise source.error(where, "a member needs `checkpoint` (a checkpoint of the sample app)")
@@ -132,12 +125,14 @@ def _member(source: ScheduleSource, i: int, raw: Any, last: bool) -> Dict[str, A
 
 
 def _rule(source: ScheduleSource, where: List[Any], rule: Any) -> Dict[str, Any]:
+    rules = cascade_rules()
     if not isinstance(rule, dict) or "kind" not in rule:
-        raise source.error(where, "every member but the last needs `rule: {kind: ...}`", valid=RULE_KINDS)
+        raise source.error(where, "every member but the last needs `rule: {kind: ...}`", valid=list(rules))
     kind = rule["kind"]
-    if kind not in RULE_KINDS:
-        raise source.error([*where, "kind"], f"unknown rule {kind!r}", valid=RULE_KINDS)
-    allowed = ("kind", "beta") if kind == "idk" else ("kind", "threshold")
+    if kind not in rules:
+        raise source.error([*where, "kind"], f"unknown rule {kind!r}", valid=list(rules),
+                           suggestions=suggest(str(kind), rules))
+    allowed = ("kind", *getattr(rules[kind], "rule_keys", ("threshold",)))
     for key in rule:
         if key not in allowed:
             raise source.error([*where, key], f"unknown key {key!r} for a {kind} rule", valid=allowed)
@@ -171,8 +166,8 @@ def run(args: argparse.Namespace, spec: Dict[str, Any], target: Any) -> None:
         raise ConfigError("a cascade is calibrated on the validation split, and the dataset has none")
     run_dir = RunDir(args.out_dir, args.name)
     setup_logging(run_dir.log_file)
-    criteria = [IDKCriterion() if m["rule"]["kind"] == "idk" else get_criterion(m["rule"]["kind"])
-                for m in spec["members"][:-1]]
+    rules = cascade_rules()
+    criteria = [rules[m["rule"]["kind"]]() for m in spec["members"][:-1]]
     cascade = Cascade(members, criteria, [m["rule"].get("threshold") for m in spec["members"][:-1]])
     valid_logits, valid_y = _logits(cascade, valid)
     test_logits, test_y = _logits(cascade, test)
@@ -212,9 +207,9 @@ def _macs(cascade: Cascade, loader: Any) -> None:
 def _time_members(cascade: Cascade, inputs: torch.Tensor, batch_size: int) -> None:
     """Each member's measured seconds per sample (interleaved rounds, best round)."""
     batches = list(torch.split(inputs, batch_size))
-    candidates = {m.name: (lambda k=k: [cascade._member(k, b) for b in batches]) for k, m in
+    candidates = {m.name: (lambda k=k: [cascade.run_member(k, b) for b in batches]) for k, m in
                   enumerate(cascade.members)}
-    rounds = interleaved_rounds(candidates, 3)
+    rounds = interleaved_rounds(candidates, 3, context=torch.inference_mode)
     for member in cascade.members:
         member.seconds = min(rounds[member.name]) / inputs.shape[0]
 
@@ -222,18 +217,15 @@ def _time_members(cascade: Cascade, inputs: torch.Tensor, batch_size: int) -> No
 def _fit_idk(cascade: Cascade, spec: Dict[str, Any], logits: List[torch.Tensor], y: torch.Tensor
              ) -> Dict[str, Any]:
     """IDK rules: classifiers fitted on validation, thresholds from the cost-aware objective (measured time)."""
-    kinds = [m["rule"]["kind"] for m in spec["members"][:-1]]
-    if "idk" not in kinds:
+    fitted = [k for k, c in enumerate(cascade.criteria) if isinstance(c, IDKCriterion)]
+    if not fitted:
         return {}
-    for k, kind in enumerate(kinds):
-        if kind == "idk":
-            cascade.criteria[k] = IDKCriterion(fit_idk(logits[k], y))
-    betas = [m["rule"].get("beta", 0.5) for m in spec["members"][:-1] if m["rule"]["kind"] == "idk"]
-    beta = float(betas[0])
+    for k in fitted:
+        cascade.criteria[k] = IDKCriterion(fit_idk(logits[k], y))
+    beta = float(spec["members"][fitted[0]]["rule"].get("beta", 0.5))
     thresholds, objective, _, _ = choose_idk_thresholds(logits, y, cascade.criteria, cascade.costs("seconds"), beta)
-    for k, kind in enumerate(kinds):
-        if kind == "idk":
-            cascade.thresholds[k] = thresholds[k]
+    for k in fitted:
+        cascade.thresholds[k] = thresholds[k]
     log.info("IDK thresholds (cost-aware objective, beta %g, measured times): %s; objective %.4f on validation",
              beta, thresholds, objective)
     return {"beta": beta, "thresholds": thresholds, "objective": objective}
@@ -296,10 +288,10 @@ def _speed(cascade: Cascade, inputs: torch.Tensor, batch_size: int) -> Dict[str,
     simulated on ``inputs``."""
     batches = list(torch.split(inputs, batch_size))
     n, last = inputs.shape[0], len(cascade.members) - 1
-    candidates = {f"member{k}": (lambda k=k: [cascade._member(k, b) for b in batches])
+    candidates = {f"member{k}": (lambda k=k: [cascade.run_member(k, b) for b in batches])
                   for k in range(len(cascade.members))}
     candidates["cascade"] = lambda: [cascade(b) for b in batches]
-    rounds = interleaved_rounds(candidates, 5)
+    rounds = interleaved_rounds(candidates, 5, context=torch.inference_mode)
     logits, index = cascade(inputs)
     sim_logits, sim_index = cascade.decide(cascade.simulate(inputs))
     same = bool(torch.equal(index, sim_index)) and bool(torch.allclose(logits, sim_logits, atol=1e-5))

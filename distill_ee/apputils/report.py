@@ -9,12 +9,12 @@ import torch
 from tabulate import tabulate
 from torch import nn
 
-from ..early_exit.exits import EarlyExits, backbone_parameters
+from ..attachment import attachments, backbone_parameters
+from ..early_exit.exits import EarlyExits
 from ..modules import eval_mode
 from ..early_exit.stats import expected_macs, overall_top1
 from ..dynamic import static_compute
 from ..routing import Routing
-from ..routing.router import ROUTING_ATTR, routing_of
 from ..routing.stats import executed_macs
 from ..scheduler import CompressionScheduler
 from ..summaries import (compute_table, masked_parameters, params_nnz, sparsity_table, total_macs,
@@ -107,15 +107,16 @@ def _with_exits(model: nn.Module, exits: EarlyExits, test_loader: Any, device: t
 
 
 def _part_figures(model: nn.Module, masks: Any) -> Dict[str, Any]:
-    """Parameters, nonzeros and weight sparsity of the backbone and of the exit branches, separately."""
+    """Parameters, nonzeros and weight sparsity of the backbone and of each attachment (exit branches, routing,
+    quantization ...), separately."""
     values = masked_parameters(model, masks)
     backbone = {name for name, _ in backbone_parameters(model)}
-    routed = {f"{ROUTING_ATTR}.{n}" for n, _ in routing_of(model).named_parameters()} if routing_of(model) else set()
+    owner = {id(p): type(a).summary_key for a in attachments(model) for p in a.parameters()}
+    named = dict(model.named_parameters())
+    parts = [("backbone", [n for n in values if n in backbone])]
+    for key in dict.fromkeys(type(a).summary_key for a in attachments(model)):
+        parts.append((key, [n for n in values if owner.get(id(named[n])) == key]))
     out: Dict[str, Any] = {}
-    parts = [("backbone", [n for n in values if n in backbone]),
-             ("exits", [n for n in values if n not in backbone and n not in routed])]
-    if routed:
-        parts.append(("routing", [n for n in values if n in routed]))
     for part, names in parts:
         weights = [values[n] for n in names if values[n].dim() > 1 and "weight" in n.rsplit(".", 1)[-1]]
         dense = sum(w.numel() for w in weights)

@@ -1,8 +1,6 @@
 """The run directory of the sample app: log file, schedule copy, metrics.csv and summary.json."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -13,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_csv, atomic_write_text
 from ..errors import ConfigError
 
 log = logging.getLogger("distill_ee")
@@ -57,9 +55,7 @@ class RunDir:
         for r in self._metric_rows:
             fields.extend(k for k in r if k not in fields)
         lines = [fields] + [[_fmt(r.get(k, "")) for k in fields] for r in self._metric_rows]
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(lines)
-        atomic_write_text(self.path / "metrics.csv", buf.getvalue())
+        atomic_write_csv(self.path / "metrics.csv", lines, lineterminator="\n")
 
     def write_json(self, name: str, data: Dict[str, Any]) -> Path:
         """Write ``data`` as indented JSON, atomically."""

@@ -2,13 +2,13 @@
 ``--sense-range`` levels."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch import nn
 
+from ..atomic import atomic_write_csv
 from ..errors import ConfigError
 from ..sensitivity import Sensitivities, TestFunc, perform_sensitivity_analysis
 
@@ -26,14 +26,8 @@ def sensitivity_levels(start: float, end: float, step: float) -> List[float]:
 
 def sensitivities_to_csv(sensitivities: Sensitivities, path: Union[str, Path]) -> Path:
     """Write one row per (parameter, sparsity): ``parameter, sparsity, top1, top5, loss``."""
-    path = Path(path)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for name, results in sensitivities.items():
-            for level, metrics in results.items():
-                writer.writerow([name, level, *metrics])
-    return path
+    rows = [[name, level, *metrics] for name, results in sensitivities.items() for level, metrics in results.items()]
+    return atomic_write_csv(path, [list(CSV_COLUMNS), *rows])
 
 
 def sensitivities_to_png(sensitivities: Sensitivities, path: Union[str, Path]) -> Path:

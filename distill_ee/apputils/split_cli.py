@@ -87,9 +87,7 @@ def read_tiers(path: str) -> Tuple[List[Tier], List[Link]]:
         raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
     source = parse_yaml(decode_schedule(data, path), path)
     raw = source.data
-    for key in raw:
-        if key not in ("tiers", "links"):
-            raise source.error([key], f"unknown key {key!r}", valid=["tiers", "links"])
+    source.expect_keys([], raw, ("tiers", "links"), "a tier file is a mapping with `tiers` and `links`")
     items = raw.get("tiers")
     if not isinstance(items, list) or len(items) < 2:
         raise source.error(["tiers"], "give at least two tiers, the one holding the input first")
@@ -116,11 +114,10 @@ def _number(source: ScheduleSource, where: List[Any], value: Any, *, positive: b
 
 def _tier(source: ScheduleSource, i: int, raw: Any) -> Tier:
     where: List[Any] = ["tiers", i]
-    if not isinstance(raw, dict) or "name" not in raw:
-        raise source.error(where, "a tier is a mapping with `name` and `speed` (or `profile`)")
-    for key in raw:
-        if key not in TIER_KEYS:
-            raise source.error([*where, key], f"unknown key {key!r}", valid=TIER_KEYS)
+    what = "a tier is a mapping with `name` and `speed` (or `profile`)"
+    source.expect_keys(where, raw, TIER_KEYS, what)
+    if "name" not in raw:
+        raise source.error(where, what)
     tier = Tier(str(raw["name"]))
     if "speed" in raw:
         tier.speed = _number(source, [*where, "speed"], raw["speed"], positive=True)
@@ -140,11 +137,7 @@ def _tier(source: ScheduleSource, i: int, raw: Any) -> Tier:
 
 def _link(source: ScheduleSource, i: int, raw: Any) -> Link:
     where: List[Any] = ["links", i]
-    if not isinstance(raw, dict):
-        raise source.error(where, "a link is {bandwidth_mbps: ..., latency_ms: ...}")
-    for key in raw:
-        if key not in LINK_KEYS:
-            raise source.error([*where, key], f"unknown key {key!r}", valid=LINK_KEYS)
+    source.expect_keys(where, raw, LINK_KEYS, "a link is {bandwidth_mbps: ..., latency_ms: ...}")
     for key in LINK_KEYS:
         if key not in raw:
             raise source.error(where, f"a link needs `{key}`")
@@ -214,7 +207,7 @@ def cut_bytes(session: MultiExitSession, x: np.ndarray) -> List[int]:
     env[0] = np.ascontiguousarray(x, dtype=np.float32)
     out = [int(env[0].nbytes)]
     for k in range(len(session.stages) - 1):
-        session._stage(k, env)
+        session.run_stage(k, env)
         out.append(int(sum(env[s].nbytes for s in dict.fromkeys(plan_["carry"][k]))))
     return out
 

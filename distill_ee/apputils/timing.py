@@ -7,7 +7,6 @@ each sample leaves would spend. Real early exit pays on top of it for deciding a
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any, Callable, Dict, List, Sequence
 
 import torch
@@ -15,19 +14,7 @@ from torch import nn
 
 from ..early_exit.collaboration import run_branch
 from ..early_exit.multi_exit import MultiExitModel
-from ..interleaved import interleaved_rounds
-
-
-def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from ..timing import interleaved_rounds, median_time
 
 
 def run_prefix(multi: MultiExitModel, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,7 +80,7 @@ def compare_speed(model: nn.Module, multi: MultiExitModel, inputs: torch.Tensor,
     }
     for k in range(multi.num_exits + 1):
         candidates[f"prefix{k}"] = (lambda k=k: [run_prefix(multi, b, k) for b in batches])
-    rounds = interleaved_rounds(candidates, repeats)
+    rounds = interleaved_rounds(candidates, repeats, context=torch.inference_mode)
     best = {name: min(times) for name, times in rounds.items()}
     fractions = exit_fractions(multi, batches)
     prefixes = [best[f"prefix{k}"] / n for k in range(multi.num_exits + 1)]

@@ -2,10 +2,10 @@
 with the chosen point) and ``exit_fractions.png`` (where the samples leave)."""
 from __future__ import annotations
 
-import csv
 import os
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
+from ..atomic import atomic_write_csv
 from ..early_exit.tradeoff import TradeoffPoint
 from ..errors import ConfigError
 
@@ -56,13 +56,11 @@ def _write_csv(path: str, points: Sequence[TradeoffPoint], chosen: TradeoffPoint
             rows.append([extra, role])
     header = ([f"threshold_{n}" for n in names[:-1]] + ["top1", "expected_macs", "macs_fraction"]
               + [f"taken_pct_{n}" for n in names] + ["role"])
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for point, role in sorted(rows, key=lambda r: (r[0].expected_macs, -r[0].top1)):
-            writer.writerow(["off" if t is None else repr(t) for t in point.thresholds]
-                            + [f"{point.top1:.4f}", f"{point.expected_macs:.3f}", f"{point.macs_fraction:.6f}"]
-                            + [f"{v:.4f}" for v in point.taken_pct] + [role])
+    atomic_write_csv(path, [header] + [
+        ["off" if t is None else repr(t) for t in point.thresholds]
+        + [f"{point.top1:.4f}", f"{point.expected_macs:.3f}", f"{point.macs_fraction:.6f}"]
+        + [f"{v:.4f}" for v in point.taken_pct] + [role]
+        for point, role in sorted(rows, key=lambda r: (r[0].expected_macs, -r[0].top1))])
 
 
 def _write_policy_csv(path: str, points: Sequence[TradeoffPoint], points_test: Optional[Sequence[TradeoffPoint]],
@@ -78,14 +76,12 @@ def _write_policy_csv(path: str, points: Sequence[TradeoffPoint], points_test: O
     header = (["rule", "tradeoff"] + [f"threshold_{n}" for n in names[:-1]]
               + ["top1", "expected_macs", "macs_fraction", "test_top1", "test_macs_fraction"]
               + [f"taken_pct_{n}" for n in names] + ["role"])
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for name, tradeoff, point, test, role in rows:
-            writer.writerow([name, tradeoff] + ["off" if t is None else repr(t) for t in point.thresholds]
-                            + [f"{point.top1:.4f}", f"{point.expected_macs:.3f}", f"{point.macs_fraction:.6f}"]
-                            + ([f"{test.top1:.4f}", f"{test.macs_fraction:.6f}"] if test is not None else ["", ""])
-                            + [f"{v:.4f}" for v in point.taken_pct] + [role])
+    atomic_write_csv(path, [header] + [
+        [name, tradeoff] + ["off" if t is None else repr(t) for t in point.thresholds]
+        + [f"{point.top1:.4f}", f"{point.expected_macs:.3f}", f"{point.macs_fraction:.6f}"]
+        + ([f"{test.top1:.4f}", f"{test.macs_fraction:.6f}"] if test is not None else ["", ""])
+        + [f"{v:.4f}" for v in point.taken_pct] + [role]
+        for name, tradeoff, point, test, role in rows])
 
 
 def figure(width: float, height: float, columns: int = 1) -> Tuple[Any, Any]:

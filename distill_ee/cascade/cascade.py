@@ -74,14 +74,15 @@ class Cascade:
         return ExitCosts([sum(per[:k + 1]) for k in range(len(per))], per[-1], None)
 
     # ----------------------------------------------------------------- inference
-    def _member(self, k: int, x: torch.Tensor) -> torch.Tensor:
+    def run_member(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Member ``k``'s logits for ``x`` (with its own exits, taken for real, when it has any)."""
         out = self._runners[k](x)
         return out[0] if isinstance(out, tuple) else out
 
     def simulate(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Every member's logits for every sample, small to big."""
         with eval_mode(self._models), torch.inference_mode():
-            return [self._member(k, x) for k in range(len(self.members))]
+            return [self.run_member(k, x) for k in range(len(self.members))]
 
     def decide(self, logits: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(chosen logits, member index) per sample from ``simulate``'s output."""
@@ -100,7 +101,7 @@ class Cascade:
             for k in range(last):
                 if self.thresholds[k] is None:  # never answers: not run at all
                     continue
-                logits = self._member(k, x)
+                logits = self.run_member(k, x)
                 answer = self.criteria[k].exit_mask(logits, self.thresholds[k], state)
                 if out is None:
                     out = logits.new_empty((n, logits.shape[1]))
@@ -111,7 +112,7 @@ class Cascade:
                 alive, x = alive[keep], x.index_select(0, keep)
                 if alive.numel() == 0:
                     return out, index
-            final = self._member(last, x)
+            final = self.run_member(last, x)
             if out is None:
                 return final, index
             out[alive] = final

@@ -12,7 +12,7 @@ members' measured seconds or MACs per sample), and the setting with the smallest
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 from ..early_exit.deciders import LearnedCriterion
 from ..early_exit.tradeoff import ExitCosts, SearchSpace, Settings, build_space, evaluate_grid, explore, uses_grid
 from ..errors import ConfigError
+from ..registry import EXIT_CRITERIA
 
 
 def idk_features(logits: torch.Tensor) -> torch.Tensor:
@@ -47,6 +48,20 @@ class IDKCriterion(LearnedCriterion):
     """A member answers when its IDK classifier's probability of being right is above the threshold."""
 
     name = "idk"
+    #: the keys a cascade rule of this kind takes beside ``kind`` (the objective's cost weight, not a threshold)
+    rule_keys = ("beta",)
+
+
+def cascade_rules() -> Dict[str, Any]:
+    """The rules a cascade member may answer by, by name: every confidence criterion registered (a stateless
+    fixed rule: ``max_prob``, ``margin``, ``entropy``, plugins' own) and the IDK classifier."""
+    rules: Dict[str, Any] = {}
+    for name in EXIT_CRITERIA.names():
+        criterion = EXIT_CRITERIA.get(name)()
+        if not criterion.learned and not criterion.stateful:
+            rules[name] = type(criterion)
+    rules[IDKCriterion.name] = IDKCriterion
+    return rules
 
 
 def fit_idk(logits: torch.Tensor, targets: torch.Tensor, steps: int = 300, seed: int = 0) -> IDKClassifier:

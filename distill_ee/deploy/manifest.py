@@ -1,21 +1,27 @@
-"""The manifest of an ONNX multi-exit export: what ``manifest.json`` holds, read back and checked.
+"""The manifests of multi-exit exports: the one module that names, writes, reads back and checks them.
 
 The directory written by ``distill_ee.early_exit.onnx_export.export_onnx`` holds one ONNX file per stage,
-branch and learned decider, ``backbone.onnx`` (the whole network without exits, for comparison) and
+branch and fused exit, ``backbone.onnx`` (the whole network without exits, for comparison) and
 ``manifest.json``::
 
-    {"format": "distill_ee.multi_exit.onnx", "version": 1,
-     "exit_names": [...], "final_name": "final", "criteria": [...], "thresholds": [...],
+    {"format": "distill_ee.multi_exit.onnx", "version": 2,
+     "exit_names": [...], "final_name": "final", "criteria": [...], "leave": [...], "thresholds": [...],
      "input_shape": [1, 28, 28], "num_classes": 10, "dtype": "float32",
      "plan": {"num_slots", "inputs", "outputs", "attach", "carry", "free", "result"},
-     "stages": ["stage0.onnx", ...], "branches": ["branch0.onnx", ...], "deciders": {"0": "decider0.onnx"},
+     "stages": ["stage0.onnx", ...], "branches": ["branch0.onnx", ...],
      "exits": ["exit0.onnx", ...], "backbone": "backbone.onnx"}
 
 Stage ``k`` reads inputs named ``slot{i}`` for ``i`` in ``plan.inputs[k]`` and writes ``slot{j}`` for ``j`` in
-``plan.outputs[k]``; a branch reads ``features`` and writes ``logits``; a decider reads ``logits`` and writes
-``leave`` (the probability of leaving). ``exit{k}.onnx`` is stage ``k``, branch ``k`` and the number the
-criterion compares with the threshold in one graph (outputs: the stage's slots, ``logits``, ``score``), so that
-real early exit pays one call per exit. Nothing here imports torch.
+``plan.outputs[k]``; a branch reads ``features`` and writes ``logits``. ``exit{k}.onnx`` is stage ``k``, branch
+``k`` and the exit's criterion's score in one graph (outputs: the stage's slots, ``logits``, ``score``), so that
+real early exit pays one call per exit; ``leave[k]`` names the rule of ``distill_ee.leave_rules`` that decides
+from that score and ``thresholds[k]`` (the criterion's own name is for people: the runtime never reads it).
+Version 1 exports (decided by criterion name) are refused with a line saying to export again.
+
+The manifest owns the export's thresholds: ``MultiExitSession`` reads them from here, ``set_thresholds``
+changes them (checked) and ``write`` stores the manifest atomically. The TorchScript export
+(``distill_ee.early_exit.export``) writes its manifest under the same file name with its own format.
+Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -25,14 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..errors import CheckpointError
+from ..atomic import atomic_write_json
+from ..errors import CheckpointError, ThresholdError
+from ..leave_rules import LEAVE_RULES
+from ..registry import suggest
+from ..exit_settings import ExitOutputs, ThresholdArg, resolve_thresholds
 
+#: the file name of every export's manifest
 MANIFEST = "manifest.json"
+#: the ONNX export's format and the version this runtime reads
 FORMAT = "distill_ee.multi_exit.onnx"
-VERSION = 1
-#: the criteria the runtime computes itself (learned ones run their decider file)
-RULE_CRITERIA = ("entropy", "max_prob", "margin", "patience")
-LEARNED_CRITERIA = ("gate", "learned")
+VERSION = 2
+#: the TorchScript export's format and version
+TORCHSCRIPT_FORMAT = "distill_ee.multi_exit"
+TORCHSCRIPT_VERSION = 1
 PLAN_KEYS = ("num_slots", "inputs", "outputs", "attach", "carry", "free", "result")
 
 
@@ -41,50 +53,51 @@ class ManifestError(CheckpointError):
 
 
 @dataclass
-class Manifest:
-    """A checked manifest: files resolved against its directory."""
+class Manifest(ExitOutputs):
+    """A checked manifest: files resolved against its directory; the owner of the export's thresholds."""
 
     directory: Path
     exit_names: List[str]
     final_name: str
     criteria: List[str]
+    #: per exit: the leave rule its score is decided by
+    leave: List[str]
     thresholds: List[Optional[float]]
     input_shape: List[int]
     num_classes: int
     plan: Dict[str, Any]
     stages: List[Path]
     branches: List[Path]
-    deciders: Dict[int, Path]
+    exits: List[Path]
     backbone: Optional[Path]
     raw: Dict[str, Any]
-    #: per exit: stage, branch and the criterion's score in one file (None: run stage and branch apart)
-    exits: Optional[List[Path]] = None
 
     @property
-    def num_exits(self) -> int:
-        """Number of early exits."""
-        return len(self.exit_names)
+    def path(self) -> Path:
+        """The manifest file."""
+        return self.directory / MANIFEST
 
-    @property
-    def output_names(self) -> List[str]:
-        """Exit names followed by the final classifier's."""
-        return [*self.exit_names, self.final_name]
+    def set_thresholds(self, thresholds: ThresholdArg) -> None:
+        """Replace thresholds: a list in exit order or a mapping exit name -> threshold (others kept)."""
+        values = resolve_thresholds(self.exit_names, self.thresholds, thresholds)
+        for k, t in enumerate(values):
+            if t is not None and not _finite_number(t):
+                raise ThresholdError(f"threshold {k} must be a finite number or None, got {t!r}")
+        self.thresholds = [None if t is None else float(t) for t in values]
+
+    def to_json(self) -> Dict[str, Any]:
+        """The manifest as written: what was read, with the current thresholds."""
+        return {**self.raw, "thresholds": list(self.thresholds)}
+
+    def write(self, directory: Optional[Union[str, Path]] = None) -> Path:
+        """Store the manifest (current thresholds included) atomically in its directory (or ``directory``)."""
+        path = Path(directory) / MANIFEST if directory is not None else self.path
+        atomic_write_json(path, self.to_json())
+        return path
 
 
-def write_thresholds(directory: Union[str, Path], thresholds: List[Optional[float]]) -> None:
-    """Store new thresholds (one per exit) in an export's manifest, atomically."""
-    import os
-    import tempfile
-
-    path = Path(directory) / MANIFEST
-    raw = json.loads(path.read_text())
-    if len(thresholds) != len(raw.get("exit_names", [])):
-        raise ManifestError(f"{path}: need {len(raw.get('exit_names', []))} thresholds, got {len(thresholds)}")
-    raw["thresholds"] = [None if t is None else float(t) for t in thresholds]
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=MANIFEST, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(raw, f, indent=2)
-    os.replace(tmp, path)
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_manifest(directory: Union[str, Path]) -> Manifest:
@@ -110,6 +123,9 @@ def check_manifest(raw: Any, directory: Path, where: str) -> Manifest:
     if raw.get("format") != FORMAT:
         raise fail("format", f"expected {FORMAT!r}, got {raw.get('format')!r} (a TorchScript export is read by "
                              f"distill_ee.early_exit.export.load_exported)")
+    if raw.get("version") == 1:
+        raise fail("version", "written by an earlier distill_ee (version 1, decided by criterion name); export the "
+                              "checkpoint again with --ee-export onnx")
     if raw.get("version") != VERSION:
         raise fail("version", f"this runtime reads version {VERSION}, got {raw.get('version')!r}")
     names = _names(raw, "exit_names", fail)
@@ -119,12 +135,17 @@ def check_manifest(raw: Any, directory: Path, where: str) -> Manifest:
         raise fail("final_name", f"must be a non-empty name, got {final!r}")
     criteria = _list(raw, "criteria", n, fail)
     for k, c in enumerate(criteria):
-        if c not in RULE_CRITERIA + LEARNED_CRITERIA:
-            valid = ", ".join(RULE_CRITERIA + LEARNED_CRITERIA)
-            raise fail(f"criteria[{k}]", f"unknown criterion {c!r} (valid: {valid})")
+        if not isinstance(c, str) or not c:
+            raise fail(f"criteria[{k}]", f"must be a criterion's name, got {c!r}")
+    leave = _list(raw, "leave", n, fail)
+    for k, rule in enumerate(leave):
+        if not isinstance(rule, str) or rule not in LEAVE_RULES:
+            hint = suggest(str(rule), LEAVE_RULES)
+            did = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise fail(f"leave[{k}]", f"unknown leave rule {rule!r}{did} (valid: {', '.join(LEAVE_RULES)})")
     thresholds = _list(raw, "thresholds", n, fail)
     for k, t in enumerate(thresholds):
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+        if t is not None and not _finite_number(t):
             raise fail(f"thresholds[{k}]", f"must be a finite number or null, got {t!r}")
     shape = raw.get("input_shape")
     if not isinstance(shape, list) or not shape or not all(isinstance(s, int) and s > 0 for s in shape):
@@ -135,13 +156,11 @@ def check_manifest(raw: Any, directory: Path, where: str) -> Manifest:
     plan = _plan(raw.get("plan"), n, fail)
     stages = [_file(directory, f, f"stages[{k}]", fail) for k, f in enumerate(_list(raw, "stages", n + 1, fail))]
     branches = [_file(directory, f, f"branches[{k}]", fail) for k, f in enumerate(_list(raw, "branches", n, fail))]
-    deciders = _deciders(raw.get("deciders", {}), criteria, directory, fail)
+    exits = [_file(directory, f, f"exits[{k}]", fail) for k, f in enumerate(_list(raw, "exits", n, fail))]
     backbone = _file(directory, raw["backbone"], "backbone", fail) if raw.get("backbone") is not None else None
-    exits = None
-    if raw.get("exits") is not None:
-        exits = [_file(directory, f, f"exits[{k}]", fail) for k, f in enumerate(_list(raw, "exits", n, fail))]
-    return Manifest(directory, names, final, criteria, [None if t is None else float(t) for t in thresholds],
-                    list(shape), classes, plan, stages, branches, deciders, backbone, raw, exits)
+    thresholds = [None if t is None else float(t) for t in thresholds]
+    return Manifest(directory, names, final, criteria, list(leave), thresholds,
+                    list(shape), classes, plan, stages, branches, exits, backbone, dict(raw))
 
 
 def _names(raw: Dict[str, Any], key: str, fail: Any) -> List[str]:
@@ -200,17 +219,3 @@ def _file(directory: Path, name: Any, key: str, fail: Any) -> Path:
     if not path.is_file():
         raise fail(key, f"{name} is not in {directory}")
     return path
-
-
-def _deciders(value: Any, criteria: List[str], directory: Path, fail: Any) -> Dict[int, Path]:
-    if not isinstance(value, dict):
-        raise fail("deciders", "must map exit index -> file")
-    out: Dict[int, Path] = {}
-    for key, name in value.items():
-        if not str(key).isdigit() or int(key) >= len(criteria):
-            raise fail(f"deciders.{key}", f"is not an exit index 0..{len(criteria) - 1}")
-        out[int(key)] = _file(directory, name, f"deciders.{key}", fail)
-    for k, c in enumerate(criteria):
-        if c in LEARNED_CRITERIA and k not in out:
-            raise fail("deciders", f"exit {k} is decided by a {c} decider, and no file is given for it")
-    return out

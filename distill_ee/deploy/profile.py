@@ -8,11 +8,12 @@ samples that leave there. ``profile_session`` measures an ONNX Runtime export; t
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
+
+from ..timing import median_time
 
 
 @dataclass
@@ -61,18 +62,6 @@ class LatencyProfile:
         return asdict(self)
 
 
-def typical_time(fn: Callable[[], Any], rounds: int) -> float:
-    """Median of ``rounds`` calls of ``fn`` after one warm-up call (seconds): what a call takes, to predict
-    latency with (the fastest round would promise too little)."""
-    fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def profile_session(session: Any, inputs: np.ndarray, batch_size: int, rounds: int = 5) -> LatencyProfile:
     """Per stage, branch and backbone seconds per sample of a ``MultiExitSession`` on ``inputs`` in batches."""
     batches = [np.ascontiguousarray(inputs[i:i + batch_size], dtype=np.float32)
@@ -87,12 +76,12 @@ def profile_session(session: Any, inputs: np.ndarray, batch_size: int, rounds: i
         snapshots = []
         for k in range(len(session.stages)):
             snapshots.append(list(env))
-            session._stage(k, env)
+            session.run_stage(k, env)
         envs.append(snapshots)
         done.append(env)
-    stages = [typical_time(lambda k=k: [session._stage(k, list(e[k])) for e in envs], rounds) / n
+    stages = [median_time(lambda k=k: [session.run_stage(k, list(e[k])) for e in envs], rounds) / n
               for k in range(len(session.stages))]
-    branches = [typical_time(lambda k=k: [session._branch(k, a[plan["attach"][k]]) for a in done], rounds) / n
+    branches = [median_time(lambda k=k: [session.run_branch(k, a[plan["attach"][k]]) for a in done], rounds) / n
                 for k in range(len(session.branches))]
-    backbone = typical_time(lambda: [session.backbone(b) for b in batches], rounds) / n
+    backbone = median_time(lambda: [session.backbone(b) for b in batches], rounds) / n
     return LatencyProfile("onnxruntime", batch_size, stages, branches, backbone)

@@ -1,29 +1,29 @@
 """Post-training int8 quantization of an ONNX multi-exit export, run with real integer kernels on ONNX Runtime.
 
-Every stage, branch, fused exit, decider and the backbone is quantized statically in ONNX Runtime's QDQ format
+Every stage, branch, fused exit and the backbone is quantized statically in ONNX Runtime's QDQ format
 (``onnxruntime.quantization``): weights int8 (per output channel by default), activations uint8 or int8 with
 ranges calibrated on sample inputs (min/max); the network's operators are quantized, the criteria's softmax
 and entropy stay in float. Each file is calibrated on the values it really receives:
 the calibration images are run through the float stages and every file gets its own inputs. The result is a
-directory ``MultiExitSession`` runs as it is (the manifest records how it was quantized). Nothing here imports
-torch.
+directory ``MultiExitSession`` runs as it is (the manifest records how it was quantized); ``thresholds`` may
+choose the int8 files' own thresholds from a session on them before the manifest is written, once. Nothing
+here imports torch.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .manifest import MANIFEST, read_manifest
+from .manifest import check_manifest
 from .session import MultiExitSession
 
 #: the operators quantized: the network's own (convolutions, matrix products, pooling, activations, residual sums
-#: and reshaping); not Softmax, LogSoftmax, Mul, ReduceSum, ArgMax or Sigmoid, which only the exits' scores and
-#: deciders use, so that the decisions are computed in float
+#: and reshaping); not Softmax, LogSoftmax, Mul, ReduceSum, ArgMax or Sigmoid, which only the exits' scores
+#: use, so that the decisions are computed in float
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Add",
                  "Concat", "Flatten", "Reshape", "Resize", "Transpose", "Squeeze", "Unsqueeze")
 
@@ -59,22 +59,22 @@ def calibration_feeds(session: MultiExitSession, images: np.ndarray, batch_size:
         for k in range(len(session.stages)):
             stage_feed = {f"slot{s}": env[s] for s in plan["inputs"][k]}
             add(session.manifest.stages[k].name, stage_feed)
-            if session.manifest.exits is not None and k < session.manifest.num_exits:
-                add(session.manifest.exits[k].name, stage_feed)
-            session._stage(k, env)
             if k < session.manifest.num_exits:
-                features = env[plan["attach"][k]]
-                add(session.manifest.branches[k].name, {"features": features})
-                if k in session.deciders:
-                    add(session.manifest.deciders[k].name, {"logits": session._branch(k, features)})
+                add(session.manifest.exits[k].name, stage_feed)
+            session.run_stage(k, env)
+            if k < session.manifest.num_exits:
+                add(session.manifest.branches[k].name, {"features": env[plan["attach"][k]]})
     return feeds
 
 
 def quantize_export(source: Union[str, Path], target: Union[str, Path], images: np.ndarray, *,
                     per_channel: bool = True, activations: str = "uint8", symmetric_activations: bool = False,
-                    exclude: Sequence[str] = ()) -> List[Path]:
+                    exclude: Sequence[str] = (),
+                    thresholds: Optional[Callable[[MultiExitSession], Sequence[Optional[float]]]] = None
+                    ) -> List[Path]:
     """Quantize every file of the export in ``source`` into ``target`` (calibrated on ``images``); the written
-    paths. ``activations``: ``uint8`` or ``int8``; ``exclude``: file names left in float."""
+    paths. ``activations``: ``uint8`` or ``int8``; ``exclude``: file names left in float; ``thresholds``: given a
+    session on the quantized files, the thresholds their manifest gets (the float export's otherwise)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -102,12 +102,13 @@ def quantize_export(source: Union[str, Path], target: Union[str, Path], images: 
                                 extra_options={"ActivationSymmetric": symmetric_activations,
                                                "WeightSymmetric": True})
             written.append(out)
-    manifest = json.loads((source / MANIFEST).read_text())
-    manifest["quantization"] = {"format": "QDQ", "weights": "int8", "activations": activations,
-                                "per_channel": per_channel, "symmetric_activations": symmetric_activations,
-                                "calibration_images": int(images.shape[0]), "operators": list(QUANTIZED_OPS),
-                                "float": sorted(exclude)}
-    (target / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    written.append(target / MANIFEST)
-    read_manifest(target)  # the result must be a runnable export
+    raw = session.manifest.to_json()
+    raw["quantization"] = {"format": "QDQ", "weights": "int8", "activations": activations,
+                           "per_channel": per_channel, "symmetric_activations": symmetric_activations,
+                           "calibration_images": int(images.shape[0]), "operators": list(QUANTIZED_OPS),
+                           "float": sorted(exclude)}
+    manifest = check_manifest(raw, target, str(target / "manifest.json"))  # the result must be a runnable export
+    if thresholds is not None:
+        manifest.set_thresholds(thresholds(MultiExitSession(manifest, threads=1)))
+    written.append(manifest.write())
     return written

@@ -1,21 +1,26 @@
-"""Real early exit on ONNX Runtime: one session per stage, branch and decider, the batch shrinking as samples leave.
+"""Real early exit on ONNX Runtime: one session per stage, branch and fused exit, the batch shrinking as samples
+leave.
 
 The same algorithm as ``MultiExitModel.forward``: the stages run in order on a slot table; after each exit
 the samples it lets go are written to the result and every value carried to later stages keeps only the rows
 still running, so later stages really run on fewer samples; a batch of one returns at the first exit that
-fires. Needs numpy and onnxruntime, not torch.
+fires. Each exit's graph computes its criterion's score, and the manifest's leave rule decides from it (the
+same rule PyTorch decides by, ``distill_ee.leave_rules``); the thresholds are the manifest's. Needs numpy and
+onnxruntime, not torch.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnxruntime as ort
 
-from .criteria import State, exit_mask, leaves
-from .manifest import LEARNED_CRITERIA, Manifest, ManifestError, read_manifest
-from .profile import typical_time
+from ..leave_rules import LEAVE_RULES, State
+from ..slots import shrink
+from ..timing import median_time
+from ..exit_settings import ThresholdArg
+from .manifest import Manifest, ManifestError, read_manifest
 
 
 def make_session(path: Path, threads: Optional[int] = None) -> ort.InferenceSession:
@@ -37,23 +42,26 @@ def make_session(path: Path, threads: Optional[int] = None) -> ort.InferenceSess
 
 
 class MultiExitSession:
-    """The exported multi-exit model on ONNX Runtime: ``(logits, exit_index) = session(x)``."""
+    """The exported multi-exit model on ONNX Runtime: ``(logits, exit_index) = session(x)``.
 
-    def __init__(self, directory: Union[str, Path], threads: Optional[int] = None):
-        self.manifest: Manifest = read_manifest(directory)
+    ``source`` is an export directory or a ``Manifest`` already read (for one whose files were just written).
+    """
+
+    def __init__(self, source: Union[str, Path, Manifest], threads: Optional[int] = None):
+        self.manifest: Manifest = source if isinstance(source, Manifest) else read_manifest(source)
         m = self.manifest
         self.plan = m.plan
         self.stages = [make_session(p, threads) for p in m.stages]
         self.branches = [make_session(p, threads) for p in m.branches]
-        self.deciders = {k: make_session(p, threads) for k, p in m.deciders.items()}
-        self.exits = [make_session(p, threads) for p in m.exits] if m.exits is not None else None
+        self.exits = [make_session(p, threads) for p in m.exits]
         self.criteria = list(m.criteria)
+        self.rules = [LEAVE_RULES[name] for name in m.leave]
         self._stage_inputs = [[f"slot{i}" for i in ins] for ins in self.plan["inputs"]]
         self._stage_outputs = [[f"slot{j}" for j in outs] for outs in self.plan["outputs"]]
         self._exit_outputs = [[*names, "logits", "score"] for names in self._stage_outputs]
         self._backbone: Optional[ort.InferenceSession] = None
         self._threads = threads
-        self.set_thresholds(m.thresholds)
+        self._derive_limits()
 
     # ----------------------------------------------------------------- settings
     @property
@@ -68,60 +76,78 @@ class MultiExitSession:
 
     @property
     def thresholds(self) -> List[Optional[float]]:
-        """Per-exit thresholds (None: never taken, the branch is not run)."""
-        return list(self._thresholds)
+        """Per-exit thresholds, the manifest's (None: never taken, the branch is not run)."""
+        return list(self.manifest.thresholds)
 
-    def set_thresholds(self, thresholds: Union[Sequence[Optional[float]], Mapping[str, Optional[float]]]) -> None:
-        """Replace thresholds: a list in exit order or a mapping exit name -> threshold."""
-        if isinstance(thresholds, Mapping):
-            unknown = [n for n in thresholds if n not in self.exit_names]
-            if unknown:
-                raise ValueError(f"no exit named {unknown[0]!r} (exits: {', '.join(self.exit_names)})")
-            thresholds = [thresholds.get(n, t) for n, t in zip(self.exit_names, self._thresholds)]
-        if len(thresholds) != self.manifest.num_exits:
-            raise ValueError(f"need {self.manifest.num_exits} thresholds, got {len(thresholds)}")
-        self._thresholds = [None if t is None else float(t) for t in thresholds]
-        self._active = [t is not None or c == "patience" for t, c in zip(self._thresholds, self.criteria)]
-        self._limits = [float("inf") if t is None else t for t in self._thresholds]
+    def set_thresholds(self, thresholds: ThresholdArg) -> None:
+        """Replace the manifest's thresholds: a list in exit order or a mapping exit name -> threshold
+        (``session.manifest.write()`` stores them)."""
+        self.manifest.set_thresholds(thresholds)
+        self._derive_limits()
+
+    def _derive_limits(self) -> None:
+        thresholds = self.manifest.thresholds
+        self._active = [t is not None or rule.stateful for t, rule in zip(thresholds, self.rules)]
+        self._limits = [float("inf") if t is None else t for t in thresholds]
 
     # ----------------------------------------------------------------- running
-    def _stage(self, k: int, env: List[Any]) -> None:
+    def run_stage(self, k: int, env: List[Any]) -> None:
+        """Stage ``k`` on the slot table ``env`` (its outputs written into it)."""
         feeds = {name: env[i] for name, i in zip(self._stage_inputs[k], self.plan["inputs"][k])}
         for slot, value in zip(self.plan["outputs"][k], self.stages[k].run(self._stage_outputs[k], feeds)):
             env[slot] = value
 
-    def _branch(self, k: int, features: np.ndarray) -> np.ndarray:
+    def run_branch(self, k: int, features: np.ndarray) -> np.ndarray:
+        """Branch ``k``'s logits for its attach point's ``features``."""
         return self.branches[k].run(None, {"features": features})[0]
 
-    def _exit(self, k: int, env: List[Any], state: State) -> Tuple[np.ndarray, np.ndarray]:
-        """Stage ``k`` and its exit: (logits, mask of the rows that leave)."""
-        if self.exits is None:
-            self._stage(k, env)
-            logits = self._branch(k, env[self.plan["attach"][k]])
-            return logits, self._mask(k, logits, state)
+    def run_exit(self, k: int, env: List[Any]) -> Tuple[np.ndarray, np.ndarray]:
+        """Stage ``k`` and its exit's fused graph on ``env``: (logits, the criterion's score)."""
         feeds = {name: env[i] for name, i in zip(self._stage_inputs[k], self.plan["inputs"][k])}
         *outs, logits, score = self.exits[k].run(self._exit_outputs[k], feeds)
         for slot, value in zip(self.plan["outputs"][k], outs):
             env[slot] = value
-        return logits, leaves(self.criteria[k], score, self._limits[k], state)
+        return logits, score
 
-    def _mask(self, k: int, logits: np.ndarray, state: State) -> np.ndarray:
-        if self.criteria[k] in LEARNED_CRITERIA:
-            leave = self.deciders[k].run(None, {"logits": logits})[0].reshape(-1)
-            return leave > self._limits[k]
-        return exit_mask(self.criteria[k], logits, self._limits[k], state)
+    def _exit(self, k: int, env: List[Any], state: State) -> Tuple[np.ndarray, np.ndarray]:
+        """Stage ``k`` and its exit: (logits, mask of the rows that leave)."""
+        logits, score = self.run_exit(k, env)
+        return logits, self.rules[k].leaves(score, self._limits[k], state)
 
     def simulate(self, x: np.ndarray) -> List[np.ndarray]:
         """Logits of every exit for every sample, the final classifier's last."""
+        return self.simulate_scores(x)[0]
+
+    def simulate_scores(self, x: np.ndarray) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+        """(logits of every exit for every sample, the final classifier's last; every exit's score), each exit
+        computed by its fused graph."""
         env: List[Any] = [None] * self.plan["num_slots"]
         env[0] = np.ascontiguousarray(x, dtype=np.float32)
-        out = []
+        logits, scores = [], []
         for k in range(len(self.stages)):
-            self._stage(k, env)
             if k < self.manifest.num_exits:
-                out.append(self._branch(k, env[self.plan["attach"][k]]))
-        out.append(env[self.plan["result"]])
-        return out
+                z, score = self.run_exit(k, env)
+                logits.append(z)
+                scores.append(score)
+            else:
+                self.run_stage(k, env)
+        logits.append(env[self.plan["result"]])
+        return logits, scores
+
+    def decide(self, scores: Sequence[np.ndarray]) -> np.ndarray:
+        """The exit each sample takes (final = number of exits) from every exit's scores, by the manifest's
+        rules and thresholds: what real early exit takes."""
+        n = scores[0].shape[0] if len(scores) else 0
+        index = np.full(n, self.manifest.num_exits, dtype=np.int64)
+        pending = np.ones(n, dtype=bool)
+        state: State = {}
+        for k, score in enumerate(scores):
+            if not self._active[k]:
+                continue
+            take = self.rules[k].leaves(score, self._limits[k], state) & pending
+            index[take] = k
+            pending &= ~take
+        return index
 
     def __call__(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Real early exit: (logits from the exit each sample took, that exit's index; final = number of exits)."""
@@ -138,7 +164,7 @@ class MultiExitSession:
         state: State = {}
         for k in range(n_exits):
             if not self._active[k]:
-                self._stage(k, env)
+                self.run_stage(k, env)
             else:
                 logits, mask = self._exit(k, env, state)
                 leaving = np.flatnonzero(mask)
@@ -151,12 +177,12 @@ class MultiExitSession:
                         return logits_out, index_out
                     keep = np.flatnonzero(~mask)
                     alive = alive[keep]
-                    _shrink(env, plan["carry"][k], keep)
+                    shrink(env, plan["carry"][k], keep, _rows)
                     for key in state:
                         state[key] = state[key][keep]
             for slot in plan["free"][k]:
                 env[slot] = None
-        self._stage(n_exits, env)
+        self.run_stage(n_exits, env)
         final = env[plan["result"]]
         if logits_out is None:
             return final, index_out
@@ -170,12 +196,12 @@ class MultiExitSession:
         state: State = {}
         for k in range(n_exits):
             if not self._active[k]:
-                self._stage(k, env)
+                self.run_stage(k, env)
                 continue
             logits, mask = self._exit(k, env, state)
             if mask[0]:
                 return logits, np.array([k], dtype=np.int64)
-        self._stage(n_exits, env)
+        self.run_stage(n_exits, env)
         return env[plan["result"]], np.array([n_exits], dtype=np.int64)
 
     # ----------------------------------------------------------------- the backbone, and timing
@@ -191,7 +217,7 @@ class MultiExitSession:
         """Seconds per sample to reach each exit (its stages and the branches on the way), final last."""
         out = []
         for k in range(self.manifest.num_exits + 1):
-            out.append(typical_time(lambda: self._prefix(x, k), repeats) / x.shape[0])
+            out.append(median_time(lambda: self._prefix(x, k), repeats) / x.shape[0])
         return out
 
     def _prefix(self, x: np.ndarray, k: int) -> None:
@@ -201,15 +227,9 @@ class MultiExitSession:
             if j < self.manifest.num_exits and (self._active[j] or j == k):
                 self._exit(j, env, {})
             else:
-                self._stage(j, env)
+                self.run_stage(j, env)
 
 
-def _shrink(env: List[Any], slots: Sequence[int], keep: np.ndarray) -> None:
-    """Keep rows ``keep`` of every carried value (a value held in two slots is selected once)."""
-    done: Dict[int, np.ndarray] = {}
-    for slot in slots:
-        value = env[slot]
-        key = id(value)
-        if key not in done:
-            done[key] = np.ascontiguousarray(value[keep])
-        env[slot] = done[key]
+def _rows(value: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Rows ``keep`` of ``value``, contiguous."""
+    return np.ascontiguousarray(value[keep])

@@ -29,7 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .criteria import leaves
+from ..atomic import atomic_path, atomic_write_json
+from ..leave_rules import LEAVE_RULES
 from .manifest import Manifest, ManifestError
 
 PLACEMENT = "placement.json"
@@ -157,12 +158,12 @@ def write_tiers(manifest: Manifest, placement: Placement, tiers: Sequence[Tier],
     for i, tier in enumerate(tiers):
         stages = placement.stages_of(i)
         path = directory / f"tier{i}_{tier.name}.zip"
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-            files = []
-            for k in stages:
-                files.append(manifest.stages[k])
-                if manifest.exits is not None and k < manifest.num_exits:
-                    files.append(manifest.exits[k])
+        files = []
+        for k in stages:
+            files.append(manifest.stages[k])
+            if k < manifest.num_exits:
+                files.append(manifest.exits[k])
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for f in files:
                 z.write(f, f.name)
             z.writestr("tier.json", json.dumps({"tier": tier.name, "index": i, "stages": stages,
@@ -170,13 +171,12 @@ def write_tiers(manifest: Manifest, placement: Placement, tiers: Sequence[Tier],
         written.append(path)
     raw = manifest.raw
     doc = {"exit_names": manifest.exit_names, "final_name": manifest.final_name, "criteria": manifest.criteria,
-           "thresholds": manifest.thresholds, "plan": manifest.plan, "input_shape": manifest.input_shape,
+           "leave": manifest.leave, "thresholds": manifest.thresholds, "plan": manifest.plan,
+           "input_shape": manifest.input_shape,
            "num_classes": manifest.num_classes, "owner": placement.owner, "expected_latency": placement.latency,
            "tiers": [asdict(t) for t in tiers], "links": [asdict(link) for link in links],
            "files": [p.name for p in written], "format": raw.get("format"), "version": raw.get("version")}
-    path = directory / PLACEMENT
-    path.write_text(json.dumps(doc, indent=2))
-    written.append(path)
+    written.append(atomic_write_json(directory / PLACEMENT, doc))
     return written
 
 
@@ -189,6 +189,7 @@ class TierRuntime:
         self.placement = placement
         self.plan = placement["plan"]
         self.criteria = placement["criteria"]
+        self.rules = [LEAVE_RULES[name] for name in placement["leave"]]
         self.limits = [float("inf") if t is None else float(t) for t in placement["thresholds"]]
         self.num_exits = len(self.criteria)
         with zipfile.ZipFile(zip_path) as z:
@@ -220,7 +221,7 @@ class TierRuntime:
                 return "done", (outs[0], k)
             if name.startswith("exit"):
                 logits, score = outs[-2], outs[-1]
-                if leaves(self.criteria[k], score, self.limits[k], {})[0]:
+                if self.rules[k].leaves(score, self.limits[k], {})[0]:
                     return "done", (logits, k)
         last = self.stages[-1]
         return "next", {s: env[s] for s in plan["carry"][last]}

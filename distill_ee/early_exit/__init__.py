@@ -27,7 +27,7 @@ from .cost import exit_macs, stage_macs
 from .criteria import ExitCriterion, criteria_list, get_criterion
 from .decisions import decide_exits, exit_counts
 from .exit_set import EXITS_ATTR, ExitSet, exits_of
-from .exits import EarlyExits, backbone_parameters
+from .exits import EarlyExits
 from .export import export_torchscript, load_exported
 from .hooks import ExitHooks
 from .multi_exit import MultiExitModel
@@ -37,7 +37,7 @@ from .stats import collect_exit_logits, exit_statistics, expected_macs, overall_
 
 __all__ = [
     "EXITS_ATTR", "EarlyExitSpec", "EarlyExits", "ExitCriterion", "ExitHooks", "ExitSet", "ExitSpec",
-    "LayerSpec", "LossWeight", "MultiExitModel", "StagePlan", "attach_exits", "backbone_parameters",
+    "LayerSpec", "LossWeight", "MultiExitModel", "StagePlan", "attach_exits",
     "build_branch", "collect_exit_logits", "criteria_list", "decide_exits", "detach_exits", "exit_counts",
     "exit_macs", "exit_statistics", "exits_of", "expected_macs", "export_torchscript", "get_criterion",
     "load_exported", "overall_top1", "parse_early_exit_config", "split_model", "stage_macs",

@@ -1,32 +1,33 @@
-"""Attaching exit branches to a live model, without renaming the backbone's parameters.
+"""Building exit branches for a live model, without renaming the backbone's parameters.
 
-``attach_exits`` probes the backbone with one dummy batch (each attach module must run once and output a
-batched tensor, exits in forward order), builds every branch with its input size inferred, registers the
-branches as ``model.early_exits`` (an ``ExitSet``) and records the structure step that rebuilds them on a
-fresh model (``{"kind": "early_exits", ...}``). ``detach_exits`` removes them again. Training runs the
-branches through forward hooks (``hooks.ExitHooks``); inference cuts the model into stages
-(``multi_exit.MultiExitModel``).
+``build_exits`` expands ``attach: builtin``, validates the configuration, probes the backbone with one dummy
+batch (each attach module must run once and output a batched tensor, exits in forward order) and builds every
+branch with its input size inferred, into an ``ExitSet``; ``attach_exits`` attaches it as
+``model.early_exits`` (``distill_ee.attachment.attach``, which records the structure step that rebuilds it on a
+fresh model) and ``detach_exits`` removes it again. Training runs the branches through forward hooks
+(``hooks.ExitHooks``); inference cuts the model into stages (``multi_exit.MultiExitModel``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..errors import DistillEEError, ScheduleError
+from ..attachment import attach, detach
+from ..errors import ScheduleError
 from ..modules import eval_mode, example_input, module_names, resolve_name, strip_module_prefix
 from ..registry import suggest
-from ..structure import forget_step, record_step, structure_steps
 from .branch import build_branch, format_shape
+from .builtin import expand_builtin
 from .deciders import build_decider
 from .collaboration import CollaborativeBranch
-from .exit_set import EXITS_ATTR, ExitSet, exits_of
-from .spec import EarlyExitSpec
+from .exit_set import EXITS_ATTR, ExitSet
+from .spec import EarlyExitSpec, parse_early_exit_config
 
 #: the kind of the structure step that attaches exits
-EXITS_STEP = "early_exits"
+EXITS_STEP = EXITS_ATTR
 
 
 # --------------------------------------------------------------------------- names
@@ -113,7 +114,17 @@ def build_exit_set(model: nn.Module, spec: EarlyExitSpec, *, num_classes: int,
     return ExitSet(branches, attach, num_classes=num_classes, input_shape=input_shape, criteria=spec.criteria(),
                    thresholds=spec.thresholds(), final_name=spec.final_name, stages=spec.stages,
                    copy_input=[p.mutated_later for p in probes], instance_name=name,
-                   deciders=_deciders(spec, num_classes, probes[0].output.device))
+                   deciders=_deciders(spec, num_classes, probes[0].output.device), config=spec.to_config())
+
+
+def build_exits(model: nn.Module, config: Mapping[str, Any], *, num_classes: int, input_shape: Sequence[int],
+                name: str = "") -> ExitSet:
+    """The ExitSet of an ``early_exits`` configuration (``class`` ignored, ``attach: builtin`` expanded) for
+    ``model``, validated against it and not attached yet."""
+    config = expand_builtin({k: v for k, v in dict(config).items() if k != "class"}, model,
+                            order=lambda names: forward_positions(model, names, input_shape))
+    return build_exit_set(model, parse_early_exit_config(config), num_classes=num_classes,
+                          input_shape=input_shape, name=name)
 
 
 def _deciders(spec: EarlyExitSpec, num_classes: int, device: torch.device) -> Dict[str, nn.Module]:
@@ -121,8 +132,7 @@ def _deciders(spec: EarlyExitSpec, num_classes: int, device: torch.device) -> Di
     head = spec.decider_head
     if head is None:
         return {}
-    block = "gate" if spec.criterion == "gate" else "learned_policy"
-    return {e.name: build_decider(head, num_classes, exit_name=e.name, path=f"{block}.head").to(device)
+    return {e.name: build_decider(head, num_classes, exit_name=e.name, path=f"{spec.decider_block}.head").to(device)
             for e in spec.exits}
 
 
@@ -160,29 +170,10 @@ def _check_probes(spec: EarlyExitSpec, attach: List[str], probes: List[AttachPro
 # --------------------------------------------------------------------------- attaching
 def attach_exits(model: nn.Module, spec: EarlyExitSpec, *, num_classes: int, input_shape: Sequence[int],
                  name: str = "") -> ExitSet:
-    """Build the exits of ``spec`` for ``model``, register them as ``model.early_exits`` and record the step."""
-    if hasattr(model, EXITS_ATTR):
-        raise DistillEEError(f"the model already has an attribute {EXITS_ATTR!r}: exits are attached once per "
-                             f"model (one early_exits instance per schedule)")
-    exit_set = build_exit_set(model, spec, num_classes=num_classes, input_shape=input_shape, name=name)
-    setattr(model, EXITS_ATTR, exit_set)
-    record_step(model, exits_step(spec, num_classes, input_shape, name))
-    return exit_set
-
-
-def exits_step(spec: EarlyExitSpec, num_classes: int, input_shape: Sequence[int], name: str) -> Dict[str, Any]:
-    """The structure step that attaches ``spec``'s exits (plain values only)."""
-    return {"kind": EXITS_STEP, "name": name, "config": spec.to_config(), "num_classes": int(num_classes),
-            "input_shape": [int(s) for s in input_shape]}
+    """Build the exits of ``spec`` for ``model`` and attach them as ``model.early_exits`` (step recorded)."""
+    return attach(model, build_exit_set(model, spec, num_classes=num_classes, input_shape=input_shape, name=name))
 
 
 def detach_exits(model: nn.Module) -> Optional[ExitSet]:
     """Remove ``model.early_exits`` and its structure step; returns the removed ExitSet (None if none)."""
-    exit_set = exits_of(model)
-    if exit_set is None:
-        return None
-    delattr(model, EXITS_ATTR)
-    for step in structure_steps(model):
-        if step.get("kind") == EXITS_STEP:
-            forget_step(model, step)
-    return exit_set
+    return detach(model, ExitSet)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable, Dict, List, Mapping, Optional, Sequ
 import torch
 from torch import nn
 
-from ..arguments import ArgumentError, Range, check_value, signature_of
+from ..arguments import ArgumentError, Meaning, Range, check_value, signature_of
 from ..errors import ScheduleError
 from ..modules import first_line
 from ..registry import BRANCH_LAYERS, UnknownNameError, suggest
@@ -56,43 +56,71 @@ def layer_options(layer_type: str) -> Dict[str, inspect.Parameter]:
     return {n: p for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def parse_layer(raw: Any, path: str) -> LayerSpec:
-    """A LayerSpec from a schedule entry (string or mapping with ``type``); ScheduleError on bad input."""
+def parse_layer(raw: Any) -> LayerSpec:
+    """A LayerSpec from a schedule entry (string or mapping with ``type``); ArgumentError (path relative to the
+    entry) on bad input."""
     if isinstance(raw, str):
         layer_type, options = raw, {}
     elif isinstance(raw, Mapping):
         if "type" not in raw:
-            raise ScheduleError("a branch layer needs a `type`", path=path, valid=BRANCH_LAYERS.names())
+            raise ArgumentError("a branch layer needs a `type`", valid=BRANCH_LAYERS.names())
         layer_type, options = raw["type"], {k: v for k, v in raw.items() if k != "type"}
     else:
-        raise ScheduleError(f"a branch layer is a type name or a mapping with `type`, got {raw!r}", path=path)
+        raise ArgumentError(f"a branch layer is a type name or a mapping with `type`, got {raw!r}")
     if not isinstance(layer_type, str):
-        raise ScheduleError(f"layer type must be a name, got {layer_type!r}", path=f"{path}.type",
-                            valid=BRANCH_LAYERS.names())
+        raise ArgumentError(f"layer type must be a name, got {layer_type!r}", ("type",), valid=BRANCH_LAYERS.names())
     try:
         canonical = BRANCH_LAYERS.canonical(layer_type)
     except UnknownNameError as err:
-        raise ScheduleError(f"unknown branch layer type {layer_type!r}", path=path, valid=err.valid,
+        raise ArgumentError(f"unknown branch layer type {layer_type!r}", valid=err.valid,
                             suggestions=err.suggestions) from None
-    return LayerSpec(canonical, _check_options(canonical, options, path))
+    return LayerSpec(canonical, _check_options(canonical, options))
 
 
-def _check_options(layer_type: str, options: Mapping[str, Any], path: str) -> Dict[str, Any]:
+def _check_options(layer_type: str, options: Mapping[str, Any]) -> Dict[str, Any]:
     accepted = layer_options(layer_type)
     hints = signature_of(BRANCH_LAYERS.get(layer_type)).hints
     out: Dict[str, Any] = {}
     for key, value in options.items():
         if key not in accepted:
-            raise ScheduleError(f"{layer_type} has no option {key!r}", path=f"{path}.{key}",
-                                valid=sorted(accepted), suggestions=suggest(str(key), accepted))
+            raise ArgumentError(f"{layer_type} has no option {key!r}", (key,), valid=sorted(accepted),
+                                suggestions=suggest(str(key), accepted))
         try:
             out[key] = check_value(hints.get(key, Any), value)
         except ArgumentError as err:
-            raise ScheduleError(err.message, path=".".join([f"{path}.{key}", *map(str, err.path)])) from None
+            raise err.under(key) from None
     for key, param in accepted.items():
         if param.default is inspect.Parameter.empty and key not in out:
-            raise ScheduleError(f"{layer_type} needs `{key}`", path=path)
+            raise ArgumentError(f"{layer_type} needs `{key}`")
     return out
+
+
+@dataclass(frozen=True)
+class LayerList(Meaning):
+    """A non-empty list of branch layers (``relu`` or ``{type: conv, out_channels: 8}``), each checked."""
+
+    what: str = "a branch"
+    checks_type = True
+
+    def describe(self) -> str:
+        """``a non-empty list of layers``."""
+        return "a non-empty list of layers"
+
+    def convert(self, value: Any, names: Any) -> List[LayerSpec]:
+        """The LayerSpecs of the list."""
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ArgumentError(f"{self.what} is a non-empty list of layers, got {value!r}")
+        out = []
+        for i, layer in enumerate(value):
+            try:
+                out.append(parse_layer(layer))
+            except ArgumentError as err:
+                raise err.under(i) from None
+        return out
+
+
+#: a branch, as a schedule writes it
+Layers = Annotated[List[LayerSpec], LayerList()]
 
 
 # --------------------------------------------------------------------------- layer builders

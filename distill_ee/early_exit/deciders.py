@@ -18,18 +18,16 @@ classes) through one linear unit.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Annotated, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import DistillEEError, ScheduleError
+from ..errors import DistillEEError
 from ..registry import BRANCH_LAYERS, EXIT_CRITERIA
-from .branch import BranchShapeError, LayerSpec, Shape, build_branch, parse_layer
-from .criteria import ExitCriterion, State
+from .branch import BranchShapeError, LayerList, LayerSpec, Shape, build_branch
+from .criteria import ExitCriterion
 
-#: criteria decided by a learned decider per exit
-LEARNED_CRITERIA = ("gate", "learned")
 #: the default decider head, as a schedule writes it
 DEFAULT_HEAD = ("confidence_features", {"type": "linear", "out_features": 1})
 #: the threshold of a learned decision when the schedule gives none
@@ -69,12 +67,13 @@ class Decider(nn.Module):
         return torch.sigmoid(self.head(logits))[:, 0]
 
 
-def parse_head(raw: Optional[Sequence[object]], path: str) -> List[LayerSpec]:
-    """The layer specs of a decider head (the default when ``raw`` is None)."""
-    layers = list(DEFAULT_HEAD) if raw is None else raw
-    if not isinstance(layers, (list, tuple)) or not layers:
-        raise ScheduleError(f"a decider head is a non-empty list of layers, got {raw!r}", path=path)
-    return [parse_layer(layer, f"{path}[{i}]") for i, layer in enumerate(layers)]
+#: a decider head, as a schedule writes it
+Head = Annotated[List[LayerSpec], LayerList("a decider head")]
+
+
+def default_head() -> List[LayerSpec]:
+    """The layer specs of the default decider head."""
+    return LayerList("a decider head").convert(list(DEFAULT_HEAD), None)
 
 
 def build_decider(head: Sequence[LayerSpec], num_classes: int, *, exit_name: str, path: str) -> Decider:
@@ -91,6 +90,9 @@ class LearnedCriterion(ExitCriterion):
     """
 
     name = "learned"
+    leave = "above"
+    learned = True
+    default_threshold = DEFAULT_THRESHOLD
 
     def __init__(self, decider: Optional[nn.Module] = None):
         self.decider = decider
@@ -99,26 +101,22 @@ class LearnedCriterion(ExitCriterion):
         """This criterion deciding with ``decider``."""
         return type(self)(decider)
 
-    def confidence(self, logits: torch.Tensor) -> torch.Tensor:
-        """The decider's probability of leaving (a decision: no gradient flows through it)."""
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """The decider's probability of leaving, per sample."""
         if self.decider is None:
             raise DistillEEError(f"the {self.name} criterion decides with each exit's learned decider; use the "
                                  "exits' own criteria (ExitSet.criterion_objects) rather than the name")
-        with torch.no_grad():
-            return self.decider(logits)
+        return self.decider(logits).reshape(-1)
 
-    def exit_mask(self, logits: torch.Tensor, threshold: float, state: Optional[State] = None) -> torch.Tensor:
-        """Samples whose probability of leaving is strictly above ``threshold``."""
-        return self.confidence(logits) > threshold
+    def confidence(self, logits: torch.Tensor) -> torch.Tensor:
+        """The decider's probability of leaving (a decision: no gradient flows through it)."""
+        with torch.no_grad():
+            return self.score(logits)
 
     def check_threshold(self, value: float) -> Optional[str]:
         """Probabilities in [0, 1]."""
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
         return None if ok else "a probability in [0, 1]"
-
-    def threshold_for(self, confidence: float, dtype: torch.dtype = torch.float32) -> float:
-        """``confidence`` itself: exit iff the decider's output is above it."""
-        return float(confidence)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({'bound' if self.decider is not None else 'unbound'})"
@@ -129,6 +127,8 @@ class GateCriterion(LearnedCriterion):
     """A differentiable gate trained with the network (Scardapane et al., 2020)."""
 
     name = "gate"
+    trained_with_network = True
+    settings_key = "gate"
 
 
 @EXIT_CRITERIA.register("learned", aliases=("learned_policy",))
@@ -136,3 +136,4 @@ class LearnedPolicyCriterion(LearnedCriterion):
     """A decider trained after the network on the validation split (Bolukbasi et al., 2017)."""
 
     name = "learned"
+    settings_key = "learned_policy"

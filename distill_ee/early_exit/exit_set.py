@@ -1,44 +1,56 @@
-"""ExitSet: the module type that holds a model's exit branches and declares where each one reads.
+"""ExitSet: the attachment that holds a model's exit branches and declares where each one reads.
 
-Attached as ``model.early_exits`` (``EXITS_ATTR``), an ExitSet is an ``nn.ModuleDict`` of exit name ->
-branch in depth order, so the backbone's parameter names do not change and branch weights travel with
-``model.state_dict()``. Everything else needed to exit through the branches is declared on it, not found
-elsewhere: the attach module of each exit, the class count and input shape the branches were built for, the
-final classifier's name, the explicit stage list (for models torch.fx cannot trace), and each exit's
-criterion and threshold. Criteria and thresholds are the module's extra state: ``model.state_dict()`` saves
-them and ``load_state_dict`` restores them, so calibrated thresholds survive any checkpoint of the model.
+Attached as ``model.early_exits`` (``EXITS_ATTR``; see ``distill_ee.attachment``), an ExitSet is an
+``nn.ModuleDict`` of exit name -> branch in depth order, so the backbone's parameter names do not change and
+branch weights travel with ``model.state_dict()``. Everything else needed to exit through the branches is
+declared on it, not found elsewhere: the attach module of each exit, the class count and input shape the
+branches were built for, the final classifier's name, the explicit stage list (for models torch.fx cannot
+trace), the configuration it was attached with, and each exit's criterion and threshold.
+
+The ExitSet is the one owner of the exits' criteria and thresholds: every other place (the multi-exit model,
+the YAML view ``EarlyExits.config``, exports) reads them from here, and ``version`` counts their changes.
+Criteria and thresholds are the module's extra state: ``model.state_dict()`` saves them and
+``load_state_dict`` restores them, so calibrated thresholds survive any checkpoint of the model. The exits
+install nothing on the model: the training hooks (``hooks.ExitHooks``) exist only while a policy trains them.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
-from ..errors import CheckpointError, DistillEEError
+from ..attachment import Attachment, attachment_of, register_attachment
+from ..errors import CheckpointError, DistillEEError, ThresholdError
 from ..registry import EXIT_CRITERIA
+from ..exit_settings import ThresholdArg, resolve_thresholds
 from .criteria import ExitCriterion, get_criterion
-from .deciders import LearnedCriterion
 
 #: the attribute of the user's model that holds its ExitSet
 EXITS_ATTR = "early_exits"
 #: the ExitSet's submodule holding the learned deciders by exit name (not an exit)
 DECIDERS = "deciders"
 
-ThresholdArg = Union[Sequence[Optional[float]], Mapping[str, Optional[float]]]
 
 
-class ExitSet(nn.ModuleDict):
+@register_attachment
+class ExitSet(Attachment, nn.ModuleDict):
     """Exit branches by name (depth order) with their attach points, criteria and thresholds.
 
     Exits decided by a learned decider (``gate``, ``learned``) keep it in the submodule ``deciders`` (exit name
     -> Decider), saved with the model like the branches; iterating the ExitSet gives the branches only.
     """
 
+    kind = EXITS_ATTR
+    attribute = EXITS_ATTR
+    noun = "early exits"
+    summary_key = "exits"
+    trained_by_policies = True
+
     def __init__(self, branches: Mapping[str, nn.Module], attach: Sequence[str], *, num_classes: int,
                  input_shape: Sequence[int], criteria: Sequence[str], thresholds: Sequence[Optional[float]],
                  final_name: str = "final", stages: Optional[Sequence[str]] = None,
                  copy_input: Optional[Sequence[bool]] = None, instance_name: str = "",
-                 deciders: Optional[Mapping[str, nn.Module]] = None):
+                 deciders: Optional[Mapping[str, nn.Module]] = None, config: Optional[Mapping[str, Any]] = None):
         super().__init__(dict(branches))
         if deciders:
             self.add_module(DECIDERS, nn.ModuleDict(dict(deciders)))
@@ -55,9 +67,40 @@ class ExitSet(nn.ModuleDict):
         #: per exit: whether the training hook must copy the attach output (the backbone changes it in place)
         self.copy_input = list(copy_input) if copy_input is not None else [False] * len(names)
         self.instance_name = instance_name
+        #: the validated configuration the exits were attached with (the structure step's)
+        self.attached_config: Dict[str, Any] = dict(config or {})
+        #: how many times the criteria or thresholds changed (readers recompute what they derived from them)
+        self.version = 0
         self.criteria: List[str] = list(criteria)
         self.thresholds: List[Optional[float]] = [None] * len(names)
         self.set_thresholds(list(thresholds))
+
+    # ----------------------------------------------------------------- the attachment protocol
+    def step_config(self) -> Dict[str, Any]:
+        """The configuration, class count and input shape the branches are rebuilt from."""
+        return {"config": dict(self.attached_config), "num_classes": int(self.num_classes),
+                "input_shape": [int(s) for s in self.input_shape]}
+
+    @classmethod
+    def from_step(cls, model: nn.Module, step: Mapping[str, Any]) -> "ExitSet":
+        """The exits of a saved step, built for ``model`` (fresh branch weights)."""
+        from .attach import build_exits  # attach.py builds ExitSets, so it imports this module
+
+        return build_exits(model, step["config"], num_classes=int(step["num_classes"]),
+                           input_shape=[int(s) for s in step["input_shape"]], name=str(step.get("name", "")))
+
+    def export_problem(self) -> Optional[str]:
+        """Exits that read the previous exit's logits (forward transfer) are not exported."""
+        if self.attached_config.get("forward_transfer"):
+            return ("exits with forward_transfer (each reads the previous exit's logits, which the exported runtime "
+                    "does not pass)")
+        return None
+
+    def user_view(self, model: nn.Module) -> Any:
+        """``EarlyExits`` of ``model``."""
+        from .exits import EarlyExits  # the view is built on the ExitSet
+
+        return EarlyExits(model)
 
     # ----------------------------------------------------------------- the branches, without the deciders
     def keys(self) -> List[str]:  # type: ignore[override]
@@ -113,20 +156,13 @@ class ExitSet(nn.ModuleDict):
     def set_thresholds(self, thresholds: ThresholdArg) -> None:
         """Replace thresholds: a list in exit order or a mapping exit name -> threshold (others kept)."""
         names = self.names
-        if isinstance(thresholds, Mapping):
-            unknown = [n for n in thresholds if n not in names]
-            if unknown:
-                raise DistillEEError(f"no exit named {unknown[0]!r} (exits: {', '.join(names)})")
-            new = [thresholds.get(n, t) for n, t in zip(names, self.thresholds)]
-        else:
-            new = list(thresholds)
-            if len(new) != len(names):
-                raise DistillEEError(f"need {len(names)} thresholds, got {len(new)}")
+        new = resolve_thresholds(names, self.thresholds, thresholds)
         for name, crit, value in zip(names, self.criteria, new):
             problem = None if value is None else get_criterion(crit).check_threshold(value)
             if problem:
-                raise DistillEEError(f"exit {name!r}: the {crit} threshold must be {problem}, got {value!r}")
+                raise ThresholdError(f"exit {name!r}: the {crit} threshold must be {problem}, got {value!r}")
         self.thresholds = [None if t is None else float(t) for t in new]
+        self.version += 1
 
     def set_criteria(self, criteria: Sequence[str]) -> None:
         """Replace every exit's criterion (registered names)."""
@@ -137,10 +173,11 @@ class ExitSet(nn.ModuleDict):
         canonical = [EXIT_CRITERIA.canonical(c) for c in criteria]
         deciders = self.learned_deciders
         for name, crit in zip(self.names, canonical):
-            if isinstance(get_criterion(crit), LearnedCriterion) and name not in deciders:
+            if get_criterion(crit).learned and name not in deciders:
                 raise DistillEEError(f"exit {name!r} has no learned decider for the {crit} criterion (attach the "
                                      f"exits with `criterion: {crit}`)")
         self.criteria = canonical
+        self.version += 1
 
     def criterion_objects(self) -> List[ExitCriterion]:
         """Each exit's criterion, learned ones bound to the exit's decider."""
@@ -148,8 +185,23 @@ class ExitSet(nn.ModuleDict):
         out: List[ExitCriterion] = []
         for name, crit in zip(self.names, self.criteria):
             criterion = get_criterion(crit)
-            out.append(criterion.bind(deciders[name]) if isinstance(criterion, LearnedCriterion) else criterion)
+            out.append(criterion.bind(deciders[name]) if criterion.learned else criterion)
         return out
+
+    @property
+    def trained_with_network(self) -> bool:
+        """True when a criterion's deciders learn in the joint loss (gates), not after the network."""
+        return any(get_criterion(c).trained_with_network for c in self.criteria)
+
+    @property
+    def learned_decisions(self) -> List[str]:
+        """The criteria (names) of the exits decided by learned deciders."""
+        return [c for c in self.criteria if get_criterion(c).learned]
+
+    @property
+    def learned_policy(self) -> bool:
+        """True when every exit is decided by a decider trained after the network (a learned exit policy)."""
+        return all(get_criterion(c).learned and not get_criterion(c).trained_with_network for c in self.criteria)
 
     # ----------------------------------------------------------------- saved with model.state_dict()
     def get_extra_state(self) -> Dict[str, Any]:
@@ -174,13 +226,12 @@ class ExitSet(nn.ModuleDict):
 #: attribute names of an ExitSet that exit names may not take
 RESERVED_NAMES = frozenset(dir(ExitSet)) | {
     DECIDERS, "attach_points", "num_classes", "input_shape", "final_name", "stages", "copy_input", "instance_name",
-    "criteria", "thresholds"}
+    "criteria", "thresholds", "attached_config", "version"}
 
 
 def exits_of(model: nn.Module) -> Optional[ExitSet]:
     """The ExitSet attached to ``model`` (None when it has none)."""
-    found = getattr(model, EXITS_ATTR, None)
-    return found if isinstance(found, ExitSet) else None
+    return attachment_of(model, ExitSet)
 
 
 def exit_sets(model: nn.Module) -> List[Tuple[str, ExitSet]]:

@@ -1,9 +1,9 @@
 """EarlyExits: the exits attached to a model, as a schedule component and as the object inference uses.
 
 In a schedule, an ``early_exits`` instance (``class: EarlyExit``) builds itself: it parses its config,
-attaches the branches to the model (``attach.attach_exits``, which records the structure step), and adds the
-branch parameters to the optimizer as a parameter group. Its policy entry (``policies.early_exit``) trains
-them. After training, or after a checkpoint was loaded, ``EarlyExits.of(model)`` gives the same view::
+attaches the branches to the model (an ``ExitSet``, through ``distill_ee.attachment.attach``, which records the
+structure step), and adds the branch parameters to the optimizer as a parameter group. Its policy entry
+(``policies.early_exit``) trains them. After training, or after a checkpoint was loaded, ``EarlyExits.of(model)`` gives the same view::
 
     exits = EarlyExits.of(model)
     multi = exits.multi_exit_model().eval()   # stages + branches + criteria + thresholds
@@ -11,40 +11,38 @@ them. After training, or after a checkpoint was loaded, ``EarlyExits.of(model)``
     rows = exits.evaluate(test_loader)        # per-exit statistics
 
 All state lives in the model's ``ExitSet`` (branches, attach points, criteria, thresholds), so any number of
-EarlyExits objects of one model agree, and re-attached exits are seen at once.
+EarlyExits objects of one model agree, and re-attached exits are seen at once; ``config`` and ``spec`` are the
+YAML view of it, with the current criteria and thresholds (after a calibration, the calibrated ones).
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..attachment import AttachmentView, attach
 from ..context import BuildContext
-from ..dynamic import DynamicComputation
-from ..errors import CheckpointError, DistillEEError, ScheduleError
-from ..modules import eval_mode, is_wrapper, unwrap
-from ..pruning.masks import notify_parameters_replaced
+from ..errors import DistillEEError, ScheduleError
+from ..modules import eval_mode, unwrap
 from ..registry import EARLY_EXITS
-from ..structure import STEP_KINDS, ReplayContext, Step, StepKind, structure_steps, swap_into_optimizer
-from .attach import EXITS_STEP, attach_exits, detach_exits, forward_positions
-from .builtin import expand_builtin
+from .attach import build_exits, detach_exits
 from .cost import exit_macs
-from .exit_set import EXITS_ATTR, ExitSet, ThresholdArg, exits_of
+from .exit_set import ExitSet, ThresholdArg, exits_of
 from .multi_exit import MultiExitModel
-from .spec import EarlyExitSpec, parse_early_exit_config
+from .spec import EarlyExitSpec, InstanceArguments, parse_early_exit_config
 from .gates import soft_ensemble
 from .stats import collect_exit_logits, exit_statistics
 
 
 @EARLY_EXITS.register("EarlyExit")
-class EarlyExits:
+class EarlyExits(AttachmentView):
     """The exits of one model: names, criteria, thresholds, the multi-exit model and its statistics."""
 
-    def __init__(self, model: nn.Module):
-        if exits_of(unwrap(model)) is None:
-            raise DistillEEError(f"{type(unwrap(model)).__name__} has no early exits attached")
-        self.model = model
+    attachment_type = ExitSet
+    #: what an ``early_exits`` instance may give (``build`` takes them as a mapping and checks them there)
+    schedule_arguments = InstanceArguments
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -66,50 +64,42 @@ class EarlyExits:
     def from_config(cls, config: Mapping[str, Any], model: nn.Module, *, num_classes: int,
                     input_shape: Sequence[int], name: str = "") -> "EarlyExits":
         """Validate ``config`` (a schedule instance without ``class``) and attach its exits to ``model``."""
-        if is_wrapper(model) and not isinstance(model, nn.DataParallel):
-            raise DistillEEError("attach early exits before wrapping the model in DistributedDataParallel "
-                                 "(it fixes the parameters it synchronises when it is built)")
-        if exits_of(unwrap(model)) is not None:
-            raise ScheduleError(f"the model already has early exits ({', '.join(exits_of(unwrap(model)).names)}); "
-                                "a model takes one early_exits instance: list all exits in it", path="")
-        inner = unwrap(model)
-        config = expand_builtin({k: v for k, v in dict(config).items() if k != "class"}, inner,
-                                order=lambda names: forward_positions(inner, names, input_shape))
-        spec = parse_early_exit_config(config)
-        attach_exits(unwrap(model), spec, num_classes=num_classes, input_shape=input_shape, name=name)
+        existing = exits_of(model)
+        if existing is not None:
+            raise ScheduleError(f"the model already has early exits ({', '.join(existing.names)}); a model takes "
+                                "one early_exits instance: list all exits in it", path="")
+        exit_set = build_exits(unwrap(model), config, num_classes=num_classes, input_shape=input_shape, name=name)
+        attach(model, exit_set)
         return cls(model)
-
-    @classmethod
-    def of(cls, model: nn.Module) -> Optional["EarlyExits"]:
-        """The exits attached to ``model`` (None when it has none)."""
-        return cls(model) if exits_of(unwrap(model)) is not None else None
 
     # ----------------------------------------------------------------- what the model holds
     @property
     def exit_set(self) -> ExitSet:
         """The model's ExitSet (branches, attach points, criteria, thresholds)."""
-        found = exits_of(unwrap(self.model))
-        if found is None:
-            raise DistillEEError(f"{type(unwrap(self.model)).__name__} has no early exits attached")
-        return found
-
-    @property
-    def name(self) -> str:
-        """The schedule instance name the exits were attached under."""
-        return self.exit_set.instance_name
+        return self.attachment
 
     @property
     def spec(self) -> EarlyExitSpec:
-        """The validated configuration the exits were attached with."""
+        """The validated configuration of the exits, with their current criteria and thresholds."""
         return parse_early_exit_config(self.config)
 
     @property
     def config(self) -> Dict[str, Any]:
-        """The configuration the exits were attached with (plain values)."""
-        for step in structure_steps(self.model):
-            if step.get("kind") == EXITS_STEP:
-                return dict(step["config"])
-        raise DistillEEError("the model's structure steps do not record how its exits were attached")
+        """The configuration the exits were attached with (plain values), with every exit's current criterion
+        and threshold written in (what a schedule would say to get these exits as they are now)."""
+        exit_set = self.exit_set
+        config = copy.deepcopy(exit_set.attached_config)
+        if not config:
+            raise DistillEEError("the model's exits do not record how they were attached")
+        exits = config.setdefault("exits", {})
+        for name, criterion, threshold in zip(exit_set.names, exit_set.criteria, exit_set.thresholds):
+            entry = exits.setdefault(name, {})
+            entry["criterion"] = criterion
+            if threshold is None:
+                entry.pop("threshold", None)
+            else:
+                entry["threshold"] = threshold
+        return config
 
     @property
     def exit_names(self) -> List[str]:
@@ -180,56 +170,3 @@ class EarlyExits:
 
     def __repr__(self) -> str:
         return f"EarlyExits({self.name!r}, exits={self.exit_names}, thresholds={self.thresholds})"
-
-
-def backbone_modules(model: nn.Module) -> List[nn.Module]:
-    """The modules of ``model`` outside its exit branches and its routing's gates or policy."""
-    side = {id(m) for top in unwrap(model).modules() if isinstance(top, (ExitSet, DynamicComputation))
-            for m in top.modules()}
-    return [m for m in model.modules() if id(m) not in side]
-
-
-def backbone_parameters(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
-    """The named parameters of ``model`` outside its exit branches (and its routing's gates or policy)."""
-    inner = unwrap(model)
-    prefix = "module." if inner is not model else ""
-    skip = [f"{prefix}{name}." for name, m in inner.named_modules() if isinstance(m, (ExitSet, DynamicComputation))]
-    return [(n, p) for n, p in model.named_parameters() if not any(n.startswith(s) for s in skip)]
-
-
-# --------------------------------------------------------------------------- the structure step
-class ExitsStep(StepKind):
-    """Replays ``{"kind": "early_exits", "name", "config", "num_classes", "input_shape"}``."""
-
-    def replay(self, model: nn.Module, step: Step, ctx: ReplayContext) -> EarlyExits:
-        """Attach the saved exits (fresh branch weights; the checkpoint's weights are loaded afterwards)."""
-        try:
-            exits = EarlyExits.from_config(step["config"], model, num_classes=int(step["num_classes"]),
-                                           input_shape=[int(s) for s in step["input_shape"]],
-                                           name=str(step.get("name", "")))
-        except (KeyError, TypeError) as err:
-            raise CheckpointError(f"malformed early-exit step ({err})") from None
-        except ScheduleError as err:
-            raise CheckpointError(f"the saved early-exit config does not fit this model: {err.message}") from None
-        swap_into_optimizer(ctx, ctx.detached.pop(str(step.get("name", "")), None), exits.branch_parameters())
-        notify_parameters_replaced(ctx.masks)
-        return exits
-
-    def undo(self, model: nn.Module, step: Step, ctx: ReplayContext) -> None:
-        """Detach the exits; the optimizer's group for their parameters is refilled when they come back."""
-        removed = detach_exits(unwrap(model))
-        if removed is not None:
-            ctx.detached[str(step.get("name", ""))] = list(removed.parameters())
-        notify_parameters_replaced(ctx.masks)
-
-    def state_prefixes(self, step: Step) -> List[str]:
-        """The ExitSet's keys: ``early_exits.``."""
-        return [f"{EXITS_ATTR}."]
-
-    def describe(self, step: Step) -> str:
-        """``early exits 'branchy'``."""
-        return f"early exits {step.get('name', '')!r}"
-
-
-STEP_KINDS.add(EXITS_STEP, ExitsStep())
-

@@ -9,8 +9,6 @@ batch-1 fast path) and needs neither the model's Python class nor the schedule.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
@@ -18,17 +16,14 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..atomic import atomic_write_json
+from ..deploy.manifest import MANIFEST, TORCHSCRIPT_FORMAT, TORCHSCRIPT_VERSION
 from ..errors import CheckpointError, DistillEEError
 from ..modules import eval_mode, example_input
 from .collaboration import takes_previous
 from .criteria import get_criterion
-from .deciders import LearnedCriterion
 from .multi_exit import MultiExitModel
 from .staging import StagePlan
-
-MANIFEST = "manifest.json"
-FORMAT = "distill_ee.multi_exit"
-FORMAT_VERSION = 1
 
 
 def prepare_export(multi: MultiExitModel, directory: Union[str, Path]) -> Tuple[Path, list, list]:
@@ -61,15 +56,16 @@ def export_torchscript(multi: MultiExitModel, directory: Union[str, Path]) -> Li
     files["deciders"] = {}
     with eval_mode(multi):
         for k, criterion in enumerate(multi.criteria):
-            if isinstance(criterion, LearnedCriterion):
+            if criterion.learned:
                 scripted, how = _to_torchscript(criterion.decider, (torch.zeros(2, multi.num_classes),))
                 path = directory / f"decider{k}.pt"
                 scripted.save(str(path))
                 files["deciders"][str(k)] = path.name
                 methods.append(f"{path.name}: {how}")
                 written.append(path)
-    manifest = {"format": FORMAT, "version": FORMAT_VERSION, **multi.describe(), **files, "torchscript": methods}
-    written.append(_write_json(directory / MANIFEST, manifest))
+    manifest = {"format": TORCHSCRIPT_FORMAT, "version": TORCHSCRIPT_VERSION, **multi.describe(), **files,
+                "torchscript": methods}
+    written.append(atomic_write_json(directory / MANIFEST, manifest))
     return written
 
 
@@ -80,8 +76,8 @@ def load_exported(directory: Union[str, Path]) -> MultiExitModel:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{directory}: no readable {MANIFEST} ({err})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{directory}: not a multi-exit export of version {FORMAT_VERSION}")
+    if manifest.get("format") != TORCHSCRIPT_FORMAT or manifest.get("version") != TORCHSCRIPT_VERSION:
+        raise CheckpointError(f"{directory}: not a TorchScript multi-exit export of version {TORCHSCRIPT_VERSION}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         stages = [torch.jit.load(str(directory / f), map_location="cpu") for f in manifest["stages"]]
@@ -90,7 +86,7 @@ def load_exported(directory: Union[str, Path]) -> MultiExitModel:
                     for k, f in manifest.get("deciders", {}).items()}
     criteria = [get_criterion(c) for c in manifest["criteria"]]
     for k, criterion in enumerate(criteria):
-        if isinstance(criterion, LearnedCriterion):
+        if criterion.learned:
             if k not in deciders:
                 raise CheckpointError(f"{directory}: exit {k} is decided by a {criterion.name} decider, which the "
                                       "export lacks")
@@ -129,12 +125,3 @@ def _to_torchscript(module: nn.Module, example: Sequence[Any]) -> tuple:
         except Exception:  # scripting fails on many Python constructs; tracing covers the rest
             with torch.no_grad():
                 return torch.jit.trace(module, tuple(example), check_trace=False), "trace"
-
-
-def _write_json(path: Path, data: Dict[str, Any]) -> Path:
-    """Write ``data`` atomically (temporary file, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-    return path

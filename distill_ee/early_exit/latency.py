@@ -11,7 +11,8 @@ from typing import Any, List
 import torch
 from torch import nn
 
-from ..deploy.profile import LatencyProfile, typical_time
+from ..deploy.profile import LatencyProfile
+from ..timing import median_time
 from ..modules import eval_mode
 from .collaboration import run_branch
 from .multi_exit import MultiExitModel
@@ -39,11 +40,11 @@ def profile_torch(multi: MultiExitModel, model: nn.Module, inputs: torch.Tensor,
                     env[slot] = value
             before.append(snapshots)
             done.append(env)
-        stages = [typical_time(lambda k=k: [calls[k](*[e[k][i] for i in plan.inputs[k]]) for e in before], rounds) / n
+        stages = [median_time(lambda k=k: [calls[k](*[e[k][i] for i in plan.inputs[k]]) for e in before], rounds) / n
                   for k in range(len(calls))]
-        branches = [typical_time(lambda k=k: [run_branch(multi.branches[k], e[plan.attach[k]], None) for e in done],
+        branches = [median_time(lambda k=k: [run_branch(multi.branches[k], e[plan.attach[k]], None) for e in done],
                               rounds) / n for k in range(multi.num_exits)]
-        backbone = typical_time(lambda: [model(b) for b in batches], rounds) / n
+        backbone = median_time(lambda: [model(b) for b in batches], rounds) / n
     return LatencyProfile("pytorch", batch_size, stages, branches, backbone)
 
 

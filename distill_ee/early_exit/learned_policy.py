@@ -133,7 +133,7 @@ def tradeoff_grid(tradeoff: float) -> List[float]:
 
 def policy_deciders(exits: EarlyExits) -> List[nn.Module]:
     """The exits' learned-policy deciders in exit order (ConfigError unless the criterion is ``learned``)."""
-    if any(c != "learned" for c in exits.criteria):
+    if not exits.exit_set.learned_policy:
         raise ConfigError("a learned exit policy needs exits attached with `criterion: learned`")
     deciders = exits.exit_set.learned_deciders
     return [deciders[n] for n in exits.exit_names]

@@ -7,29 +7,31 @@ no indexing at all. ``simulate(x)`` runs every stage and branch on every sample 
 statistics); ``decide(simulate(x))`` gives the same predictions and exits as ``forward(x)``.
 
 Decisions never see labels. The stages and branches share modules and parameters with the model they were
-cut from; in eval mode both paths run under ``torch.inference_mode``.
+cut from; in eval mode both paths run under ``torch.inference_mode``. A multi-exit model cut from a model
+(``from_model``) reads its criteria and thresholds from the model's ExitSet, their one owner: setting them on
+either is seen by both. One built from loose modules (a TorchScript export) holds its own.
 """
 from __future__ import annotations
 
 import weakref
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..dynamic import begin_rows, owners, select_rows
 from ..errors import DistillEEError
+from ..slots import shrink
+from ..exit_settings import ExitOutputs, ThresholdArg, resolve_thresholds
 from .collaboration import run_branch, takes_previous
 from .exit_set import ExitSet
 from .criteria import CriterionArg, State, criteria_list
 from .decisions import decide_exits
-from .deciders import LearnedCriterion
 from .staging import StagePlan, split_model
 
-ThresholdArg = Union[None, Sequence[Optional[float]], Mapping[str, Optional[float]]]
 
 
-class MultiExitModel(nn.Module):
+class MultiExitModel(ExitOutputs, nn.Module):
     """Stages + exit branches + per-exit criteria and thresholds; ``forward`` returns (logits, exit index)."""
 
     def __init__(self, stages: Sequence[nn.Module], branches: Sequence[nn.Module], plan: StagePlan, *,
@@ -48,9 +50,9 @@ class MultiExitModel(nn.Module):
         self.num_classes = int(num_classes)
         self.criteria = criteria_list(criteria, len(branches))
         #: the learned deciders the criteria use (registered: they follow the model's device and mode)
-        self.deciders = nn.ModuleList([c.decider for c in self.criteria if isinstance(c, LearnedCriterion)
-                                       and c.decider is not None])
+        self.deciders = nn.ModuleList([c.decider for c in self.criteria if c.learned and c.decider is not None])
         self._thresholds: List[Optional[float]] = [None] * len(branches)
+        self.__dict__["_owner"] = None  # the ExitSet whose criteria and thresholds these are (not a submodule)
         self.set_thresholds(thresholds if thresholds is not None else self._thresholds)
 
     # ----------------------------------------------------------------- construction
@@ -60,6 +62,8 @@ class MultiExitModel(nn.Module):
         """Cut ``model`` at the attach points of ``exits`` (torch.fx, or the explicit stage list).
 
         Criteria, thresholds and the stage list default to what the ExitSet declares.
+        Without ``criterion`` and ``thresholds`` the ExitSet stays their owner; with either, this model holds its
+        own copies (a candidate setting to time without changing the exits).
         """
         modules, plan = split_model(model, exits.attach, exits.input_shape,
                                     stages if stages is not None else exits.stages)
@@ -68,6 +72,9 @@ class MultiExitModel(nn.Module):
                     thresholds=thresholds if thresholds is not None else list(exits.thresholds),
                     input_shape=exits.input_shape, num_classes=exits.num_classes)
         multi.__dict__["_source"] = weakref.ref(model)  # not a submodule: the model it was cut from
+        if criterion is None and thresholds is None:
+            multi.__dict__["_owner"] = exits
+            multi.__dict__["_seen"] = exits.version
         return multi
 
     def begin(self, x: torch.Tensor) -> None:
@@ -80,35 +87,33 @@ class MultiExitModel(nn.Module):
 
     # ----------------------------------------------------------------- settings
     @property
-    def num_exits(self) -> int:
-        """Number of early exits (the final classifier not counted)."""
-        return len(self.branches)
-
-    @property
-    def output_names(self) -> List[str]:
-        """Exit names followed by the final classifier's name (the order of ``simulate``'s outputs)."""
-        return [*self.exit_names, self.final_name]
-
-    @property
     def thresholds(self) -> List[Optional[float]]:
         """Per-exit thresholds (None: the exit is never taken and, if stateless, its branch is skipped)."""
+        self._follow_owner()
         return list(self._thresholds)
 
+    def _follow_owner(self) -> None:
+        """Take the owner's criteria and thresholds again when they changed since they were last read."""
+        owner = self.__dict__["_owner"]
+        if owner is not None and owner.version != self.__dict__["_seen"]:
+            self.__dict__["_seen"] = owner.version
+            self.criteria = owner.criterion_objects()
+            self._derive(list(owner.thresholds))
+
     def set_thresholds(self, thresholds: ThresholdArg) -> None:
-        """Replace thresholds: a list in exit order, or a mapping exit name -> threshold (others kept)."""
+        """Replace thresholds: a list in exit order, or a mapping exit name -> threshold (others kept); on the
+        owning ExitSet when there is one."""
         if thresholds is None:
             return
-        if isinstance(thresholds, Mapping):
-            unknown = [n for n in thresholds if n not in self.exit_names]
-            if unknown:
-                raise DistillEEError(f"no exit named {unknown[0]!r} (exits: {', '.join(self.exit_names)})")
-            new = [thresholds.get(n, t) for n, t in zip(self.exit_names, self._thresholds)]
-        else:
-            new = list(thresholds)
-            if len(new) == self.num_exits + 1 and new[-1] is None:
-                new = new[:-1]
-            if len(new) != self.num_exits:
-                raise DistillEEError(f"need {self.num_exits} thresholds (one per exit), got {len(new)}")
+        owner = self.__dict__.get("_owner")
+        if owner is not None:
+            owner.set_thresholds(thresholds)
+            self._follow_owner()
+            return
+        self._derive(resolve_thresholds(self.exit_names, self._thresholds, thresholds))
+
+    def _derive(self, new: Sequence[Optional[float]]) -> None:
+        """Thresholds, and which exits real early exit computes, from ``new``."""
         self._thresholds = [None if t is None else float(t) for t in new]
         # a stateless exit without threshold is skipped entirely; a stateful one still updates its state, and
         # one whose logits a later branch reads (forward transfer) is computed
@@ -175,10 +180,12 @@ class MultiExitModel(nn.Module):
     @property
     def computed_exits(self) -> List[bool]:
         """Per exit: whether real early exit computes its branch (a threshold, a state, or a later reader)."""
+        self._follow_owner()
         return list(self._active)
 
     def decide(self, exit_logits: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(chosen logits, exit index) per sample from ``simulate``'s output, by this model's criteria."""
+        self._follow_owner()
         return decide_exits(exit_logits, self.criteria, self._thresholds)
 
     # ----------------------------------------------------------------- real early exit
@@ -187,6 +194,7 @@ class MultiExitModel(nn.Module):
         return self._run_in_mode(self._real, x)
 
     def _real(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        self._follow_owner()
         if x.shape[0] == 1:
             return self._real_single(x)
         plan, stages, branches = self.plan, self._stage_calls(), self.branches
@@ -210,7 +218,7 @@ class MultiExitModel(nn.Module):
                 if leaving.shape[0]:
                     keep = (~mask).nonzero().squeeze(1)
                     results.leave(logits, leaving, keep, k)
-                    _shrink(env, plan.carry[k], keep)
+                    shrink(env, plan.carry[k], keep, _select_rows)
                     previous = logits.index_select(0, keep)
                     if holders:
                         select_rows(holders, keep)
@@ -256,16 +264,19 @@ class MultiExitModel(nn.Module):
 
     # ----------------------------------------------------------------- description
     def describe(self) -> Dict[str, Any]:
-        """Plain-python description (names, criteria, thresholds, plan) used by the exporter."""
+        """Plain-python description (names, criteria and their leave rules, thresholds, plan) used by the
+        exporters."""
+        thresholds = self.thresholds
         return {"exit_names": list(self.exit_names), "final_name": self.final_name,
-                "criteria": [c.name for c in self.criteria], "thresholds": self.thresholds,
+                "criteria": [c.name for c in self.criteria], "leave": [c.leave for c in self.criteria],
+                "thresholds": thresholds,
                 "input_shape": list(self.input_shape), "num_classes": self.num_classes,
                 "plan": self.plan.to_dict()}
 
     def extra_repr(self) -> str:
         """Exit names, criteria and thresholds."""
         return (f"exits={self.exit_names}, criteria={[c.name for c in self.criteria]}, "
-                f"thresholds={self._thresholds}")
+                f"thresholds={self.thresholds}")
 
 
 class _Results:
@@ -297,17 +308,6 @@ class _Results:
         self.logits.index_copy_(0, self.alive, logits)  # type: ignore[arg-type]
         self.exit_index.index_fill_(0, self.alive, k)  # type: ignore[union-attr,arg-type]
         return self.logits, self.exit_index  # type: ignore[return-value]
-
-
-def _shrink(env: List[Any], slots: Sequence[int], keep: torch.Tensor) -> None:
-    """Keep rows ``keep`` of every carried batched value (a tensor held in two slots is selected once)."""
-    done: Dict[int, torch.Tensor] = {}
-    for slot in slots:
-        value = env[slot]
-        key = id(value)
-        if key not in done:
-            done[key] = _select_rows(value, keep)
-        env[slot] = done[key]
 
 
 def _select_rows(value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,18 @@
-"""ONNX export of a MultiExitModel: every stage, branch and learned decider with a dynamic batch axis.
+"""ONNX export of a MultiExitModel: every stage, branch and fused exit with a dynamic batch axis.
 
 ``export_onnx(multi, model, directory)`` writes the files ``distill_ee.deploy.MultiExitSession`` runs (see
 ``distill_ee.deploy.manifest`` for the layout) with torch's ``torch.export``-based exporter; the TorchScript
-exporter it replaces is deprecated upstream. ``backbone.onnx`` is the network without exits, the baseline
-real early exit is compared with.
+exporter it replaces is deprecated upstream. Each exit's graph computes its criterion's own ``score`` (the
+formula PyTorch decides with), and the manifest names the criterion's leave rule, so ONNX Runtime takes the
+same exits; a criterion that cannot be exported so (``ExitCriterion.export_problem``) is refused before any
+file is written. ``backbone.onnx`` is the network without exits, the baseline real early exit is compared
+with.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
@@ -19,12 +20,14 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..atomic import atomic_path, atomic_write_json
+from ..attachment import exporting
 from ..deploy.manifest import FORMAT, MANIFEST, VERSION
 from ..dynamic import static_compute
 from ..errors import DistillEEError
 from ..modules import eval_mode, example_input
-from .deciders import LearnedCriterion
-from .export import _write_json, prepare_export
+from .criteria import ExitCriterion
+from .export import prepare_export
 from .multi_exit import MultiExitModel
 
 #: the opset written (ONNX Runtime 1.17 and later read it)
@@ -43,13 +46,23 @@ class _Backbone(nn.Module):
         return self.model(x)
 
 
+def check_exportable(criteria: Sequence[ExitCriterion], names: Sequence[str]) -> None:
+    """DistillEEError (one line) naming the first exit whose criterion the ONNX export cannot take, and why."""
+    for name, criterion in zip(names, criteria):
+        problem = criterion.export_problem()
+        if problem:
+            raise DistillEEError(f"exit {name!r}: the {criterion.name or type(criterion).__name__} criterion cannot "
+                                 f"be exported to ONNX: it {problem}")
+
+
 def export_onnx(multi: MultiExitModel, model: nn.Module, directory: Union[str, Path]) -> List[Path]:
-    """Write ``multi``'s stages, branches and deciders, the backbone and the manifest; the written paths."""
+    """Write ``multi``'s stages, branches and fused exits, the backbone and the manifest; the written paths."""
+    check_exportable(multi.criteria, multi.exit_names)
     directory, stage_args, branch_args = prepare_export(multi, directory)
     plan = multi.plan
     written: List[Path] = []
-    files: Dict[str, Any] = {"stages": [], "branches": [], "deciders": {}}
-    with eval_mode(multi), static_compute(model):
+    files: Dict[str, Any] = {"stages": [], "branches": []}
+    with eval_mode(multi), static_compute(model), exporting(model):
         for k, (stage, args) in enumerate(zip(multi.stages, stage_args)):
             path = directory / f"stage{k}.onnx"
             _export(stage, args, path, [f"slot{i}" for i in plan.inputs[k]], [f"slot{j}" for j in plan.outputs[k]])
@@ -67,68 +80,47 @@ def export_onnx(multi: MultiExitModel, model: nn.Module, directory: Union[str, P
                     [f"slot{i}" for i in plan.inputs[k]], [*(f"slot{j}" for j in plan.outputs[k]), "logits", "score"])
             files["exits"].append(path.name)
             written.append(path)
-        for k, criterion in enumerate(multi.criteria):
-            if isinstance(criterion, LearnedCriterion):
-                path = directory / f"decider{k}.onnx"
-                _export(_Leave(criterion.decider), (torch.zeros(2, multi.num_classes),), path, ["logits"], ["leave"])
-                files["deciders"][str(k)] = path.name
-                written.append(path)
         path = directory / "backbone.onnx"
         _export(_Backbone(model), (example_input(multi, multi.input_shape, batch=2),), path, ["input"], ["logits"])
         files["backbone"] = path.name
         written.append(path)
     manifest = {"format": FORMAT, "version": VERSION, **multi.describe(), **files, "dtype": "float32",
                 "opset": OPSET}
-    written.append(_write_json(directory / MANIFEST, manifest))
+    written.append(atomic_write_json(directory / MANIFEST, manifest))
     return written
 
 
-class _ExitStep(nn.Module):
-    """Stage ``k``, its exit's branch and the number its criterion compares with the threshold, in one graph
-    (one ONNX Runtime call per exit on the way): the stage's outputs, the logits and the score."""
+class _CriterionScore(nn.Module):
+    """A criterion's score as a module (its learned decider, if any, registered for export)."""
 
-    def __init__(self, stage: nn.Module, branch: nn.Module, criterion: Any, attach: int):
+    def __init__(self, criterion: ExitCriterion):
+        super().__init__()
+        self.criterion = criterion
+        decider = getattr(criterion, "decider", None)
+        if isinstance(decider, nn.Module):
+            self.decider = decider
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """One score per sample."""
+        return self.criterion.score(logits)
+
+
+class _ExitStep(nn.Module):
+    """Stage ``k``, its exit's branch and its criterion's score, in one graph (one ONNX Runtime call per exit on
+    the way): the stage's outputs, the logits and the score."""
+
+    def __init__(self, stage: nn.Module, branch: nn.Module, criterion: ExitCriterion, attach: int):
         super().__init__()
         self.stage = stage
         self.branch = branch
-        self.decider = criterion.decider if isinstance(criterion, LearnedCriterion) else None
-        self.kind = criterion.name
+        self.score = _CriterionScore(criterion)
         self.attach = attach
 
     def forward(self, *args: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """(stage outputs..., logits, score)."""
         outs = tuple(self.stage(*args))
         logits = self.branch(outs[self.attach])
-        return (*outs, logits, exit_score(self.kind, logits, self.decider))
-
-
-def exit_score(kind: str, logits: torch.Tensor, decider: Any = None) -> torch.Tensor:
-    """What the runtime compares with the threshold: entropy (leave below), max probability or margin (leave at
-    or above), the prediction (patience counts agreements) or the decider's probability of leaving (above)."""
-    if kind == "entropy":
-        return -(torch.softmax(logits, dim=1) * torch.log_softmax(logits, dim=1)).sum(dim=1)
-    if kind == "max_prob":
-        return torch.softmax(logits, dim=1).amax(dim=1)
-    if kind == "margin":
-        if logits.shape[1] < 2:
-            return torch.ones(logits.shape[0])
-        top = torch.softmax(logits, dim=1).topk(2, dim=1).values
-        return top[:, 0] - top[:, 1]
-    if kind == "patience":
-        return logits.argmax(dim=1)
-    return decider(logits).reshape(-1)
-
-
-class _Leave(nn.Module):
-    """A learned decider's probability of leaving, as the runtime reads it."""
-
-    def __init__(self, decider: nn.Module):
-        super().__init__()
-        self.decider = decider
-
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        """(N,) probabilities."""
-        return self.decider(logits).reshape(-1)
+        return (*outs, logits, self.score(logits))
 
 
 def _export(module: nn.Module, args: Sequence[Any], path: Path, inputs: List[str], outputs: List[str]) -> None:
@@ -146,11 +138,5 @@ def _export(module: nn.Module, args: Sequence[Any], path: Path, inputs: List[str
         except Exception as err:  # the exporter raises many types; the model is what the user must change
             first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise DistillEEError(f"ONNX export of {path.stem} failed: {first}") from None
-        fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            program.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            program.save(str(tmp))

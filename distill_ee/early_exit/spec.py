@@ -13,41 +13,41 @@ The schedule loader hands over one instance as a plain dict (without ``class``):
 A model with classifiers of its own (MSDNet, RANet) is referred to with ``attach: builtin``, which
 ``early_exit.builtin.expand_builtin`` writes out against the model before this validation.
 
-Learned decisions (``early_exit.deciders``) are instance-wide::
+Learned decisions (``early_exit.deciders``) are instance-wide, configured in the block their criterion names
+(``ExitCriterion.settings_key``)::
 
     criterion: gate               # a gate per exit, trained with the network (Scardapane et al., 2020)
     gate: {head: [confidence_features, linear], loss_weight: 1.0, cost_weight: {start: 0, end: 0.5}}
     criterion: learned            # a decider per exit, trained after the network on the validation split
     learned_policy: {head: [...], tradeoff: 0.1}
 
-Errors are ScheduleErrors whose ``path`` is relative to the instance (``exits.exit1.branch[2].out_features``).
+Every value is checked by the annotations of these dataclasses, with the binder every schedule component goes
+through (``distill_ee.arguments``); what ties values together (patience, learned blocks, thresholds in the
+criterion's range, ``auto`` weights) is checked after. Errors are ScheduleErrors whose ``path`` is relative to
+the instance (``exits.exit1.branch[2].out_features``).
 """
 from __future__ import annotations
 
 import keyword
 import math
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+import re
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Union
 
+from ..arguments import ArgumentError, Checked, PositiveInt, bind
 from ..errors import ScheduleError
 from ..registry import EXIT_CRITERIA, UnknownNameError, suggest
-from .branch import LayerSpec, parse_layer
+from .branch import LayerSpec, Layers
 from .criteria import get_criterion
-from .deciders import DEFAULT_THRESHOLD, LEARNED_CRITERIA, parse_head
+from .deciders import Head, default_head
 from .exit_set import RESERVED_NAMES
 
-INSTANCE_KEYS = ("attach", "criterion", "patience", "final_loss_weight", "final_name", "stages", "exits", "gate",
-                 "learned_policy", "distillation", "gradient_equilibrium", "forward_transfer")
-DISTILLATION_KEYS = ("temperature", "weight", "teacher")
 #: who teaches the exits: the final classifier of the same forward pass, or a frozen snapshot of the network
 DISTILLATION_TEACHERS = ("final", "frozen")
-GATE_KEYS = ("head", "loss_weight", "cost_weight")
-LEARNED_POLICY_KEYS = ("head", "tradeoff")
 #: the cost regulariser's weight when a gate block gives none
 DEFAULT_COST_WEIGHT = 0.1
 #: a learned policy's trade-off when the schedule gives none
 DEFAULT_TRADEOFF = 0.1
-EXIT_KEYS = ("attach", "branch", "loss_weight", "threshold", "criterion")
 RAMP_KEYS = ("start", "end")
 DEFAULT_CRITERION = "entropy"
 DEFAULT_FINAL_NAME = "final"
@@ -79,16 +79,116 @@ class LossWeight:
         return self.start if self.constant else {"start": self.start, "end": self.end}
 
 
+# --------------------------------------------------------------------------- what values mean
+#: a number in YAML 1.2's notation (``1e-3``, ``2.5E+4``) that PyYAML's YAML 1.1 resolver leaves a string
+_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+def number(value: Any) -> float:
+    """A finite number; a numeric string is its number (a config read by plain ``yaml.safe_load`` holds
+    ``1e-3`` as a string)."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentError(f"expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ArgumentError(f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def loss_weight(value: Any) -> LossWeight:
+    """A loss weight: a number >= 0, or ``{start, end}`` (each >= 0) ramped over the policy's window."""
+    if isinstance(value, Mapping):
+        for key in value:
+            if key not in RAMP_KEYS:
+                raise ArgumentError(f"unknown key {key!r} of a ramped loss weight", (key,), valid=list(RAMP_KEYS),
+                                    suggestions=suggest(str(key), RAMP_KEYS))
+        missing = [k for k in RAMP_KEYS if k not in value]
+        if missing:
+            raise ArgumentError(f"a ramped loss weight needs `{missing[0]}` ({{start: 0.1, end: 1.0}})")
+        start, end = (_non_negative_weight(value[k]) for k in RAMP_KEYS)
+        return LossWeight(start, end)
+    weight = _non_negative_weight(value)
+    return LossWeight(weight, weight)
+
+
+def _non_negative_weight(value: Any) -> float:
+    weight = number(value)
+    if weight < 0:
+        raise ArgumentError(f"loss weights must be >= 0, got {weight}")
+    return weight
+
+
+def flag(value: Any) -> bool:
+    """``true`` or ``false``."""
+    if not isinstance(value, bool):
+        raise ArgumentError(f"must be true or false, got {value!r}")
+    return value
+
+
+def criterion_name(value: Any) -> str:
+    """The canonical name of a registered exit criterion (close names suggested)."""
+    if not isinstance(value, str):
+        raise ArgumentError(f"an exit criterion is a name, got {value!r}", valid=EXIT_CRITERIA.names())
+    try:
+        return EXIT_CRITERIA.canonical(value)
+    except UnknownNameError as err:
+        raise ArgumentError(f"unknown exit criterion {value!r}", valid=EXIT_CRITERIA.names(),
+                            suggestions=err.suggestions) from None
+
+
+def final_weight(value: Any) -> Union[float, str]:
+    """The final classifier's loss weight: a number >= 0, or ``auto`` (1 - the exits' weights)."""
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, str) and not _NUMBER.fullmatch(value.strip()):
+        raise ArgumentError(f"final_loss_weight is a number or `auto`, got {value!r}",
+                            suggestions=suggest(value, [AUTO]))
+    weight = number(value)
+    if weight < 0:
+        raise ArgumentError(f"final_loss_weight must be >= 0, got {weight}")
+    return weight
+
+
+def stage_names(value: Any) -> List[str]:
+    """``stages``: a non-empty list of top-level module names."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ArgumentError("`stages` must be a non-empty list of top-level module names")
+    return list(value)
+
+
+def non_empty_name(value: Any) -> str:
+    """A non-empty name."""
+    if not isinstance(value, str) or not value:
+        raise ArgumentError(f"must be a non-empty name, got {value!r}")
+    return value
+
+
+def exit_map(value: Any) -> Dict[str, Any]:
+    """``exits``: a mapping exit name -> settings (each is read once the final classifier's name is known)."""
+    if not isinstance(value, Mapping):
+        raise ArgumentError(f"`exits` must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+Number = Annotated[float, Checked("a number", number)]
+Weight = Annotated[LossWeight, Checked("a number >= 0 or {start, end}", loss_weight)]
+Flag = Annotated[bool, Checked("true or false", flag)]
+Criterion = Annotated[str, Checked("an exit criterion", criterion_name)]
+Name = Annotated[str, Checked("a non-empty name", non_empty_name)]
+
+
+# --------------------------------------------------------------------------- the dataclasses
 @dataclass
 class ExitSpec:
     """One side exit: where it attaches, its branch layers, loss weight, threshold and criterion."""
 
     name: str
-    attach: str
-    branch: List[LayerSpec]
-    loss_weight: LossWeight = LossWeight(DEFAULT_LOSS_WEIGHT, DEFAULT_LOSS_WEIGHT)
-    threshold: Optional[float] = None
-    criterion: Optional[str] = None
+    attach: Name
+    branch: Layers
+    loss_weight: Weight = LossWeight(DEFAULT_LOSS_WEIGHT, DEFAULT_LOSS_WEIGHT)
+    threshold: Optional[Number] = None
+    criterion: Optional[Criterion] = None
 
     def to_config(self) -> Dict[str, Any]:
         """Plain-python form accepted by ``parse_early_exit_config``."""
@@ -105,9 +205,11 @@ class ExitSpec:
 class GateSpec:
     """``criterion: gate``: each exit's gate head, the soft-conditional loss weight and the cost weight lambda."""
 
-    head: List[LayerSpec]
-    loss_weight: LossWeight = LossWeight(1.0, 1.0)
-    cost_weight: LossWeight = LossWeight(DEFAULT_COST_WEIGHT, DEFAULT_COST_WEIGHT)
+    owner: ClassVar[str] = "the `gate` block"
+
+    head: Head = field(default_factory=default_head)
+    loss_weight: Weight = LossWeight(1.0, 1.0)
+    cost_weight: Weight = LossWeight(DEFAULT_COST_WEIGHT, DEFAULT_COST_WEIGHT)
 
     def to_config(self) -> Dict[str, Any]:
         """Plain-python form."""
@@ -119,8 +221,15 @@ class GateSpec:
 class LearnedPolicySpec:
     """``criterion: learned``: each exit's decider head and the accuracy-vs-MACs trade-off it is trained for."""
 
-    head: List[LayerSpec]
-    tradeoff: float = DEFAULT_TRADEOFF
+    owner: ClassVar[str] = "the `learned_policy` block"
+
+    head: Head = field(default_factory=default_head)
+    tradeoff: Number = DEFAULT_TRADEOFF
+
+    def __post_init__(self) -> None:
+        if self.tradeoff < 0:
+            raise ArgumentError(f"the trade-off must be >= 0 (errors per sample that one backbone's worth of MACs is "
+                                f"worth), got {self.tradeoff:g}", ("tradeoff",))
 
     def to_config(self) -> Dict[str, Any]:
         """Plain-python form."""
@@ -132,13 +241,50 @@ class DistillationSpec:
     """``distillation``: the final classifier's softened predictions (or those of a snapshot of the network
     frozen when the policy starts) teach every exit, a term weight * T^2 * KL per exit."""
 
-    temperature: float = 4.0
-    weight: LossWeight = LossWeight(0.5, 0.5)
+    owner: ClassVar[str] = "the `distillation` block"
+
+    temperature: Number = 4.0
+    weight: Weight = LossWeight(0.5, 0.5)
+    #: who teaches the exits: the final classifier of the same forward pass, or a frozen snapshot of the network
     teacher: str = "final"
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ArgumentError(f"the temperature must be above 0, got {self.temperature:g}", ("temperature",))
+        if self.teacher not in DISTILLATION_TEACHERS:
+            raise ArgumentError(f"{self.teacher!r} is not a teacher", ("teacher",), valid=list(DISTILLATION_TEACHERS))
 
     def to_config(self) -> Dict[str, Any]:
         """Plain-python form."""
         return {"temperature": self.temperature, "weight": self.weight.to_config(), "teacher": self.teacher}
+
+
+#: the block configuring each learned criterion's deciders, by its ``settings_key``
+DECIDER_BLOCKS: Dict[str, type] = {"gate": GateSpec, "learned_policy": LearnedPolicySpec}
+
+
+@dataclass
+class InstanceArguments:
+    """What an ``early_exits`` instance may give, as written (before the exits are read in order)."""
+
+    exits: Annotated[Dict[str, Any], Checked("a mapping exit name -> {attach, branch, loss_weight, threshold, "
+                                             "criterion}", exit_map)]
+    criterion: Criterion = DEFAULT_CRITERION
+    patience: Optional[PositiveInt] = None
+    final_loss_weight: Annotated[Union[float, str], Checked("a number >= 0 or `auto`", final_weight)] = 1.0
+    final_name: Name = DEFAULT_FINAL_NAME
+    stages: Optional[Annotated[List[str], Checked("a non-empty list of top-level module names", stage_names)]] = None
+    gate: Optional[GateSpec] = None
+    learned_policy: Optional[LearnedPolicySpec] = None
+    distillation: Optional[DistillationSpec] = None
+    #: IMTA's gradient equilibrium: the gradient reaching each stage is the mean of its classifiers' gradients
+    gradient_equilibrium: Flag = False
+    #: IMTA's inline sub-network collaboration: each exit after the first also reads the previous exit's logits
+    forward_transfer: Flag = False
+
+
+#: the keys an ``early_exits`` instance may give (``attach: builtin`` is expanded before validation)
+INSTANCE_KEYS = ("attach", *(f.name for f in fields(InstanceArguments)))
 
 
 @dataclass
@@ -154,9 +300,7 @@ class EarlyExitSpec:
     gate: Optional[GateSpec] = None
     learned_policy: Optional[LearnedPolicySpec] = None
     distillation: Optional[DistillationSpec] = None
-    #: IMTA's gradient equilibrium: the gradient reaching each stage is the mean of its classifiers' gradients
     gradient_equilibrium: bool = False
-    #: IMTA's inline sub-network collaboration: each exit after the first also reads the previous exit's logits
     forward_transfer: bool = False
 
     @property
@@ -169,18 +313,23 @@ class EarlyExitSpec:
         return [e.criterion or self.criterion for e in self.exits]
 
     @property
+    def decider_block(self) -> Optional[str]:
+        """The instance key configuring the exits' learned deciders (``gate``, ``learned_policy``), if any."""
+        return get_criterion(self.criterion).settings_key
+
+    @property
     def decider_head(self) -> Optional[List[LayerSpec]]:
         """The head of every exit's learned decider (None when exits decide by a fixed rule)."""
-        block = self.gate if self.criterion == "gate" else self.learned_policy
+        block = getattr(self, self.decider_block) if self.decider_block else None
         return block.head if block is not None else None
 
     def thresholds(self) -> List[Optional[float]]:
-        """Every exit's threshold; patience exits default to ``patience``, learned decisions to 0.5."""
+        """Every exit's threshold; an exit that gives none takes its criterion's instance-wide key (``patience``)
+        or default (0.5 for learned decisions)."""
         out: List[Optional[float]] = []
         for e, crit in zip(self.exits, self.criteria()):
-            default = self.patience if crit == "patience" else None
-            if crit in LEARNED_CRITERIA:
-                default = DEFAULT_THRESHOLD
+            criterion = get_criterion(crit)
+            default = getattr(self, criterion.threshold_key) if criterion.threshold_key else criterion.default_threshold
             out.append(e.threshold if e.threshold is not None else default)
         return out
 
@@ -203,12 +352,10 @@ class EarlyExitSpec:
             out["patience"] = self.patience
         if self.stages is not None:
             out["stages"] = list(self.stages)
-        if self.gate is not None:
-            out["gate"] = self.gate.to_config()
-        if self.learned_policy is not None:
-            out["learned_policy"] = self.learned_policy.to_config()
-        if self.distillation is not None:
-            out["distillation"] = self.distillation.to_config()
+        for key in ("gate", "learned_policy", "distillation"):
+            block = getattr(self, key)
+            if block is not None:
+                out[key] = block.to_config()
         if self.gradient_equilibrium:
             out["gradient_equilibrium"] = True
         if self.forward_transfer:
@@ -219,234 +366,111 @@ class EarlyExitSpec:
 # --------------------------------------------------------------------------- parsing
 def parse_early_exit_config(config: Mapping[str, Any]) -> EarlyExitSpec:
     """Validate an ``early_exits`` instance dict (``class`` already removed) into an EarlyExitSpec."""
-    config = _mapping(config, "", "the early-exit instance")
-    _check_keys(config, INSTANCE_KEYS + ("class",), "")
+    try:
+        return _parse(config)
+    except ArgumentError as err:
+        raise ScheduleError(err.message, path=_path_text(err.path), valid=err.valid,
+                            suggestions=err.suggestions) from None
+
+
+def _parse(config: Mapping[str, Any]) -> EarlyExitSpec:
+    if not isinstance(config, Mapping):
+        raise ArgumentError(f"the early-exit instance must be a mapping, got {type(config).__name__}")
     if "attach" in config:
-        raise ScheduleError("`attach: builtin` names the model's own classifiers: expand it against the model "
-                            "(early_exit.builtin.expand_builtin) first", path="attach")
-    criterion = _criterion_name(config.get("criterion", DEFAULT_CRITERION), "criterion")
-    final_name = config.get("final_name", DEFAULT_FINAL_NAME)
-    if not isinstance(final_name, str) or not final_name:
-        raise ScheduleError(f"final_name must be a non-empty name, got {final_name!r}", path="final_name")
-    if "exits" not in config:
-        raise ScheduleError("an early-exit instance needs `exits` (name -> {attach, branch, ...}) or "
-                            "`attach: builtin`", path="")
-    exits_raw = _mapping(config["exits"], "exits", "`exits`")
-    if not exits_raw:
-        raise ScheduleError("`exits` is empty; give at least one exit", path="exits")
-    exits = [_parse_exit(name, raw, final_name) for name, raw in exits_raw.items()]
-    spec = EarlyExitSpec(exits=exits, criterion=criterion, final_name=final_name,
-                         patience=_patience(config, criterion, exits),
-                         final_loss_weight=_final_weight(config.get("final_loss_weight", 1.0)),
-                         stages=_stages(config.get("stages")))
-    _learned_blocks(spec, config)
-    if "distillation" in config:
-        spec.distillation = _distillation(config["distillation"])
-    for key in ("gradient_equilibrium", "forward_transfer"):
-        flag = config.get(key, False)
-        if not isinstance(flag, bool):
-            raise ScheduleError(f"must be true or false, got {flag!r}", path=key)
-        setattr(spec, key, flag)
+        raise ArgumentError("`attach: builtin` names the model's own classifiers: expand it against the model "
+                            "(early_exit.builtin.expand_builtin) first", ("attach",))
+    given = {k: v for k, v in config.items() if k != "class"}
+    if "exits" not in given:
+        raise ArgumentError("an early-exit instance needs `exits` (name -> {attach, branch, ...}) or "
+                            "`attach: builtin`")
+    args = InstanceArguments(**bind(InstanceArguments, given, owner="the early-exit instance", mapping=True))
+    if not args.exits:
+        raise ArgumentError("`exits` is empty; give at least one exit", ("exits",))
+    spec = EarlyExitSpec(exits=[_exit(name, raw, args.final_name) for name, raw in args.exits.items()],
+                         criterion=args.criterion, patience=args.patience, final_loss_weight=args.final_loss_weight,
+                         final_name=args.final_name, stages=args.stages, distillation=args.distillation,
+                         gradient_equilibrium=args.gradient_equilibrium, forward_transfer=args.forward_transfer)
+    _check_patience(spec, given)
+    _decider_blocks(spec, args)
     _check_thresholds(spec)
     _check_auto_weight(spec)
     return spec
 
 
-def _distillation(value: Any) -> DistillationSpec:
-    """The ``distillation`` block (self-distillation of the exits)."""
-    raw = _mapping(value, "distillation", "`distillation`")
-    _check_keys(raw, DISTILLATION_KEYS, "distillation")
-    temperature = _number(raw.get("temperature", 4.0), "distillation.temperature")
-    if temperature <= 0:
-        raise ScheduleError(f"the temperature must be above 0, got {temperature:g}", path="distillation.temperature")
-    teacher = raw.get("teacher", "final")
-    if teacher not in DISTILLATION_TEACHERS:
-        raise ScheduleError(f"{teacher!r} is not a teacher", path="distillation.teacher",
-                            valid=list(DISTILLATION_TEACHERS))
-    return DistillationSpec(temperature, _loss_weight(raw.get("weight", 0.5), "distillation.weight"), teacher)
-
-
-def _mapping(value: Any, path: str, what: str) -> Dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ScheduleError(f"{what} must be a mapping, got {type(value).__name__}", path=path)
-    return dict(value)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _check_keys(raw: Mapping[str, Any], valid: Sequence[str], path: str) -> None:
-    for key in raw:
-        if key not in valid:
-            shown = [v for v in valid if v != "class"]
-            raise ScheduleError(f"unknown key {key!r}", path=_join(path, str(key)), valid=shown,
-                                suggestions=suggest(str(key), shown))
-
-
-def _number(value: Any, path: str) -> float:
-    """A float from a YAML scalar (PyYAML reads ``1e-3`` as a string, so numeric strings are accepted)."""
-    number: Optional[float] = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            pass
-    if number is None:
-        raise ScheduleError(f"expected a number, got {value!r}", path=path)
-    if not math.isfinite(number):
-        raise ScheduleError(f"expected a finite number, got {value!r}", path=path)
-    return number
-
-
-def _criterion_name(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise ScheduleError(f"an exit criterion is a name, got {value!r}", path=path, valid=EXIT_CRITERIA.names())
-    try:
-        return EXIT_CRITERIA.canonical(value)
-    except UnknownNameError as err:
-        raise ScheduleError(f"unknown exit criterion {value!r}", path=path, valid=EXIT_CRITERIA.names(),
-                            suggestions=err.suggestions) from None
+def _path_text(path: Sequence[Any]) -> str:
+    """``("exits", "e1", "branch", 2)`` -> ``exits.e1.branch[2]``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
 
 
 def _exit_name(name: Any, final_name: str) -> str:
-    path = f"exits.{name}"
+    path = ("exits", str(name))
     if not isinstance(name, str) or not name:
-        raise ScheduleError(f"exit names must be non-empty strings, got {name!r}", path=path)
+        raise ArgumentError(f"exit names must be non-empty strings, got {name!r}", path)
     if "." in name or not name.isidentifier() or keyword.iskeyword(name):
-        raise ScheduleError(f"exit name {name!r} must be an identifier (letters, digits, _)", path=path)
+        raise ArgumentError(f"exit name {name!r} must be an identifier (letters, digits, _)", path)
     if name in RESERVED_NAMES:
-        raise ScheduleError(f"exit name {name!r} is reserved (an attribute of the exits' module); choose another",
-                            path=path)
+        raise ArgumentError(f"exit name {name!r} is reserved (an attribute of the exits' module); choose another",
+                            path)
     if name == final_name:
-        raise ScheduleError(f"exit name {name!r} is the final classifier's name (final_name)", path=path)
+        raise ArgumentError(f"exit name {name!r} is the final classifier's name (final_name)", path)
     return name
 
 
-def _parse_exit(name: Any, raw: Any, final_name: str) -> ExitSpec:
+def _exit(name: Any, raw: Any, final_name: str) -> ExitSpec:
     name = _exit_name(name, final_name)
-    path = f"exits.{name}"
-    raw = _mapping(raw, path, f"exit {name!r}")
-    _check_keys(raw, EXIT_KEYS, path)
-    for key in ("attach", "branch"):
-        if key not in raw:
-            raise ScheduleError(f"exit {name!r} needs `{key}`", path=path)
-    attach = raw["attach"]
-    if not isinstance(attach, str) or not attach:
-        raise ScheduleError(f"`attach` must be a module name, got {attach!r}", path=f"{path}.attach")
-    branch = raw["branch"]
-    if not isinstance(branch, list) or not branch:
-        raise ScheduleError("`branch` must be a non-empty list of layers", path=f"{path}.branch")
-    layers = [parse_layer(layer, f"{path}.branch[{i}]") for i, layer in enumerate(branch)]
-    criterion = raw.get("criterion")
-    if criterion is not None:
-        criterion = _criterion_name(criterion, f"{path}.criterion")
-    threshold = raw.get("threshold")
-    if threshold is not None:
-        threshold = _number(threshold, f"{path}.threshold")
-    return ExitSpec(name=name, attach=attach, branch=layers,
-                    loss_weight=_loss_weight(raw.get("loss_weight", DEFAULT_LOSS_WEIGHT), f"{path}.loss_weight"),
-                    threshold=threshold, criterion=criterion)
-
-
-def _loss_weight(value: Any, path: str) -> LossWeight:
-    if isinstance(value, Mapping):
-        _check_keys(value, RAMP_KEYS, path)
-        missing = [k for k in RAMP_KEYS if k not in value]
-        if missing:
-            raise ScheduleError(f"a ramped loss weight needs `{missing[0]}` ({{start: 0.1, end: 1.0}})", path=path)
-        start, end = (_number(value[k], f"{path}.{k}") for k in RAMP_KEYS)
-    else:
-        start = end = _number(value, path)
-    for v in (start, end):
-        if v < 0:
-            raise ScheduleError(f"loss weights must be >= 0, got {v}", path=path)
-    return LossWeight(start, end)
-
-
-def _final_weight(value: Any) -> Union[float, str]:
-    if value == AUTO:
-        return AUTO
-    if isinstance(value, str) and not _numeric(value):
-        raise ScheduleError(f"final_loss_weight is a number or `auto`, got {value!r}", path="final_loss_weight",
-                            suggestions=suggest(value, [AUTO]))
-    weight = _number(value, "final_loss_weight")
-    if weight < 0:
-        raise ScheduleError(f"final_loss_weight must be >= 0, got {weight}", path="final_loss_weight")
-    return weight
-
-
-def _numeric(text: str) -> bool:
+    if not isinstance(raw, Mapping):
+        raise ArgumentError(f"exit {name!r} must be a mapping, got {type(raw).__name__}", ("exits", name))
     try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+        return ExitSpec(name=name, **bind(ExitSpec, raw, owner=f"exit {name!r}", mapping=True))
+    except ArgumentError as err:
+        raise err.under("exits", name) from None
 
 
-def _patience(config: Mapping[str, Any], criterion: str, exits: List[ExitSpec]) -> Optional[int]:
-    uses = criterion == "patience" or any(e.criterion == "patience" for e in exits)
-    if "patience" not in config:
-        needed = [e.name for e in exits if (e.criterion or criterion) == "patience" and e.threshold is None]
-        if needed:
-            raise ScheduleError(f"the patience criterion needs `patience: k` (exit {needed[0]!r} has no threshold)",
-                                path="")
-        return None
-    if not uses:
-        raise ScheduleError("`patience` applies only to the patience criterion", path="patience",
-                            valid=["patience"])
-    value = config["patience"]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ScheduleError(f"patience must be an integer >= 1, got {value!r}", path="patience")
-    return value
+def _check_patience(spec: EarlyExitSpec, given: Mapping[str, Any]) -> None:
+    """An instance-wide threshold key (``patience``) is given exactly when a criterion of the exits needs it."""
+    for key in sorted({get_criterion(n).threshold_key for n in EXIT_CRITERIA.names()} - {None}):
+        keyed = [e for e, c in zip(spec.exits, spec.criteria()) if get_criterion(c).threshold_key == key]
+        if key not in given:
+            needed = [e.name for e in keyed if e.threshold is None]
+            if needed:
+                name = get_criterion(keyed[0].criterion or spec.criterion).name
+                raise ArgumentError(f"the {name} criterion needs `{key}: k` (exit {needed[0]!r} has no threshold)")
+        elif not keyed:
+            users = [n for n in EXIT_CRITERIA.names() if get_criterion(n).threshold_key == key]
+            raise ArgumentError(f"`{key}` applies only to the {' or '.join(users)} criterion", (key,), valid=users)
 
 
-def _learned_blocks(spec: EarlyExitSpec, config: Mapping[str, Any]) -> None:
-    """The ``gate`` / ``learned_policy`` block of a learned criterion, which applies to every exit."""
-    for key, crit in (("gate", "gate"), ("learned_policy", "learned")):
-        if key in config and spec.criterion != crit:
-            raise ScheduleError(f"`{key}` applies to `criterion: {crit}`, but the instance's criterion is "
-                                f"{spec.criterion}", path=key)
+def _decider_blocks(spec: EarlyExitSpec, args: InstanceArguments) -> None:
+    """The block of a learned criterion (``gate`` / ``learned_policy``), which applies to every exit."""
+    for key in DECIDER_BLOCKS:
+        if getattr(args, key) is not None and spec.decider_block != key:
+            owner = next(n for n in EXIT_CRITERIA.names() if get_criterion(n).settings_key == key)
+            raise ArgumentError(f"`{key}` applies to `criterion: {owner}`, but the instance's criterion is "
+                                f"{spec.criterion}", (key,))
+    learned = get_criterion(spec.criterion).learned
     for e in spec.exits:
-        mixed = e.criterion is not None and (e.criterion in LEARNED_CRITERIA) != (spec.criterion in LEARNED_CRITERIA)
-        if mixed or (e.criterion in LEARNED_CRITERIA and e.criterion != spec.criterion):
-            raise ScheduleError(f"exit {e.name!r}: learned decisions (gate, learned) apply to every exit; set them "
-                                f"as the instance's `criterion`, not per exit", path=f"exits.{e.name}.criterion")
-    if spec.criterion == "gate":
-        raw = _mapping(config.get("gate", {}), "gate", "`gate`")
-        _check_keys(raw, GATE_KEYS, "gate")
-        spec.gate = GateSpec(head=parse_head(raw.get("head"), "gate.head"),
-                             loss_weight=_loss_weight(raw.get("loss_weight", 1.0), "gate.loss_weight"),
-                             cost_weight=_loss_weight(raw.get("cost_weight", DEFAULT_COST_WEIGHT), "gate.cost_weight"))
-    elif spec.criterion == "learned":
-        raw = _mapping(config.get("learned_policy", {}), "learned_policy", "`learned_policy`")
-        _check_keys(raw, LEARNED_POLICY_KEYS, "learned_policy")
-        tradeoff = _number(raw.get("tradeoff", DEFAULT_TRADEOFF), "learned_policy.tradeoff")
-        if tradeoff < 0:
-            raise ScheduleError(f"the trade-off must be >= 0 (errors per sample that one backbone's worth of MACs "
-                                f"is worth), got {tradeoff:g}", path="learned_policy.tradeoff")
-        spec.learned_policy = LearnedPolicySpec(head=parse_head(raw.get("head"), "learned_policy.head"),
-                                                tradeoff=tradeoff)
-
-
-def _stages(value: Any) -> Optional[List[str]]:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ScheduleError("`stages` must be a non-empty list of top-level module names", path="stages")
-    return list(value)
+        mixed = e.criterion is not None and get_criterion(e.criterion).learned != learned
+        if mixed or (e.criterion is not None and learned and e.criterion != spec.criterion):
+            names = ", ".join(n for n in EXIT_CRITERIA.names() if get_criterion(n).learned)
+            raise ArgumentError(f"exit {e.name!r}: learned decisions ({names}) apply to every exit; set them as the "
+                                f"instance's `criterion`, not per exit", ("exits", e.name, "criterion"))
+    key = spec.decider_block
+    if key is not None:
+        setattr(spec, key, getattr(args, key) or DECIDER_BLOCKS[key]())
 
 
 def _check_thresholds(spec: EarlyExitSpec) -> None:
     for e, crit, thr in zip(spec.exits, spec.criteria(), spec.thresholds()):
         if thr is None:
             continue
-        problem = get_criterion(crit).check_threshold(thr)
+        criterion = get_criterion(crit)
+        problem = criterion.check_threshold(thr)
         if problem:
-            where = f"exits.{e.name}.threshold" if e.threshold is not None else "patience"
-            raise ScheduleError(f"the {crit} threshold must be {problem}, got {thr!r}", path=where)
+            where = ("exits", e.name, "threshold") if e.threshold is not None else (criterion.threshold_key,)
+            raise ArgumentError(f"the {crit} threshold must be {problem}, got {thr!r}", where)
 
 
 def _check_auto_weight(spec: EarlyExitSpec) -> None:
@@ -455,6 +479,5 @@ def _check_auto_weight(spec: EarlyExitSpec) -> None:
     for label, total in (("start", sum(e.loss_weight.start for e in spec.exits)),
                          ("end", sum(e.loss_weight.end for e in spec.exits))):
         if total > 1.0 + 1e-9:
-            raise ScheduleError(f"final_loss_weight `auto` is 1 - sum of the exits' loss weights, but they sum to "
-                                f"{total:g} (ramp {label}); lower them or give a number",
-                                path="final_loss_weight")
+            raise ArgumentError(f"final_loss_weight `auto` is 1 - sum of the exits' loss weights, but they sum to "
+                                f"{total:g} (ramp {label}); lower them or give a number", ("final_loss_weight",))

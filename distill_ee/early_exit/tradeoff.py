@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .criteria import CriterionArg, ExitCriterion, criteria_list
+from .criteria import CriterionArg, ExitCriterion, criteria_list, rule_threshold
 from .decisions import decide_exits
 
 #: quantile levels per exit by number of early exits (more exits: ``DESCENT_CANDIDATES``)
@@ -41,13 +41,6 @@ MAX_SWEEPS = 10
 CHUNK_ELEMENTS = 1 << 24
 #: top-1 points given up per point of MACs fraction, in the descents that trace the front past the grid
 TRADE_RATES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-
-#: threshold conversion for criteria without ``threshold_for``: exit iff confidence > cut
-_THRESHOLD_BY_NAME: Dict[str, Callable[[float], float]] = {
-    "entropy": lambda cut: -cut,
-    "max_prob": lambda cut: math.nextafter(cut, math.inf),
-    "margin": lambda cut: math.nextafter(cut, math.inf),
-}
 
 
 # --------------------------------------------------------------------------- costs and points
@@ -206,11 +199,12 @@ def criterion_threshold(criterion: ExitCriterion, cut: float) -> Optional[float]
     try:
         value = float(criterion.threshold_for(cut))
     except (NotImplementedError, AttributeError):
-        convert = _THRESHOLD_BY_NAME.get(criterion.name)
-        if convert is None:
+        try:
+            value = rule_threshold(criterion, cut)
+        except NotImplementedError:
             raise ConfigError(f"the {criterion.name} criterion cannot be calibrated: it does not say which "
-                              f"threshold matches a confidence (ExitCriterion.threshold_for)") from None
-        value = convert(cut)
+                              f"threshold matches a confidence (its leave rule, or ExitCriterion.threshold_for)"
+                              ) from None
     if not math.isfinite(value) or criterion.check_threshold(value) is not None:
         return None
     return value

@@ -135,6 +135,12 @@ class Policy:
         and raise what would fail there: the schedule builder calls it once, so that a component that does
         not fit the model fails when the schedule loads, not in some later epoch. Never changes ``model``."""
 
+    def trained_parameters(self) -> List[nn.Parameter]:
+        """Attachment parameters this policy's training steps reach now (an exit policy's branches in its due
+        epochs); under DistributedDataParallel the parameters of kinds trained only by policies that no policy
+        reaches now are left out of what DDP synchronises (``distill_ee.attachment.idle_parameters``)."""
+        return []
+
     def pending_outputs(self) -> List[torch.Tensor]:
         """Tensors the last forward pass computed for this policy's loss term outside the model's output (exit
         logits); DistributedDataParallel must see them to know which parameters the loss will reach."""
@@ -170,7 +176,7 @@ class Policy:
         return f"{type(self).__name__}({self.name!r})"
 
 
-#: sections whose components are policies themselves (no ``args``); quantizers have no classes yet
+#: sections whose components are policies themselves (no ``args``)
 add_section(Section("quantizers", "quantizer", QUANTIZERS, order=30))
 add_section(Section("extensions", "extension", EXTENSIONS, order=50))
 

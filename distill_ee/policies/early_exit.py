@@ -95,7 +95,7 @@ class EarlyExitPolicy(Policy):
         return self._gate_weights[1]
 
     def _gated(self) -> bool:
-        return "gate" in self.exits.exit_set.criteria
+        return self.exits.exit_set.trained_with_network
 
     @property
     def trains_branches(self) -> bool:
@@ -103,8 +103,10 @@ class EarlyExitPolicy(Policy):
         return self.hooks.enabled
 
     def trained_parameters(self) -> List[torch.nn.Parameter]:
-        """What the joint loss trains: every branch, and the gates of gated exits (not the deciders of a
-        learned policy, which are trained after the network)."""
+        """What the joint loss trains while the policy runs: every branch, and the gates of gated exits (not the
+        deciders of a learned policy, which are trained after the network); nothing outside its due epochs."""
+        if not self.trains_branches:
+            return []
         exit_set = self.exits.exit_set
         params = [p for branch in exit_set.branch_list() for p in branch.parameters()]
         if self._gated():

@@ -2,8 +2,8 @@
 
 The backbone's parameters stop requiring gradients for the policy's epochs (so the optimizer leaves them
 exactly as they are: no gradient, no momentum, no weight decay), and during each training step its modules
-run in eval mode, so that batch-norm statistics do not move either. Exit branches and routing are not the
-backbone (``early_exit.exits.backbone_parameters``).
+run in eval mode, so that batch-norm statistics do not move either. No attachment (exit branches, routing,
+quantization) is the backbone (``distill_ee.attachment.backbone_parameters``).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import List
 
 from torch import nn
 
-from ..early_exit.exits import backbone_modules, backbone_parameters
+from ..attachment import backbone_modules, backbone_parameters
 from ..modules import unwrap
 
 

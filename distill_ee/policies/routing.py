@@ -36,19 +36,21 @@ outside the routing windows uses the greedy decisions, and inference skips block
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Dict, Literal, Optional
+from typing import Annotated, Any, Dict, List, Literal, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..arguments import ArgumentError, NonNegativeInt, Range
 from ..distributed import sum_across
 from ..errors import DistillEEError
 from ..modules import unwrap
 from ..registry import ROUTING, Section, add_section
-from ..routing.blockdrop import block_reward, curriculum_blocks
+from ..routing.blockdrop import BlockDrop, block_reward, curriculum_blocks
 from ..routing.component import Routing
 from ..routing.router import RoutingSet
+from ..routing.skipnet import SkipGates
 from .base import HookContext, LossComponent, Policy, PolicyLoss
 from .freeze import BackboneFreeze
 
@@ -93,16 +95,22 @@ class RoutingPolicy(Policy):
     def from_component(cls, component: Any, args: Optional[RoutingArgs], name: str) -> "RoutingPolicy":
         """The policy training ``component`` (SkipGates or BlockDrop) with the entry's ``args``."""
         args = args or RoutingArgs()
-        if component.kind == "BlockDrop":
-            _refuse(args, SKIPNET_ONLY, "SkipGates")
-            return BlockDropPolicy.from_args(component, args, name)
-        _refuse(args, BLOCKDROP_ONLY, "BlockDrop")
-        return SkipNetPolicy.from_args(component, args, name)
+        policy = next((p for kind, p in POLICY_OF.items() if isinstance(component, kind)), None)
+        if policy is None:
+            raise DistillEEError(f"no routing policy trains {type(component).__name__}")
+        for component_type, other in POLICY_OF.items():
+            if other is not policy:
+                _refuse(args, other.own_args, component_type.__name__)
+        return policy.from_args(component, args, name)
 
     @property
     def trains_routing(self) -> bool:
         """True from a due epoch's begin to its end: training steps use (and train) the gates or policy."""
         return self._running
+
+    def trained_parameters(self) -> List[nn.Parameter]:
+        """The gates' or policy network's parameters while the policy runs (nothing trains them otherwise)."""
+        return list(self.set.parameters()) if self._running else []
 
     @property
     def set(self) -> RoutingSet:
@@ -192,6 +200,9 @@ def _labels(target: torch.Tensor) -> torch.Tensor:
 class SkipNetPolicy(RoutingPolicy):
     """SkipNet's supervised phase (cost-regularised soft or hard gates) or hybrid RL phase."""
 
+    #: the entry args only this policy takes
+    own_args = SKIPNET_ONLY
+
     def __init__(self, routing: Routing, name: str, phase: str, alpha: float, hard: bool, freeze: bool):
         super().__init__(routing, name, freeze_backbone=freeze)
         self.phase, self.alpha, self.hard = phase, float(alpha), bool(hard)
@@ -236,6 +247,8 @@ class SkipNetPolicy(RoutingPolicy):
 
 class BlockDropPolicy(RoutingPolicy):
     """BlockDrop's curriculum policy learning (frozen backbone) or joint fine-tuning."""
+
+    own_args = BLOCKDROP_ONLY
 
     train_mode = "sample"
 
@@ -308,5 +321,8 @@ class BlockDropPolicy(RoutingPolicy):
             routing.train_mode = self.train_mode
         return out
 
+
+#: the policy that trains each routing class (one table, keyed by the component's type)
+POLICY_OF: Dict[type, Any] = {SkipGates: SkipNetPolicy, BlockDrop: BlockDropPolicy}
 
 add_section(Section("routing", "routing", ROUTING, order=55, policy=RoutingPolicy, build_order=0))

@@ -11,7 +11,7 @@ exactly as Distiller's ``AutomatedGradualPrunerBase.compute_target_sparsity``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Type
 
 import torch
 
@@ -153,37 +153,34 @@ class StructuredAGP(AutomatedGradualPrunerBase):
         self.pruner.load_state_dict(state)
 
 
+class RankedAGP(StructuredAGP):
+    """Structure AGP whose ranked pruner, of class ``ranked``, is built from the schedule's arguments."""
+
+    ranked: Type[RankedStructurePruner]
+
+    def __init__(
+        self,
+        name: str,
+        initial_sparsity: Fraction,
+        final_sparsity: Fraction,
+        group_type: str,
+        weights: ParamNames,
+        group_dependency: Optional[str] = None,
+        kwargs: Optional[Dict[str, Any]] = None,
+    ):
+        pruner = self.ranked(name, group_type, 0, weights, group_dependency, kwargs)
+        super().__init__(name, initial_sparsity, final_sparsity, pruner)
+
+
 @PRUNERS.register()
-class L1RankedStructureParameterPruner_AGP(StructuredAGP):
+class L1RankedStructureParameterPruner_AGP(RankedAGP):
     """AGP over groups ranked by mean absolute value."""
 
-    def __init__(
-        self,
-        name: str,
-        initial_sparsity: Fraction,
-        final_sparsity: Fraction,
-        group_type: str,
-        weights: ParamNames,
-        group_dependency: Optional[str] = None,
-        kwargs: Optional[Dict[str, Any]] = None,
-    ):
-        ranked = L1RankedStructureParameterPruner(name, group_type, 0, weights, group_dependency, kwargs)
-        super().__init__(name, initial_sparsity, final_sparsity, ranked)
+    ranked = L1RankedStructureParameterPruner
 
 
 @PRUNERS.register()
-class L2RankedStructureParameterPruner_AGP(StructuredAGP):
+class L2RankedStructureParameterPruner_AGP(RankedAGP):
     """AGP over groups ranked by size-normalised L2 norm."""
 
-    def __init__(
-        self,
-        name: str,
-        initial_sparsity: Fraction,
-        final_sparsity: Fraction,
-        group_type: str,
-        weights: ParamNames,
-        group_dependency: Optional[str] = None,
-        kwargs: Optional[Dict[str, Any]] = None,
-    ):
-        ranked = L2RankedStructureParameterPruner(name, group_type, 0, weights, group_dependency, kwargs)
-        super().__init__(name, initial_sparsity, final_sparsity, ranked)
+    ranked = L2RankedStructureParameterPruner

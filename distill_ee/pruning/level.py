@@ -1,15 +1,15 @@
 """Pruning to an exact sparsity level per weight (Distiller's SparsityLevelParameterPruner)."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Mapping, Optional
 
 import torch
 
 from ..arguments import ParamMap, UnitInterval
 from ..registry import PRUNERS
 from .magnitude import threshold_mask
-from .masks import ParameterMasker
-from .pruner import Pruner, check_fraction_map, num_to_prune, per_weight_value
+from .per_weight import PerWeightPruner
+from .pruner import check_fraction_map, num_to_prune
 
 
 @torch.no_grad()
@@ -27,26 +27,17 @@ def level_mask(param: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 @PRUNERS.register()
-class SparsityLevelParameterPruner(Pruner):
+class SparsityLevelParameterPruner(PerWeightPruner):
     """Prunes each named weight to the sparsity level given for it (``'*'``: any other weight)."""
 
     def __init__(self, name: str, levels: ParamMap[UnitInterval]):
         super().__init__(name)
         self.levels = check_fraction_map(f"SparsityLevelParameterPruner {name!r}", "levels", levels)
 
-    def handles(self, param_name: str) -> bool:
-        """True when ``param_name`` has a level of its own or there is a ``'*'`` default."""
-        return per_weight_value(self.levels, param_name) is not None
+    def values(self) -> Mapping[str, float]:
+        """The sparsity level of each weight."""
+        return self.levels
 
-    def set_param_mask(
-        self,
-        param: torch.Tensor,
-        param_name: str,
-        zeros_mask_dict: Dict[str, ParameterMasker],
-        meta: Dict[str, Any],
-    ) -> None:
+    def mask_of(self, param: torch.Tensor, param_name: str, value: float) -> Optional[torch.Tensor]:
         """Mask the smallest elements of ``param`` so that it reaches its level (a level of 0 sets nothing)."""
-        level = per_weight_value(self.levels, param_name)
-        if not level:
-            return
-        zeros_mask_dict[param_name].mask = level_mask(param, level)
+        return level_mask(param, value) if value else None

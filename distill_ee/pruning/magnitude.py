@@ -1,14 +1,14 @@
 """Magnitude pruning with a fixed threshold per weight (Distiller's MagnitudeParameterPruner)."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Mapping, Optional
 
 import torch
 
 from ..arguments import ParamMap
 from ..registry import PRUNERS
-from .masks import ParameterMasker
-from .pruner import Pruner, binary_mask, check_number_map, per_weight_value
+from .per_weight import PerWeightPruner
+from .pruner import binary_mask, check_number_map
 
 
 @torch.no_grad()
@@ -18,7 +18,7 @@ def threshold_mask(param: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 @PRUNERS.register()
-class MagnitudeParameterPruner(Pruner):
+class MagnitudeParameterPruner(PerWeightPruner):
     """Prunes every element whose magnitude is at most the weight's threshold.
 
     ``thresholds`` maps weight names to thresholds; the key ``'*'`` applies to every other parameter
@@ -29,19 +29,10 @@ class MagnitudeParameterPruner(Pruner):
         super().__init__(name)
         self.thresholds = check_number_map(f"MagnitudeParameterPruner {name!r}", "thresholds", thresholds)
 
-    def handles(self, param_name: str) -> bool:
-        """True when ``param_name`` has a threshold of its own or there is a ``'*'`` default."""
-        return per_weight_value(self.thresholds, param_name) is not None
+    def values(self) -> Mapping[str, float]:
+        """The threshold of each weight."""
+        return self.thresholds
 
-    def set_param_mask(
-        self,
-        param: torch.Tensor,
-        param_name: str,
-        zeros_mask_dict: Dict[str, ParameterMasker],
-        meta: Dict[str, Any],
-    ) -> None:
+    def mask_of(self, param: torch.Tensor, param_name: str, value: float) -> Optional[torch.Tensor]:
         """Mask the elements of ``param`` at or below its threshold."""
-        threshold = per_weight_value(self.thresholds, param_name)
-        if threshold is None:
-            return
-        zeros_mask_dict[param_name].mask = threshold_mask(param, threshold)
+        return threshold_mask(param, value)

@@ -7,19 +7,19 @@ pruning goes on more weights fall below the fixed threshold.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
 from ..arguments import ParamMap
 from ..registry import PRUNERS
 from .magnitude import threshold_mask
-from .masks import ParameterMasker
-from .pruner import Pruner, check_number_map, per_weight_value
+from .per_weight import PerWeightPruner
+from .pruner import check_number_map
 
 
 @PRUNERS.register()
-class SensitivityPruner(Pruner):
+class SensitivityPruner(PerWeightPruner):
     """Prunes elements below ``sensitivity * std(weight)``; ``'*'`` gives the sensitivity of any other weight."""
 
     def __init__(self, name: str, sensitivities: ParamMap[float]):
@@ -27,24 +27,15 @@ class SensitivityPruner(Pruner):
         self.sensitivities = check_number_map(f"SensitivityPruner {name!r}", "sensitivities", sensitivities)
         self.stddev: Dict[str, float] = {}
 
-    def handles(self, param_name: str) -> bool:
-        """True when ``param_name`` has a sensitivity of its own or there is a ``'*'`` default."""
-        return per_weight_value(self.sensitivities, param_name) is not None
+    def values(self) -> Mapping[str, float]:
+        """The sensitivity of each weight."""
+        return self.sensitivities
 
-    def set_param_mask(
-        self,
-        param: torch.Tensor,
-        param_name: str,
-        zeros_mask_dict: Dict[str, ParameterMasker],
-        meta: Dict[str, Any],
-    ) -> None:
-        """Mask the elements of ``param`` whose magnitude is at most its threshold."""
-        sensitivity = per_weight_value(self.sensitivities, param_name)
-        if sensitivity is None:
-            return
+    def mask_of(self, param: torch.Tensor, param_name: str, value: float) -> Optional[torch.Tensor]:
+        """Mask the elements of ``param`` whose magnitude is at most its sensitivity times its (first) std."""
         if param_name not in self.stddev:
             self.stddev[param_name] = torch.std(param.detach()).item()
-        zeros_mask_dict[param_name].mask = threshold_mask(param, self.stddev[param_name] * sensitivity)
+        return threshold_mask(param, self.stddev[param_name] * value)
 
     def state_dict(self) -> Dict[str, Any]:
         """The standard deviations measured so far."""

@@ -23,7 +23,7 @@ statistics. The int8 kernels themselves run on ONNX Runtime (``distill_ee.deploy
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -250,6 +250,10 @@ class QuantAwareTrainRangeLinearQuantizer(Policy):
         """Train quantized from now on."""
         self.qset.active = True
 
+    def trained_parameters(self) -> List[nn.Parameter]:
+        """The quantization's learned values (PACT's clipping values) once it is on."""
+        return list(self.qset.parameters()) if self.qset.active else []
+
 
 def _research_bits(value: Optional[int], path: Tuple[Any, ...]) -> Optional[int]:
     """Distiller's convention for DoReFa / PACT: 32 bits (or null) means not quantized."""
@@ -309,6 +313,10 @@ class _ResearchQuantizer(Policy):
     def on_epoch_begin(self, ctx: Any) -> None:
         """Train quantized from now on."""
         self.qset.active = True
+
+    def trained_parameters(self) -> List[nn.Parameter]:
+        """The quantization's learned values (PACT's clipping values) once it is on."""
+        return list(self.qset.parameters()) if self.qset.active else []
 
 
 @QUANTIZERS.register("DorefaQuantizer")

@@ -1,27 +1,27 @@
 """QuantizationSet: simulated (fake) quantization of a model's convolutions and linear layers, names kept.
 
-Attached as ``model.quantization``, the set holds every quantized layer's settings and its activation ranges
-(buffers, saved with ``model.state_dict()``). Each quantized layer keeps its parameters where they are
-(``conv1.weight`` stays ``conv1.weight``, so pruning masks, exits and schedules still find them); only its
-``forward`` goes through the set, which quantizes the layer's input, its weights (from the current float
-weights, per output channel if asked) and its output, each to its bits and mode, and computes in float in
-between (what integer kernels give, up to the accumulator's rounding). Pruned weights stay exactly zero: both
-modes represent 0 exactly.
+Attached as ``model.quantization`` (``distill_ee.attachment.attach``), the set holds every quantized layer's
+settings and its activation ranges (buffers, saved with ``model.state_dict()``). Each quantized layer keeps its
+parameters where they are (``conv1.weight`` stays ``conv1.weight``, so pruning masks, exits and schedules still
+find them); only its ``forward`` goes through the set, which quantizes the layer's input, its weights (from the
+current float weights, per output channel if asked) and its output, each to its bits and mode, and computes in
+float in between (what integer kernels give, up to the accumulator's rounding). Pruned weights stay exactly
+zero: both modes represent 0 exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import CheckpointError, DistillEEError
-from ..modules import unwrap
-from ..structure import (STEP_KINDS, ReplayContext, Step, StepKind, forget_step, record_step, structure_steps,
-                         swap_into_optimizer)
+from ..attachment import Attachment, Handle, attach, attachment_of, detach, own_forward, register_attachment
+from ..attachment import replace_forward
+from ..errors import DistillEEError
 from .linear import ClipMode, LinearQuantMode, fake_quantize, quant_params, stats_range, weight_range
 
 #: the attribute of the user's model that holds its QuantizationSet
@@ -82,8 +82,14 @@ class _Ranges(nn.Module):
             getattr(self, name).copy_(biased / correction)
 
 
-class QuantizationSet(nn.Module):
+@register_attachment
+class QuantizationSet(Attachment):
     """The quantized layers of a model by name, their settings and activation ranges."""
+
+    kind = QUANT_STEP
+    attribute = QUANT_ATTR
+    noun = "quantization"
+    trained_by_policies = True
 
     def __init__(self, settings: Mapping[str, LayerSettings], instance_name: str = "",
                  ema_decay: Optional[float] = None):
@@ -97,6 +103,41 @@ class QuantizationSet(nn.Module):
         #: quantization-aware training: activation ranges tracked by EMA in training mode (None: fixed ranges)
         self.ema_decay = ema_decay
         self.active = True
+
+    # ----------------------------------------------------------------- the attachment protocol
+    def install(self, model: nn.Module) -> List[Handle]:
+        """Every quantized layer's forward through ``run``."""
+        modules = dict(model.named_modules())
+        for name in self.layers:
+            if not isinstance(modules.get(name), QUANTIZABLE):
+                raise DistillEEError(f"{name!r} is not a convolution or linear layer of the model")
+        return [replace_forward(modules[name], functools.partial(self.run, name, modules[name],
+                                                                 own_forward(modules[name])))
+                for name in self.layers]
+
+    def step_config(self) -> Dict[str, Any]:
+        """The EMA decay and every layer's settings."""
+        return {"ema_decay": self.ema_decay, "layers": {n: s.to_config() for n, s in self.settings.items()}}
+
+    @classmethod
+    def from_step(cls, model: nn.Module, step: Mapping[str, Any]) -> "QuantizationSet":
+        """The quantization of a saved step (its ranges come with the checkpoint's weights)."""
+        settings = {str(n): LayerSettings(**dict(s)) for n, s in dict(step["layers"]).items()}
+        decay = step.get("ema_decay")
+        return cls(settings, str(step.get("name", "")), None if decay is None else float(decay))
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """The layers in float for the length of the block."""
+        was, self.active = self.active, False
+        try:
+            yield
+        finally:
+            self.active = was
+
+    def exported(self) -> ContextManager[None]:
+        """Float while the graph is exported: int8 comes from the runtime's own kernels."""
+        return self.suspended()
 
     def get_extra_state(self) -> Dict[str, Any]:
         """Whether the quantization is on (saved with the model)."""
@@ -221,80 +262,20 @@ def _fake(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bits: int, mod
 
 def quantization_of(model: nn.Module) -> Optional[QuantizationSet]:
     """The model's QuantizationSet (None when it has none)."""
-    found = getattr(model, QUANT_ATTR, None)
-    return found if isinstance(found, QuantizationSet) else None
+    return attachment_of(model, QuantizationSet)
 
 
 def attach_quantization(model: nn.Module, qset: QuantizationSet) -> QuantizationSet:
-    """Register ``qset`` as ``model.quantization``, route its layers' forward through it and record the
-    structure step that rebuilds it on a fresh model."""
-    if hasattr(model, QUANT_ATTR):
-        raise DistillEEError(f"the model already has an attribute {QUANT_ATTR!r}: it is quantized once")
-    modules = dict(model.named_modules())
-    for name in qset.layers:
-        module = modules.get(name)
-        if not isinstance(module, QUANTIZABLE):
-            raise DistillEEError(f"{name!r} is not a convolution or linear layer of the model")
-        original = type(module).forward.__get__(module)
-        module.forward = functools.partial(qset.run, name, module, original)
-    setattr(model, QUANT_ATTR, qset)
-    record_step(model, {"kind": QUANT_STEP, "name": qset.instance_name, "ema_decay": qset.ema_decay,
-                        "layers": {n: s.to_config() for n, s in qset.settings.items()}})
-    return qset
+    """Attach ``qset`` as ``model.quantization``: its layers' forward routed through it, the step recorded."""
+    return attach(model, qset)
 
 
 def detach_quantization(model: nn.Module) -> Optional[QuantizationSet]:
     """Remove the quantization; the layers run in float again."""
-    qset = quantization_of(model)
-    if qset is None:
-        return None
-    modules = dict(model.named_modules())
-    for name in qset.layers:
-        modules[name].__dict__.pop("forward", None)
-    delattr(model, QUANT_ATTR)
-    for step in structure_steps(model):
-        if step.get("kind") == QUANT_STEP:
-            forget_step(model, step)
-    return qset
+    return detach(model, QuantizationSet)
 
 
 def quantizable_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """(name, module) of every convolution and linear layer of the model, exit branches included (they run at
     inference too)."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
-
-
-class QuantizationStep(StepKind):
-    """Replays ``{"kind": "quantization", "name", "ema_decay", "layers": {name: settings}}``."""
-
-    def replay(self, model: nn.Module, step: Step, ctx: ReplayContext) -> QuantizationSet:
-        """Attach the saved quantization (its ranges come with the checkpoint's weights)."""
-        try:
-            settings = {str(n): LayerSettings(**dict(s)) for n, s in dict(step["layers"]).items()}
-            decay = step.get("ema_decay")
-            qset = QuantizationSet(settings, str(step.get("name", "")), None if decay is None else float(decay))
-            attach_quantization(unwrap(model), qset)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"malformed quantization step ({err})") from None
-        except DistillEEError as err:
-            raise CheckpointError(f"the saved quantization does not fit this model: {err}") from None
-        swap_into_optimizer(ctx, ctx.detached.pop(f"quantization:{step.get('name', '')}", None),
-                            list(qset.parameters()))  # PACT's clipping values, if any
-        return qset
-
-    def undo(self, model: nn.Module, step: Step, ctx: ReplayContext) -> None:
-        """Put the layers back in float; PACT's clipping values are swapped for the replayed ones."""
-        removed = detach_quantization(unwrap(model))
-        if removed is not None:
-            ctx.detached[f"quantization:{step.get('name', '')}"] = list(removed.parameters())
-
-    def state_prefixes(self, step: Step) -> List[str]:
-        """The QuantizationSet's keys: ``quantization.``."""
-        return [f"{QUANT_ATTR}."]
-
-    def describe(self, step: Step) -> str:
-        """``quantization 'qat'``."""
-        return f"quantization {step.get('name', '')!r}"
-
-
-STEP_KINDS.add(QUANT_STEP, QuantizationStep())

@@ -14,6 +14,7 @@ module and key.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
@@ -25,6 +26,8 @@ from ..atomic import atomic_write_text
 from ..early_exit.exits import EarlyExits
 from ..errors import ConfigError
 from ..modules import eval_mode
+from ..temporary_hooks import removing
+from .quantset import quantization_of
 
 STAT_KEYS = ("min", "max", "avg_min", "avg_max", "mean", "std")
 Stats = Dict[str, Dict[str, Any]]
@@ -82,19 +85,11 @@ def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], names: Opti
     # exit branches run too; the multi-exit model is made first (making it runs the model on a dummy batch)
     run = exits.multi_exit_model().simulate if exits is not None else model
     handles = [modules[n].register_forward_hook(hook(n)) for n in chosen]
-    qset = getattr(model, "quantization", None)
-    was = getattr(qset, "active", None)
-    if was is not None:
-        qset.active = False  # the float model's statistics (what the ranges are taken from)
-    try:
-        with eval_mode(model), torch.no_grad():
-            for x in batches:
-                run(x)
-    finally:
-        for h in handles:
-            h.remove()
-        if was is not None:
-            qset.active = was
+    qset = quantization_of(model)
+    # the float model's statistics (what the ranges are taken from)
+    with removing(handles), eval_mode(model), torch.no_grad(), qset.suspended() if qset else nullcontext():
+        for x in batches:
+            run(x)
     out: Stats = {}
     for name, entry in running.items():
         if entry["output"].batches == 0:

@@ -27,7 +27,8 @@ from ..context import BuildContext
 from ..errors import DistillEEError
 from ..registry import ROUTING
 from ..summaries import module_macs
-from .component import BlockFacts, Routing, build_routing, register_set
+from .blocks import BlockFacts
+from .component import Routing, build_routing
 from .policy_net import PolicyNet
 from .router import RoutingSet
 from .skipnet import Width
@@ -156,14 +157,12 @@ class BlockDrop(Routing):
                                         "policy_blocks": policy_blocks, "policy_downsample": policy_downsample,
                                         "batch_strategy": batch_strategy})
 
-
-def _make(model: nn.Module, facts: BlockFacts, config: Dict[str, Any], name: str) -> BlockDropSet:
-    made = BlockDropSet(facts.blocks, facts.block_macs, facts.backbone_macs, int(facts.input_shape[0]),
-                        width=int(config.get("policy_width", 16)), depth=int(config.get("policy_blocks", 1)),
-                        downsample=int(config.get("policy_downsample", 2)),
-                        batch_strategy=str(config.get("batch_strategy", "patterns")), instance_name=name)
-    made.measure_policy(facts.input_shape)
-    return made
-
-
-register_set("BlockDrop", _make)
+    @classmethod
+    def make_set(cls, model: nn.Module, facts: BlockFacts, config: Dict[str, Any], name: str) -> BlockDropSet:
+        """The policy network over the input image, one keep probability per block."""
+        made = BlockDropSet(facts.blocks, facts.block_macs, facts.backbone_macs, int(facts.input_shape[0]),
+                            width=int(config.get("policy_width", 16)), depth=int(config.get("policy_blocks", 1)),
+                            downsample=int(config.get("policy_downsample", 2)),
+                            batch_strategy=str(config.get("batch_strategy", "patterns")), instance_name=name)
+        made.measure_policy(facts.input_shape)
+        return made

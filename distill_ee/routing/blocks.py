@@ -18,7 +18,7 @@ from torch import nn
 
 from ..arguments import ArgumentError
 from ..dynamic import static_compute
-from ..modules import eval_mode, expand_name, is_pattern, module_names, strip_module_prefix
+from ..modules import eval_mode, example_input, expand_name, is_pattern, module_names, strip_module_prefix
 from ..registry import suggest
 from ..summaries import module_macs
 
@@ -135,6 +135,33 @@ def _why_not_skippable(model: nn.Module, name: str, calls: Dict[str, BlockCall])
     if not is_residual(block):
         return "its forward adds nothing to its input (not a residual block)"
     return ""
+
+
+@dataclass
+class BlockFacts:
+    """What a routing set is built from: the blocks, their MACs, the backbone's, and each block's input."""
+
+    blocks: List[str]
+    block_macs: List[int]
+    backbone_macs: int
+    channels: List[int]
+    input_shape: List[int]
+
+
+def block_facts(model: nn.Module, blocks: List[str], input_shape: List[int]) -> BlockFacts:
+    """Measure the blocks of ``model`` on an example input of ``input_shape``."""
+    x = example_input(model, input_shape, batch=2)
+    macs, total = block_costs(model, blocks, x)
+    channels: Dict[str, int] = {}
+    handles = [model.get_submodule(b).register_forward_pre_hook(
+        lambda m, args, b=b: channels.__setitem__(b, int(args[0].shape[1]))) for b in blocks]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return BlockFacts(list(blocks), macs, total, [channels[b] for b in blocks], list(input_shape))
 
 
 def block_costs(model: nn.Module, blocks: Sequence[str], example: torch.Tensor) -> Tuple[List[int], int]:

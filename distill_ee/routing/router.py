@@ -1,9 +1,13 @@
 """RoutingSet: per-sample skipping of residual blocks, attached to a model as ``model.routing``.
 
-Attaching a routing set leaves the model's module and parameter names as they are: each routed block keeps
-its place and only its ``forward`` is routed through the set, which decides per sample whether the block runs
-(``keep_probability``, given by SkipNet gates or BlockDrop's policy network). A skipped block passes its input
-on unchanged (the identity shortcut).
+Attaching a routing set (``distill_ee.attachment.attach``) leaves the model's module and parameter names as
+they are: each routed block keeps its place and only its ``forward`` is routed through the set (the handles
+``install`` returns undo it), which decides per sample whether the block runs (``keep_probability``, given by
+SkipNet gates or BlockDrop's policy network). A skipped block passes its input on unchanged (the identity
+shortcut). The structure step holds the routing class, its resolved configuration and the input shape::
+
+    {"kind": "routing", "name": "skip", "class": "SkipGates", "config": {"blocks": [...], ...},
+     "input_shape": [1, 28, 28]}
 
 How a routed block runs:
 
@@ -26,16 +30,18 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.fx
 from torch import nn
 
+from ..attachment import Attachment, Handle, InstanceAttributes, attachment_of, register_attachment
+from ..attachment import replace_forward
 from ..dynamic import OWNER_ATTR, DynamicComputation
 from ..errors import CheckpointError, DistillEEError
-from ..structure import forget_step, record_step, structure_steps
-from .blocks import block_costs
+from ..registry import ROUTING
+from .blocks import block_costs, block_facts
 
 #: the attribute of the user's model holding its RoutingSet
 ROUTING_ATTR = "routing"
@@ -63,8 +69,14 @@ class RouteRecord:
     forced: bool
 
 
-class RoutingSet(DynamicComputation):
+@register_attachment
+class RoutingSet(Attachment, DynamicComputation):
     """Routed blocks (depth order), their share of the backbone's MACs, and how decisions are made."""
+
+    kind = ROUTING_STEP
+    attribute = ROUTING_ATTR
+    noun = "routing"
+    trained_by_policies = True
 
     def __init__(self, blocks: Sequence[str], block_macs: Sequence[int], backbone_macs: int, *,
                  instance_name: str = "", class_name: str = ""):
@@ -96,6 +108,48 @@ class RoutingSet(DynamicComputation):
         self.counting = False
         self.seen = [0] * len(self.block_names)
         self.executed = [0] * len(self.block_names)
+        #: the resolved configuration the routing class built this set from (the structure step's)
+        self.attached_config: Dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- the attachment protocol
+    def install(self, model: nn.Module) -> List[Handle]:
+        """Route every block's forward (and the model's) through this set."""
+        blocks = [model.get_submodule(name) for name in self.block_names]
+        for name, block in zip(self.block_names, blocks):
+            if OWNER_ATTR in block.__dict__:
+                raise DistillEEError(f"block {name!r} is routed already")
+        handles: List[Handle] = []
+        for k, block in enumerate(blocks):
+            handles.append(InstanceAttributes(block, {OWNER_ATTR: self, INDEX_ATTR: k}))
+            handles.append(replace_forward(block, types.MethodType(_routed_forward, block)))
+        handles.append(model.register_forward_pre_hook(self._on_input))
+        handles.append(model.register_forward_hook(self._on_output))
+        handles.append(replace_forward(model, types.MethodType(_model_forward, model)))
+        return handles
+
+    def step_config(self) -> Dict[str, Any]:
+        """The routing class, its resolved configuration and the input shape."""
+        return {"class": self.class_name, "config": dict(self.attached_config), "input_shape": list(self.input_shape)}
+
+    @classmethod
+    def from_step(cls, model: nn.Module, step: Mapping[str, Any]) -> "RoutingSet":
+        """The routing of a saved step, built for ``model`` (fresh weights)."""
+        config = dict(step["config"])
+        blocks = [str(b) for b in config["blocks"]]
+        missing = [b for b in blocks if b not in dict(model.named_modules())]
+        if missing:
+            raise CheckpointError(f"the saved routing names block {missing[0]!r}, which this model lacks")
+        return make_routing_set(model, str(step["class"]), {**config, "blocks": blocks},
+                                [int(s) for s in step["input_shape"]], str(step.get("name", "")))
+
+    def export_problem(self) -> Optional[str]:
+        """Routed blocks decide in Python, which no exported graph does."""
+        return "routed blocks (SkipNet/BlockDrop): their decisions run in Python; export a model without routing"
+
+    @classmethod
+    def describe_step(cls, step: Mapping[str, Any]) -> str:
+        """``routing 'skip' (SkipGates)``."""
+        return f"routing {step.get('name', '')!r} ({step.get('class')})"
 
     # ----------------------------------------------------------------- what subclasses give
     def keep_probability(self, k: int, x: torch.Tensor) -> torch.Tensor:
@@ -252,50 +306,20 @@ def _model_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return routing.run_model(self, args[0])
 
 
-# --------------------------------------------------------------------------- attach / detach
+# --------------------------------------------------------------------------- making and finding
+def make_routing_set(model: nn.Module, class_name: str, config: Dict[str, Any], input_shape: List[int],
+                     name: str) -> RoutingSet:
+    """The RoutingSet the routing class ``class_name`` makes for ``model`` from its resolved ``config`` (not
+    attached yet)."""
+    if class_name not in ROUTING:
+        raise DistillEEError(f"unknown routing class {class_name!r} (valid: {', '.join(ROUTING.names())})")
+    facts = block_facts(model, list(config["blocks"]), input_shape)
+    routing = ROUTING.get(class_name).make_set(model, facts, config, name)
+    routing.input_shape = list(input_shape)
+    routing.attached_config = dict(config)
+    return routing.to(next((p.device for p in model.parameters()), torch.device("cpu")))
+
+
 def routing_of(model: nn.Module) -> Optional[RoutingSet]:
     """The RoutingSet attached to ``model`` (None when it has none)."""
-    found = getattr(model, ROUTING_ATTR, None)
-    return found if isinstance(found, RoutingSet) else None
-
-
-def attach_routing(model: nn.Module, routing: RoutingSet, step: Dict[str, Any]) -> RoutingSet:
-    """Attach ``routing`` as ``model.routing``, route its blocks through it and record ``step``."""
-    if routing_of(model) is not None:
-        raise DistillEEError(f"the model already has routing ({routing_of(model).instance_name!r}); a model takes "
-                             "one routing instance")
-    if hasattr(model, ROUTING_ATTR):
-        raise DistillEEError(f"the model has an attribute {ROUTING_ATTR!r} already")
-    model.add_module(ROUTING_ATTR, routing)
-    for k, name in enumerate(routing.block_names):
-        block = model.get_submodule(name)
-        if OWNER_ATTR in block.__dict__:
-            raise DistillEEError(f"block {name!r} is routed already")
-        block.__dict__[OWNER_ATTR] = routing
-        block.__dict__[INDEX_ATTR] = k
-        block.forward = types.MethodType(_routed_forward, block)
-    model.register_forward_pre_hook(routing._on_input)
-    model.register_forward_hook(routing._on_output)
-    model.forward = types.MethodType(_model_forward, model)
-    record_step(model, step)
-    return routing
-
-
-def detach_routing(model: nn.Module) -> Optional[RoutingSet]:
-    """Remove the model's routing (blocks run as before) and its structure step; the removed set."""
-    routing = routing_of(model)
-    if routing is None:
-        return None
-    for name in routing.block_names:
-        block = model.get_submodule(name)
-        for attr in (OWNER_ATTR, INDEX_ATTR, "forward"):
-            block.__dict__.pop(attr, None)
-    for hooks in (model._forward_pre_hooks, model._forward_hooks):
-        for key in [k for k, h in hooks.items() if getattr(h, "__self__", None) is routing]:
-            del hooks[key]
-    model.__dict__.pop("forward", None)
-    delattr(model, ROUTING_ATTR)
-    for step in structure_steps(model):
-        if step.get("kind") == ROUTING_STEP:
-            forget_step(model, step)
-    return routing
+    return attachment_of(model, RoutingSet)

@@ -23,7 +23,8 @@ from ..arguments import Range
 from ..context import BuildContext
 from ..errors import DistillEEError
 from ..registry import ROUTING
-from .component import Routing, build_routing, register_set
+from .blocks import BlockFacts
+from .component import Routing, build_routing
 from .gates import FFGate, RNNGate
 from .router import RoutingSet
 
@@ -86,11 +87,9 @@ class SkipGates(Routing):
         """Gate the blocks of ``ctx.model`` and give the gates to the optimizer."""
         return build_routing(cls, ctx, {"blocks": blocks, "gate": gate, "hidden": hidden, "embed": embed})
 
-
-def _make(model: nn.Module, facts: Any, config: Dict[str, Any], name: str) -> SkipGateSet:
-    return SkipGateSet(facts.blocks, facts.block_macs, facts.backbone_macs, facts.channels,
-                       gate=str(config.get("gate", "ffn")), hidden=int(config.get("hidden", 16)),
-                       embed=int(config.get("embed", 16)), instance_name=name)
-
-
-register_set("SkipGates", _make)
+    @classmethod
+    def make_set(cls, model: nn.Module, facts: BlockFacts, config: Dict[str, Any], name: str) -> SkipGateSet:
+        """A gate per block (or one recurrent gate) over each block's input channels."""
+        return SkipGateSet(facts.blocks, facts.block_macs, facts.backbone_macs, facts.channels,
+                           gate=str(config.get("gate", "ffn")), hidden=int(config.get("hidden", 16)),
+                           embed=int(config.get("embed", 16)), instance_name=name)

@@ -16,9 +16,10 @@ from torch import nn
 
 from ..dynamic import static_compute
 from ..errors import DistillEEError
-from ..interleaved import interleaved_rounds
+from ..timing import interleaved_rounds
 from ..modules import eval_mode, model_device, unwrap
 from ..summaries import dense_macs
+from ..temporary_hooks import removing
 from .blockdrop import BlockDropSet
 from .gates import RNNGate
 from .router import RoutingSet, routing_of
@@ -103,13 +104,9 @@ def _block_inputs(model: nn.Module, routing: RoutingSet, batches: Sequence[torch
     got: List[List[torch.Tensor]] = [[] for _ in routing.block_names]
     handles = [inner.get_submodule(b).register_forward_pre_hook(
         lambda m, args, k=k: got[k].append(args[0])) for k, b in enumerate(routing.block_names)]
-    try:
-        with static_compute(inner), torch.inference_mode():
-            for b in batches:
-                model(b)
-    finally:
-        for h in handles:
-            h.remove()
+    with removing(handles), static_compute(inner), torch.inference_mode():
+        for b in batches:
+            model(b)
     return got
 
 
@@ -189,7 +186,7 @@ def measure_routing_speed(model: nn.Module, inputs: torch.Tensor, batch_size: in
         finally:
             routing.counting = False
         rates = [e / n for e in routing.executed]
-        rounds = interleaved_rounds(candidates, repeats)
+        rounds = interleaved_rounds(candidates, repeats, context=torch.inference_mode)
     best = {name: min(times) / n for name, times in rounds.items()}
     block_t = [best[f"block{k}"] for k in range(routing.num_blocks)]
     # The bound is computed within each round (all its pieces timed back to back), and the median of the rounds'

@@ -8,6 +8,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..errors import ScheduleError
+from ..registry import suggest
 
 PathKey = Union[str, int]
 YamlPath = Tuple[PathKey, ...]
@@ -80,6 +81,16 @@ class ScheduleSource:
     def error(self, path: Sequence[PathKey], message: str, **kwargs: Any) -> ScheduleError:
         """A ScheduleError located at ``path``."""
         return ScheduleError(message, file=self.file, line=self.line_of(path), path=format_path(path), **kwargs)
+
+    def expect_keys(self, path: Sequence[PathKey], value: Any, valid: Sequence[str], what: str) -> None:
+        """A located error unless ``value`` (at ``path``) is a mapping whose keys are among ``valid``; ``what``
+        says what a valid value looks like."""
+        if not isinstance(value, dict):
+            raise self.error(path, what)
+        for key in value:
+            if key not in valid:
+                raise self.error([*path, key], f"unknown key {key!r}", valid=list(valid),
+                                 suggestions=suggest(str(key), valid))
 
 
 #: deepest nesting of mappings and lists a schedule may have

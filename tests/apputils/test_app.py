@@ -28,6 +28,7 @@ def first_run(tmp_path_factory):
     return run_app(tmp_path_factory.mktemp("runs"))
 
 
+@pytest.mark.slow
 def test_a_run_writes_the_result_contract(first_run):
     names = {p.name for p in first_run.iterdir()}
     assert {"exp.log", SCHEDULE.name, "checkpoint.pth.tar", "best.pth.tar", "metrics.csv",
@@ -43,6 +44,7 @@ def test_a_run_writes_the_result_contract(first_run):
     assert 0.0 <= summary["top1"] <= 100.0 and summary["top1"] > 50.0
 
 
+@pytest.mark.slow
 def test_metrics_csv_has_a_row_per_epoch_with_each_exits_training_figures(first_run):
     lines = (first_run / "metrics.csv").read_text().splitlines()
     header = lines[0].split(",")
@@ -51,11 +53,13 @@ def test_metrics_csv_has_a_row_per_epoch_with_each_exits_training_figures(first_
         assert column in header
 
 
+@pytest.mark.slow
 def test_deterministic_runs_give_the_same_summary(first_run, tmp_path):
     again = run_app(tmp_path)
     assert (again / "summary.json").read_text() == (first_run / "summary.json").read_text()
 
 
+@pytest.mark.slow
 def test_evaluate_a_checkpoint_rebuilds_the_exits_without_the_schedule(first_run, tmp_path):
     # checkpoint.pth.tar holds the final weights and the thresholds recalibrated after pruning
     args = ["--arch", "lenet_mnist", "--resume-from", str(first_run / "checkpoint.pth.tar"), "--evaluate",
@@ -78,6 +82,7 @@ def test_bad_input_is_one_line_and_status_2(argv, message, capsys, tmp_path):
     assert message in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture_is_refused(first_run, capsys, tmp_path):
     args = ["--arch", "simplenet_mnist", "--resume-from", str(first_run / "checkpoint.pth.tar"), "-o",
             str(tmp_path), "--epochs", "1"]
@@ -85,6 +90,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(first_run, capsys, tmp_
     assert "checkpoint is for --arch 'lenet_mnist', not 'simplenet_mnist'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_unwritable_out_dir_is_a_clear_error_without_traceback(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -95,6 +101,7 @@ def test_an_unwritable_out_dir_is_a_clear_error_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_calibrate_and_export_a_trained_checkpoint(first_run, tmp_path):
     import torch
 
@@ -135,6 +142,7 @@ def test_calibrate_and_export_a_trained_checkpoint(first_run, tmp_path):
     assert logits.shape == (4, 10) and exit_index.shape == (4,)
 
 
+@pytest.mark.slow
 def test_latency_target_calibrates_on_the_measured_times_of_the_chosen_runtime(first_run, tmp_path):
     args = ["--arch", "lenet_mnist", "--resume-from", str(first_run / "best.pth.tar"), "--evaluate",
             "--ee-calibrate", "latency=0.9", "--ee-latency-runtime", "onnx", "--no-timing", "-o", str(tmp_path),
@@ -148,6 +156,7 @@ def test_latency_target_calibrates_on_the_measured_times_of_the_chosen_runtime(f
     assert summary["calibration"]["valid"]["macs_fraction"] <= 0.9  # a share of the measured time here
 
 
+@pytest.mark.slow
 def test_sensitivity_analysis_writes_csv_and_png(first_run, tmp_path):
     args = ["--arch", "lenet_mnist", "--resume-from", str(first_run / "best.pth.tar"), "--sense", "filter",
             "--sense-range", "0", "0.6", "0.3", "-o", str(tmp_path), "-n", "sense"]
@@ -159,6 +168,7 @@ def test_sensitivity_analysis_writes_csv_and_png(first_run, tmp_path):
     assert (run / "sensitivity.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_dense_checkpoint_fine_tunes_under_a_schedule_that_adds_exits(tmp_path):
     dense = ["--arch", "lenet_mnist", "--epochs", "1", "-b", "256", "--lr", "0.02", "--seed", "1", "--no-timing",
              "-o", str(tmp_path / "dense"), "-n", "dense"]
@@ -173,6 +183,7 @@ def test_a_dense_checkpoint_fine_tunes_under_a_schedule_that_adds_exits(tmp_path
     assert "calibration" not in summary
 
 
+@pytest.mark.slow
 def test_distillers_earlyexit_flags_attach_the_archs_default_exits(tmp_path, capsys):
     args = ["--arch", "lenet_mnist", "--earlyexit_thresholds", "0.5", "--earlyexit_lossweights", "0.3",
             "--epochs", "1", "-b", "256", "--no-timing", "-o", str(tmp_path), "-n", "flags"]
@@ -187,6 +198,7 @@ def test_distillers_earlyexit_flags_attach_the_archs_default_exits(tmp_path, cap
     assert "has 1 default exit(s)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_anytime_table_gives_every_classifiers_top1_and_macs(first_run):
     summary = json.loads((first_run / "summary.json").read_text())
     rows = summary["anytime"]

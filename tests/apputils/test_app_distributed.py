@@ -12,6 +12,8 @@ import torch
 
 from distill_ee.apputils.app import main
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULE = ROOT / "schedules" / "lenet_mnist.earlyexit_agp.yaml"
 # A gentle learning rate: at 0.02, the first epoch from scratch amplifies float32 rounding until even one

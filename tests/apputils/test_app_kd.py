@@ -12,6 +12,8 @@ from distill_ee.apputils.models import create_model
 from distill_ee.checkpoint import load_checkpoint
 from distill_ee.early_exit.exits import EarlyExits
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ["--arch", "lenet_mnist", "--epochs", "1", "-b", "128", "--lr", "0.02", "--seed", "0", "--deterministic",
         "--no-timing", "-p", "1000"]

@@ -10,6 +10,8 @@ from distill_ee.apputils.app import main
 from distill_ee.deploy import MultiExitSession
 from distill_ee.quantization import load_stats
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULE = ROOT / "schedules" / "lenet_mnist.earlyexit_agp.yaml"
 

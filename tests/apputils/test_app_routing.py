@@ -5,6 +5,8 @@ import pytest
 
 from distill_ee.apputils.app import main
 
+pytestmark = pytest.mark.slow
+
 SCHEDULE = """
 version: 1
 routing:

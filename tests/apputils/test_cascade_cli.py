@@ -29,6 +29,7 @@ def config(root, rule="{kind: max_prob, threshold: 0.5}"):
             f"    rule: {rule}\n  - name: big\n    checkpoint: {root}/lenet_mnist.pth.tar\n")
 
 
+@pytest.mark.slow
 def test_a_calibrated_cascade_reports_every_member_and_runs_for_real(checkpoints, tmp_path):
     path = write(tmp_path, config(checkpoints))
     assert main(["cascade", str(path), "--calibrate", "macs=0.99", "-o", str(tmp_path), "-n", "c"]) == 0
@@ -44,6 +45,7 @@ def test_a_calibrated_cascade_reports_every_member_and_runs_for_real(checkpoints
     assert {"tradeoff.csv", "tradeoff.png"} <= {p.name for p in run.iterdir()}
 
 
+@pytest.mark.slow
 def test_an_idk_rule_is_fitted_and_thresholded_by_the_cost_aware_objective(checkpoints, tmp_path):
     path = write(tmp_path, config(checkpoints, "{kind: idk, beta: 0.3}"))
     assert main(["cascade", str(path), "-o", str(tmp_path), "-n", "idk"]) == 0

@@ -53,6 +53,7 @@ def test_flag_errors_are_one_line_with_a_hint_to_help(capsys):
                                                "-a/--arch (see distill-ee check --help)")
 
 
+@pytest.mark.slow
 def test_the_command_runs_as_a_module_and_through_compress_classifier():
     for command in ([sys.executable, "-m", "distill_ee"], [sys.executable, str(ROOT / "compress_classifier.py")]):
         out = subprocess.run(command + ["check", str(SCHEDULES / "lenet_mnist.agp.yaml"), "--arch", "lenet_mnist"],

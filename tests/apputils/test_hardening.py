@@ -166,6 +166,7 @@ def test_argparse_errors_are_one_line_with_a_hint(argv, message, capsys):
     assert capsys.readouterr().err.strip() == f"compress_classifier.py: error: {message} {hint}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [["--lr", "nan"], ["-n", "a/b"], ["--compress", str(BAD / "alias_bomb.yaml")],
                                   ["--compress", str(BAD / "not_utf8.yaml")], ["--epochs", "x"]])
 def test_through_the_real_entry_point_no_traceback(argv, tmp_path):
@@ -208,6 +209,7 @@ def resume(path, capsys, tmp_path, *extra):
                tmp_path / "runs")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.pop("epoch"), "malformed checkpoint: 'epoch' must be a whole number >= 0 to resume from, got none "
                                "(--reset-optimizer starts from its weights at epoch 0)"),
@@ -239,6 +241,7 @@ def flip_bytes_in_the_largest_tensor(source, target):
     target.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_flipped_bytes_are_caught_by_the_checksum_unless_told_to_skip_it(checkpoint, capsys, tmp_path):
     damaged = tmp_path / "damaged.pth.tar"
     flip_bytes_in_the_largest_tensor(checkpoint, damaged)
@@ -261,6 +264,7 @@ def test_files_that_are_not_checkpoints_say_so(content, message, capsys, tmp_pat
     assert code == 2 and err.startswith(f"error: {path}: {message}")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_exits_resumes_without_its_schedule(checkpoint, capsys, tmp_path):
     code, err = run(["--resume-from", str(checkpoint), "--epochs", "2"], capsys, tmp_path)
     assert code == 0, err
@@ -268,6 +272,7 @@ def test_a_checkpoint_with_exits_resumes_without_its_schedule(checkpoint, capsys
     assert saved["epoch"] == 1 and [s["kind"] for s in saved["structure"]] == ["early_exits"]
 
 
+@pytest.mark.slow
 def test_resuming_with_nothing_left_to_train_keeps_the_epoch_counter(checkpoint, capsys, tmp_path):
     code, err = run(["--resume-from", str(checkpoint), "--compress", str(SCHEDULE), "--epochs", "1",
                      "--ee-calibrate", "drop=1"], capsys, tmp_path)

@@ -44,6 +44,7 @@ def learned_run(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_the_policy_is_trained_after_training_and_reported_on_validation_and_test(learned_run):
     summary = json.loads((learned_run / "summary.json").read_text())
     policy = summary["learned_policy"]
@@ -54,6 +55,7 @@ def test_the_policy_is_trained_after_training_and_reported_on_validation_and_tes
     assert taken == pytest.approx(list(policy["test"]["taken_pct"].values()), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_tradeoff_csv_holds_both_curves_with_test_figures_beside(learned_run):
     with open(learned_run / "tradeoff.csv") as f:
         rows = list(csv.DictReader(f))
@@ -65,6 +67,7 @@ def test_tradeoff_csv_holds_both_curves_with_test_figures_beside(learned_run):
     assert all(r["test_top1"] for r in rows if r["rule"] != "final only")
 
 
+@pytest.mark.slow
 def test_the_checkpoint_carries_the_fitted_policy(learned_run):
     model = create_model("lenet_mnist", 10, 1)
     distill_ee.load_checkpoint(model, learned_run / "checkpoint.pth.tar")
@@ -87,6 +90,7 @@ def test_flags_learned_decisions_do_not_take_are_refused_up_front(tmp_path, caps
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_gated_exits_train_from_the_cli_and_report_their_cost(tmp_path):
     assert run(tmp_path, GATED) == 0
     (path,) = (tmp_path / "runs").iterdir()

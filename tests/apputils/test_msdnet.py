@@ -76,7 +76,7 @@ def test_lin_grow_blocks_grow_by_step_per_block():
     assert config.steps() == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.parametrize("arch", ["msdnet_mnist", "msdnet_cifar"])
+@pytest.mark.parametrize("arch", ["msdnet_mnist", pytest.param("msdnet_cifar", marks=pytest.mark.slow)])
 def test_real_early_exit_equals_the_simulated_one(arch):
     torch.manual_seed(0)
     channels = 1 if arch.endswith("mnist") else 3

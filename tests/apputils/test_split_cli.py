@@ -28,6 +28,7 @@ def checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_placements_are_ranked_and_the_best_is_written_and_simulated(checkpoint, tmp_path):
     tiers = tmp_path / "tiers.yaml"
     tiers.write_text(TIERS)

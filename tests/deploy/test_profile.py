@@ -55,6 +55,7 @@ class Net(torch.nn.Module):
         return self.fc(self.c2(self.c1(x)).mean(dim=(2, 3)))
 
 
+@pytest.mark.slow
 def test_both_runtimes_measure_every_stage_and_branch(tmp_path):
     torch.manual_seed(0)
     model = Net().eval()

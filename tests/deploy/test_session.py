@@ -14,6 +14,8 @@ from distill_ee.deploy import ManifestError, MultiExitSession
 from distill_ee.early_exit import EarlyExits
 from distill_ee.early_exit.onnx_export import export_onnx
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = ["adaptive_avgpool", "flatten", "linear"]
 
@@ -164,9 +166,11 @@ def copy_export(entropy_model, tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(format="something"), "format: expected 'distill_ee.multi_exit.onnx'"),
-    (lambda m: m.update(version=9), "version: this runtime reads version 1, got 9"),
+    (lambda m: m.update(version=9), "version: this runtime reads version 2, got 9"),
+    (lambda m: m.update(version=1), "version: written by an earlier distill_ee (version 1"),
     (lambda m: m["thresholds"].__setitem__(0, "high"), "thresholds[0]: must be a finite number or null, got 'high'"),
-    (lambda m: m["criteria"].__setitem__(1, "entrpy"), "criteria[1]: unknown criterion 'entrpy'"),
+    (lambda m: m["leave"].__setitem__(1, "belwo"), "leave[1]: unknown leave rule 'belwo'; did you mean 'below'?"),
+    (lambda m: m["criteria"].__setitem__(1, 7), "criteria[1]: must be a criterion's name, got 7"),
     (lambda m: m["stages"].__setitem__(1, "missing.onnx"), "stages[1]: missing.onnx is not in"),
     (lambda m: m["stages"].__setitem__(1, "../stage1.onnx"), "stages[1]: must be a file name in the export"),
     (lambda m: m["branches"].pop(), "branches: must have 2 entries (one per exit), got 1"),

@@ -86,6 +86,7 @@ def export(tmp_path_factory):
     return MultiExitSession(directory, threads=1), x.numpy()
 
 
+@pytest.mark.slow
 def test_the_tiers_together_answer_like_the_whole_model(export, tmp_path):
     session, x = export
     placement = plan(SplitInputs([1e-4, 1e-4], [1e-5], [1, 1], [1.0, 0.5], [True]), TIERS, LINKS)[0]
@@ -104,6 +105,7 @@ def test_the_tiers_together_answer_like_the_whole_model(export, tmp_path):
         assert np.abs(logits[0] - want_logits[n]).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_the_simulated_tiers_take_the_planned_time_within_20_percent(export, tmp_path):
     session, x = export
     tiers = [Tier("device", speed=0.5), Tier("edge", speed=1.0)]

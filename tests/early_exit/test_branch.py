@@ -9,7 +9,7 @@ from distill_ee.registry import BRANCH_LAYERS
 
 
 def layers(*raw):
-    return [parse_layer(r, f"branch[{i}]") for i, r in enumerate(raw)]
+    return [parse_layer(r) for r in raw]
 
 
 def build(raw, shape=(2, 6, 12, 12), num_classes=10):
@@ -94,7 +94,7 @@ def test_bad_dropout_probability_is_an_error():
 
 
 def test_layer_specs_round_trip_to_plain_config():
-    spec = parse_layer({"type": "conv2d", "out_channels": 4, "kernel_size": [3, 1]}, "b[0]")
+    spec = parse_layer({"type": "conv2d", "out_channels": 4, "kernel_size": [3, 1]})
     assert spec.type == "conv"
     assert spec.to_config() == {"type": "conv", "out_channels": 4, "kernel_size": [3, 1]}
-    assert parse_layer("relu", "b[1]").to_config() == "relu"
+    assert parse_layer("relu").to_config() == "relu"

@@ -313,6 +313,7 @@ LENET_EXIT = {"exits": {"exit1": {"attach": "pool1", "branch": ["flatten", {"typ
 TOLERANCE = 1.0
 
 
+@pytest.mark.slow
 def test_thresholds_calibrated_on_validation_keep_their_promise_on_test(one_thread, tmp_path):
     from distill_ee.apputils.datasets import load_dataset, make_loaders
     from distill_ee.apputils.models import create_model

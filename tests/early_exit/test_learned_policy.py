@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import distill_ee
-from distill_ee.early_exit.deciders import build_decider, parse_head
+from distill_ee.early_exit.deciders import build_decider, default_head
 from distill_ee.early_exit.learned_policy import fit_deciders, fit_exit_policy, policy_curve, tradeoff_grid
 from distill_ee.early_exit.spec import parse_early_exit_config
 from distill_ee.early_exit.tradeoff import ExitCosts
@@ -42,7 +42,7 @@ def toy(n=600, seed=0):
 
 def deciders(count=2, classes=4):
     torch.manual_seed(0)
-    head = parse_head(None, "head")
+    head = default_head()
     return [build_decider(head, classes, exit_name=f"exit{k + 1}", path="head") for k in range(count)]
 
 

@@ -121,6 +121,7 @@ def test_bad_quantizer_arguments_are_located(edit, words):
     assert str(err.value).startswith("q.yaml:") and f"quantizers.{words}" in str(err.value), str(err.value)
 
 
+@pytest.mark.slow
 def test_the_int8_export_is_close_to_the_simulated_quantization(tmp_path):
     from distill_ee.deploy import MultiExitSession
     from distill_ee.deploy.quantize import quantize_export

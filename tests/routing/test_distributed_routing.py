@@ -8,6 +8,8 @@ from distill_ee import distributed
 from ddp_support import run_ranks
 from routing_support import INPUT, build, routing_schedule
 
+pytestmark = pytest.mark.slow
+
 SCHEDULES = {
     "blockdrop": routing_schedule("BlockDrop", extra="    policy_downsample: 1", policies="""
   - routing: {instance_name: r, args: {curriculum_step: 1}}

@@ -21,6 +21,8 @@ from distill_ee.errors import DistillEEError, ScheduleError
 from distill_ee.schedule import schedule_from_text
 from support import one_epoch_of_one_step
 
+pytestmark = pytest.mark.slow
+
 SCHEDULES = Path(__file__).resolve().parents[2] / "schedules"
 #: ready schedule -> (architecture, input shape)
 TARGETS = {

@@ -48,11 +48,3 @@ def check_valid_size(valid_size: float) -> None:
     """Reject a validation share outside [0, 1)."""
     if not 0.0 <= valid_size < 1.0:
         raise ConfigError(f"valid_size must be in [0, 1), got {valid_size}")
-
-
-def check_fixed_size(name: str, image_size: Optional[int], native: int) -> None:
-    """Reject an ``image_size`` for datasets whose images have one fixed size."""
-    if image_size is not None and image_size != native:
-        raise ConfigError(
-            f"dataset {name!r} has {native}x{native} images; image_size applies to imagefolder/imagenet only"
-        )

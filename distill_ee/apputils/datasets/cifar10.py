@@ -7,16 +7,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from distill_ee.apputils.datasets.base import (
-    DatasetInfo,
-    DataSplits,
-    DatasetSource,
-    check_fixed_size,
-    check_valid_size,
-)
-from distill_ee.apputils.datasets.in_memory import InMemoryImages
+from distill_ee.apputils.datasets.base import DataSplits
+from distill_ee.apputils.datasets.fixed_size import FixedSizeSource
 from distill_ee.apputils.datasets.safe_pickle import load_restricted
-from distill_ee.apputils.datasets.splits import stratified_split
 from distill_ee.errors import DataError
 from distill_ee.apputils.datasets.registry import DATASETS
 
@@ -104,33 +97,20 @@ def train_augmentation() -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 @DATASETS.register("cifar10")
-class Cifar10(DatasetSource):
+class Cifar10(FixedSizeSource):
     """CIFAR-10: 50,000 train (validation carved out stratified, train augmented) and 10,000 test images."""
 
     name = "cifar10"
+    num_classes = 10
+    input_shape = (3, 32, 32)
+    layout = staticmethod(expected_layout)
 
-    def info(self, data_dir: Optional[str] = None, image_size: Optional[int] = None) -> DatasetInfo:
-        """Ten classes of 3x32x32 images."""
-        return DatasetInfo(self.name, 10, (3, 32, 32))
-
-    def load(
-        self, data_dir: Optional[str], *, valid_size: float, split_seed: int, image_size: Optional[int]
-    ) -> DataSplits:
+    def read(self, data_dir: Optional[str], *, valid_size: float, split_seed: int) -> DataSplits:
         """Read the batch files and hold out ``valid_size`` of train (not augmented) for validation."""
-        check_valid_size(valid_size)
-        check_fixed_size(self.name, image_size, 32)
-        if data_dir is None:
-            raise DataError(f"dataset 'cifar10' needs a data directory; {expected_layout('DIR')}")
         folder = find_batches_dir(data_dir)
         classes = read_label_names(os.path.join(folder, META))
         parts = [read_batch(os.path.join(folder, name)) for name in TRAIN_BATCHES]
-        images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        test_images, test_labels = read_batch(os.path.join(folder, TEST_BATCH))
-        train, valid = stratified_split(labels.numpy(), valid_size, split_seed)
-        norm = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, classes=classes)
-        return DataSplits(
-            train=InMemoryImages.select(images, labels, train, augment=train_augmentation(), **norm),
-            valid=InMemoryImages.select(images, labels, valid, **norm) if valid_size > 0 else None,
-            test=InMemoryImages(test_images, test_labels, **norm),
-            info=self.info(),
-        )
+        train = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        test = read_batch(os.path.join(folder, TEST_BATCH))
+        return self.held_out(train, test, valid_size=valid_size, split_seed=split_seed,
+                             augment=train_augmentation(), mean=CIFAR10_MEAN, std=CIFAR10_STD, classes=classes)

