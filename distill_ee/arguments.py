@@ -153,6 +153,27 @@ class Checked(Meaning):
         return self.check(value)
 
 
+@dataclass(frozen=True)
+class Count(Meaning):
+    """A list of ``low`` to ``high`` items, counted before any item is checked (a list of a million entries is
+    refused at once)."""
+
+    low: int = 0
+    high: Optional[int] = None
+    what: str = "entries"
+
+    def describe(self) -> str:
+        """``a list of 2 to 8 entries``."""
+        return f"a list of {self.low} to {self.high} {self.what}" if self.high is not None else \
+            f"a list of at least {self.low} {self.what}"
+
+    def convert(self, value: Any, names: Optional[NameSource]) -> Any:
+        """The list, when its length is within the bounds."""
+        if isinstance(value, list) and (len(value) < self.low or (self.high is not None and len(value) > self.high)):
+            raise ArgumentError(f"must be {self.describe()}, got {len(value):,}")
+        return value
+
+
 class NonFinite(Meaning):
     """Marks a float argument that may be ``.inf`` or ``.nan`` (floats are otherwise required finite)."""
 
@@ -302,6 +323,9 @@ def check_value(hint: Any, value: Any, names: Optional[NameSource] = None) -> An
 
 def _check_annotated(hint: Any, base: Any, value: Any, names: Optional[NameSource]) -> Any:
     meanings = [m for m in hint.__metadata__ if isinstance(m, Meaning)]
+    for meaning in meanings:
+        if isinstance(meaning, Count):
+            meaning.convert(value, names)
     if any(isinstance(m, NonFinite) for m in meanings) and _is_number(value):
         return value
     if not any(m.checks_type for m in meanings):
@@ -312,10 +336,13 @@ def _check_annotated(hint: Any, base: Any, value: Any, names: Optional[NameSourc
 
 
 def _check_dataclass(hint: type, value: Any, names: Optional[NameSource]) -> Any:
-    """A mapping of the dataclass's fields, each checked by its annotation, turned into the dataclass."""
+    """A mapping of the dataclass's fields, each checked by its annotation, turned into the dataclass.
+
+    The dataclass may say what messages call it (``owner``) and what a valid value looks like (``shape``)."""
     owner = getattr(hint, "owner", hint.__name__)
     if not isinstance(value, dict):
-        raise ArgumentError(f"{owner} must be a mapping, got {type(value).__name__} {value!r}")
+        raise ArgumentError(getattr(hint, "shape", None) or f"{owner} must be a mapping, got {type(value).__name__} "
+                                                            f"{value!r}")
     return hint(**bind(hint, value, owner=owner, names=names, mapping=True))
 
 
@@ -464,17 +491,19 @@ def _resolve_hints(func: Callable[..., Any], params: Dict[str, inspect.Parameter
 
 def bind(target: Callable[..., Any], values: Mapping[str, Any], *, owner: str,
          names: Optional[NameSource] = None, supply: Optional[Callable[[str], Any]] = None,
-         skip: int = 0, mapping: bool = False) -> Dict[str, Any]:
+         skip: int = 0, mapping: bool = False, supplied: Sequence[str] = ()) -> Dict[str, Any]:
     """Keyword arguments for ``target`` from schedule ``values``: unknown or missing names refused, every
     value checked and converted by its annotation; builder-supplied parameters filled by ``supply``.
-    ``mapping``: the values are the keys of a YAML block (a dataclass's fields), and messages say so."""
+    ``mapping``: the values are the keys of a YAML block (a dataclass's fields), and messages say so; then only
+    the fields named in ``supplied`` (given by the caller) are not the YAML's."""
     sig = signature_of(target, skip)
-    user = sig.user_arguments
+    user = [n for n in sig.parameters if n not in supplied] if mapping else sig.user_arguments
+    required = [n for n in user if sig.parameters[n].default is inspect.Parameter.empty]
     for key in values:
         if key not in user and not (sig.takes_any and key not in INJECTED):
             what = f"unknown key {key!r} in {owner}" if mapping else f"unknown argument of {owner}"
             raise ArgumentError(what, (key,), suggestions=suggest(str(key), user), valid=user)
-    for name in sig.required:
+    for name in required:
         if name not in values:
             what = f"{owner} needs `{name}`" if mapping else f"missing argument {name!r} of {owner}"
             raise ArgumentError(what, valid=user)

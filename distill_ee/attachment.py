@@ -38,7 +38,7 @@ from typing import (Any, Callable, ClassVar, Dict, Iterator, List, Mapping, Opti
 
 from torch import nn
 
-from .arguments import bind
+from .arguments import ArgumentError, bind, check_value
 from .errors import AttachmentError, CheckpointError, DistillEEError, ScheduleError
 from .modules import is_wrapper, unwrap
 from .pruning.masks import notify_parameters_replaced
@@ -72,6 +72,9 @@ class Attachment(nn.Module):
     trained_by_policies: ClassVar[bool] = False
     #: the word for its part in reports (``params_<summary_key>`` in summary.json); the kind by default
     summary_key: ClassVar[str] = ""
+    #: the annotation (a dataclass of fields, usually) that a saved step's fields besides ``kind`` and ``name``
+    #: must fit before ``from_step`` builds anything from them; None: any
+    step_schema: ClassVar[Any] = None
     #: the schedule instance that attached it
     instance_name: str = ""
 
@@ -317,6 +320,18 @@ class AttachmentStep(StepKind):
 
     def _key(self, step: Step) -> str:
         return f"{self.cls.kind}:{step.get('name', '')}"
+
+    def check(self, step: Step) -> None:
+        """The step's ``name`` a string and its other fields fitting the kind's ``step_schema``."""
+        if not isinstance(step.get("name", ""), str):
+            raise CheckpointError(f"malformed step: 'name' must be a string, got {step.get('name')!r}")
+        if self.cls.step_schema is None:
+            return
+        try:
+            check_value(self.cls.step_schema, {k: v for k, v in step.items() if k not in ("kind", "name")})
+        except ArgumentError as err:
+            where = ".".join(str(p) for p in err.path)
+            raise CheckpointError(f"malformed step: {where + ': ' if where else ''}{err.message}") from None
 
     def replay(self, model: nn.Module, step: Step, ctx: ReplayContext) -> Any:
         """Attach the saved attachment (fresh weights: the checkpoint's are loaded afterwards)."""

@@ -196,7 +196,6 @@ def load_checkpoint(model: nn.Module, source: Union[PathLike, Mapping[str, Any]]
     checksum does not match. Raises CheckpointError when anything does not fit.
     """
     load_components()  # the structure step kinds
-    where = str(source)
     if isinstance(source, (str, Path)):
         state = read_checkpoint(source, map_location, verify=verify)
     else:
@@ -204,7 +203,8 @@ def load_checkpoint(model: nn.Module, source: Union[PathLike, Mapping[str, Any]]
         check_checkpoint(state)
     masks = scheduler.masks if scheduler is not None else None
     try:
-        done = reconcile_steps(model, saved_steps(state), ReplayContext(optimizer, masks))
+        done = reconcile_steps(model, saved_steps(state), ReplayContext(optimizer, masks),
+                               input_shape=state.get("input_shape"))
         _load_weights(unwrap(model), state, done.new_prefixes)
         if scheduler is not None and "compression_sched" in state:
             _load_schedule_state(scheduler, state["compression_sched"], strict_schedule)
@@ -212,7 +212,7 @@ def load_checkpoint(model: nn.Module, source: Union[PathLike, Mapping[str, Any]]
             _load_optimizer(optimizer, state["optimizer"])
     except CheckpointError as err:
         if isinstance(source, (str, Path)):
-            raise type(err)(f"{where}: {err}") from None
+            raise type(err)(f"{source}: {err}") from None
         raise
     return RestoredCheckpoint(state, done.replayed)
 
@@ -231,6 +231,11 @@ def saved_steps(state: Mapping[str, Any]) -> List[Dict[str, Any]]:
 
 def _legacy_exits_step(legacy: Mapping[str, Any]) -> Dict[str, Any]:
     """A format-1 checkpoint's exits, with their saved thresholds and criteria written into the config."""
+    if not isinstance(legacy.get("config"), Mapping) or not isinstance(legacy["config"].get("exits", {}), Mapping):
+        raise CheckpointError("malformed checkpoint: the early-exit record's 'config' must be a mapping of exits")
+    for key in ("exit_names", "thresholds", "criteria"):
+        if not isinstance(legacy.get(key, []), (list, tuple)):
+            raise CheckpointError(f"malformed checkpoint: the early-exit record's {key!r} must be a list")
     config = dict(legacy["config"])
     exits = {name: dict(body) for name, body in dict(config.get("exits", {})).items()}
     for name, threshold, criterion in zip(legacy.get("exit_names", []), legacy.get("thresholds", []),
@@ -248,6 +253,12 @@ def _load_weights(model: nn.Module, state: Mapping[str, Any], new_prefixes: List
     weights = state.get("state_dict")
     if not isinstance(weights, Mapping):
         raise CheckpointError("the checkpoint has no 'state_dict'")
+    bad = [k for k, v in weights.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CheckpointError(f"the weights are not finite ({bad[0]}{more}): the training that saved them "
+                              "diverged; resume from an earlier checkpoint")
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:
@@ -271,11 +282,38 @@ def _load_schedule_state(scheduler: Any, state: Any, strict: bool) -> None:
                               f"{first_line(exc)})") from None
 
 
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """OptimizerStateError unless the saved groups hold as many parameters as the optimizer's and every saved
+    per-parameter tensor (momentum buffers ...) has its parameter's shape (torch would accept it and fail at the
+    next step)."""
+    groups = state.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, Mapping) and isinstance(g.get("params"), list)
+                                               for g in groups):
+        raise OptimizerStateError("optimizer state does not fit (malformed 'param_groups')")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved_ids = [i for g in groups for i in g["params"]]
+    if len(groups) != len(optimizer.param_groups) or len(saved_ids) != len(params):
+        raise OptimizerStateError(f"optimizer state does not fit (it holds {len(saved_ids)} parameters in "
+                                  f"{len(groups)} groups, the optimizer {len(params)} in "
+                                  f"{len(optimizer.param_groups)})")
+    by_id = dict(zip(saved_ids, params))
+    for key, values in state["state"].items():
+        param = by_id.get(key)
+        if param is None or not isinstance(values, Mapping):
+            raise OptimizerStateError(f"optimizer state does not fit (state for an unknown parameter {key!r})")
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise OptimizerStateError(f"optimizer state does not fit ({name!r} of parameter "
+                                          f"{saved_ids.index(key)} has shape {tuple(value.shape)}, the parameter "
+                                          f"{tuple(param.shape)})")
+
+
 class OptimizerStateError(CheckpointError):
     """The checkpoint's optimizer state does not fit the optimizer (restore without it, or rebuild it)."""
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, state: Any) -> None:
+    _check_optimizer_state(optimizer, state)
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError) as exc:

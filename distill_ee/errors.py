@@ -1,11 +1,18 @@
 """User-facing error types: each is one clear message that the CLI prints without a traceback."""
 from __future__ import annotations
 
+import re
 from typing import Iterable, Optional
+
+_LINE_BREAK = re.compile(r"\s*\n\s*")
 
 
 class DistillEEError(Exception):
     """Base of every error caused by user input (schedule, data, checkpoint, flags)."""
+
+    def __str__(self) -> str:
+        """The message on one line, whatever it shows (the repr of a tensor or a long list spans lines)."""
+        return _LINE_BREAK.sub(" ", super().__str__())
 
 
 class ScheduleError(DistillEEError):

@@ -21,13 +21,34 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .modules import unwrap
+from .modules import first_line, unwrap
 from .registry import Registry
 
 Step = Dict[str, Any]
 #: the model attribute holding its structure steps, oldest first
 STRUCTURE_ATTR = "structure_steps"
 STEP_KINDS = Registry("structure step", named_by_schedules=False)
+#: the most structure steps a checkpoint may list (each thinning adds one)
+MAX_STEPS = 10_000
+#: a sample's shape in a structure step: at most this many dimensions, each and their product bounded (the
+#: step allocates an example batch of it)
+MAX_SAMPLE_DIMS = 4
+MAX_SAMPLE_SIZE = 65536
+MAX_SAMPLE_VALUES = 1 << 24
+
+
+def sample_shape_problem(shape: Any) -> Optional[str]:
+    """What is wrong with ``shape`` as one sample's shape in a structure step (None: nothing)."""
+    if not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= MAX_SAMPLE_DIMS or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_SAMPLE_SIZE for s in shape):
+        return (f"must be a list of 1 to {MAX_SAMPLE_DIMS} sizes from 1 to {MAX_SAMPLE_SIZE} (one sample's "
+                f"shape), got {shape!r}")
+    values = 1
+    for s in shape:
+        values *= s
+    if values > MAX_SAMPLE_VALUES:
+        return f"holds {values:,} values per sample (at most {MAX_SAMPLE_VALUES:,}), got {list(shape)}"
+    return None
 
 
 @dataclass
@@ -42,6 +63,10 @@ class ReplayContext:
 
 class StepKind:
     """How one kind of structure step is replayed on a model (subclasses register in ``STEP_KINDS``)."""
+
+    def check(self, step: Step) -> None:
+        """CheckpointError (one line) unless ``step``'s fields have the types and bounds a replay needs; called
+        on every saved step before any is replayed, so that nothing is built from a malformed checkpoint."""
 
     def replay(self, model: nn.Module, step: Step, ctx: ReplayContext) -> Any:
         """Apply ``step`` to ``model`` (and record it there); returns what it created, if anything."""
@@ -116,8 +141,10 @@ class Reconciled:
     new_prefixes: List[str]
 
 
-def reconcile_steps(model: nn.Module, saved: Sequence[Step], ctx: Optional[ReplayContext] = None) -> Reconciled:
-    """Give ``model`` the structure ``saved`` describes, keeping steps it has that ``saved`` lacks.
+def reconcile_steps(model: nn.Module, saved: Sequence[Step], ctx: Optional[ReplayContext] = None, *,
+                    input_shape: Any = None) -> Reconciled:
+    """Give ``model`` the structure ``saved`` describes, keeping steps it has that ``saved`` lacks; every step
+    that records an input shape must record ``input_shape`` (the checkpoint's, when it has one).
 
     Steps of ``saved`` beyond what the model already has in common with it are replayed. The model may have
     steps of its own beyond that point: exits a schedule attached when it was built. Those are undone first,
@@ -127,7 +154,15 @@ def reconcile_steps(model: nn.Module, saved: Sequence[Step], ctx: Optional[Repla
     ctx = ctx or ReplayContext()
     if not isinstance(saved, (list, tuple)):
         raise CheckpointError(f"the checkpoint's structure steps must be a list, got {type(saved).__name__}")
+    if len(saved) > MAX_STEPS:
+        raise CheckpointError(f"the checkpoint lists {len(saved):,} structure steps (at most {MAX_STEPS:,})")
     kinds = [step_kind(s) for s in saved]
+    for i, (step, kind) in enumerate(zip(saved, kinds), start=1):
+        try:
+            kind.check(step)
+        except CheckpointError as err:
+            raise CheckpointError(f"structure step {i} of {len(saved)} ({kind.describe(step)}): {err}") from None
+    check_input_shapes(saved, input_shape)
     current = structure_steps(model)
     common = 0
     while common < min(len(current), len(saved)) and same_step(current[common], saved[common]):
@@ -145,11 +180,28 @@ def reconcile_steps(model: nn.Module, saved: Sequence[Step], ctx: Optional[Repla
             replayed.append(kind.replay(model, step, ctx))
         except CheckpointError as err:
             raise CheckpointError(f"structure step {i} of {len(saved)} ({kind.describe(step)}): {err}") from None
+        except RuntimeError as err:  # torch's own: the model cannot run the step's example input
+            raise CheckpointError(f"structure step {i} of {len(saved)} ({kind.describe(step)}): cannot be rebuilt "
+                                  f"on this model ({first_line(err)})") from None
     if own and rest:
         for step in missing:
             step_kind(step).redo(model, step, ctx)
     prefixes = [p for step in missing for p in step_kind(step).state_prefixes(step)]
     return Reconciled(replayed, prefixes)
+
+
+def check_input_shapes(saved: Sequence[Step], expected: Any = None) -> None:
+    """CheckpointError unless every step that records the input shape records the same one (``expected``, the
+    checkpoint's own, when given): they were all built on one model."""
+    shapes = [(i, list(step["input_shape"])) for i, step in enumerate(saved, start=1)
+              if isinstance(step, Mapping) and isinstance(step.get("input_shape"), (list, tuple))]
+    want = list(expected) if isinstance(expected, (list, tuple)) and not sample_shape_problem(expected) else None
+    for i, shape in shapes:
+        first = want if want is not None else shapes[0][1]
+        if shape != first:
+            source = "the checkpoint's" if want is not None else f"step {shapes[0][0]}'s"
+            raise CheckpointError(f"structure step {i} of {len(saved)} records the input shape {shape}, not "
+                                  f"{source} {first}: the steps were not built on one model")
 
 
 def _check_not_conflicting(step: Step, saved: Sequence[Step]) -> None:

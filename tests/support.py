@@ -1,8 +1,26 @@
 """Helpers shared by several test files (``pythonpath = tests`` in pytest.ini makes this importable)."""
+import contextlib
+import signal
+
 import torch
 from torch import nn
 
 from distill_ee.early_exit.tradeoff import ExitCosts
+
+#: one exit after lenet_mnist's pool1
+LENET_EXIT = {"exits": {"exit1": {"attach": "pool1", "branch": ["flatten", "linear"], "threshold": 1.5}}}
+
+
+def lenet_with_exit(exit_=True):
+    """lenet_mnist (1x28x28 digits, 10 classes), seeded, with ``LENET_EXIT`` attached unless ``exit_`` is False."""
+    from distill_ee.apputils.models import create_model
+    from distill_ee.early_exit import EarlyExits
+
+    torch.manual_seed(0)
+    model = create_model("lenet_mnist", 10, 1)
+    if exit_:
+        EarlyExits.from_config(LENET_EXIT, model, num_classes=10, input_shape=(1, 28, 28))
+    return model
 
 
 def synthetic(n=600, strengths=(1.0, 2.0, 4.0), classes=10, seed=0):
@@ -39,3 +57,27 @@ def one_epoch_of_one_step(model, optimizer, scheduler, epoch, x, y):
     optimizer.step()
     scheduler.on_minibatch_end(epoch, 0, 1)
     scheduler.on_epoch_end(epoch, metrics={"min": 1.0, "max": 10.0})
+
+
+#: how long a case may run before it counts as hung: a guard against a hang (a FIFO read, a runaway loop), far
+#: above what any case takes even on a loaded machine; never a speed test
+HANG_SECONDS = 60
+
+
+class Hung(Exception):
+    """A block guarded by ``no_hang`` ran past its time."""
+
+
+@contextlib.contextmanager
+def no_hang(seconds=HANG_SECONDS):
+    """Raise Hung in the block once it has run ``seconds`` (main thread only)."""
+    def stop(signum, frame):
+        raise Hung(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

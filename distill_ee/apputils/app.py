@@ -28,6 +28,7 @@ from ..modules import unwrap
 from ..errors import CheckpointError, ConfigError, DistillEEError
 from ..atomic import atomic_write_text
 from ..schedule import read_schedule, schedule_from_text
+from ..input_files import STDIN
 from ..scheduler import CompressionScheduler
 from ..summaries import compute_table, model_table, sparsity_table, total_sparsity
 from .args import check_args, parse_args
@@ -35,7 +36,7 @@ from .calibration import parse_target, recalibrate_session, run_calibration
 from .kd import add_kd_policy, kd_summary
 from .quantize_eval import is_quantized, prepare_quantizer, quantize_trained
 from .learned_policy_files import run_learned_policy
-from .datasets import check_inputs, dataset_info, load_dataset, make_loaders
+from .datasets import check_inputs, check_trained_on, dataset_info, load_dataset, make_loaders
 from .datasets.sharding import ORDER_STRIDE, shard_loaders
 from .earlyexit_flags import SHORTHAND_FILE, shorthand_config
 from .models import create_model
@@ -45,6 +46,8 @@ from .sensitivity_files import run_sensitivity, sensitivity_levels
 from .train import check_finite_weights, evaluate, train_one_epoch
 
 log = logging.getLogger("distill_ee")
+#: the name the copy of a schedule read from standard input gets in the run directory
+STDIN_SCHEDULE_FILE = "schedule.yaml"
 
 #: target used to recalibrate exit thresholds after pruning when --ee-calibrate is not given
 AUTO_RECALIBRATION = "drop=0.5"
@@ -123,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(model, info, args.arch, torch.device("cpu"))
     if args.summary:
         return _print_summaries(args.summary, model, example) if distributed.is_main() else 0
-    splits = load_dataset(dataset, args.data, valid_size=args.valid_size)
+    splits = load_dataset(dataset, args.data, valid_size=args.valid_size, bad_images=args.bad_images,
+                          image_check=args.image_check)
     loaders = make_loaders(splits, args.batch_size, args.workers, seed=args.seed, deterministic=args.deterministic)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
@@ -132,12 +136,13 @@ def run(args: argparse.Namespace) -> int:
     scheduler = add_kd_policy(args, model, optimizer, scheduler, info.num_classes, info.input_shape[0],
                               example.to(device), device)
     quantizer = prepare_quantizer(args, model, scheduler, example.to(device))  # a bad config: before any output
-    start_epoch, best = _resume(args, model, optimizer, scheduler, device)
+    start_epoch, best = _resume(args, model, optimizer, scheduler, device, info)
+    _check_quantizer(quantizer, model)
     exits = EarlyExits.of(model)
     _check_exit_flags(args, model, exits)
     _check_budget(args, exits, scheduler)
     train_loaders = _process_loaders(args, splits, loaders) if not (args.evaluate or args.sense) else None
-    run_dir = _open_run_dir(args, schedule_text) if distributed.is_main() else None
+    run_dir = _open_run_dir(args, schedule_text, info) if distributed.is_main() else None
     criterion = nn.CrossEntropyLoss().to(device)
     if args.sense:
         return _sensitivity(args, model, loaders, criterion, device, run_dir) if run_dir else 0
@@ -175,21 +180,32 @@ def _schedule_text(args: argparse.Namespace) -> Optional[str]:
     if shorthand:
         config = shorthand_config(args.arch, args.earlyexit_thresholds, args.earlyexit_lossweights, args.epochs)
         return yaml.safe_dump(config, sort_keys=False)
+    if args.compress == "-" and distributed.launched_by_torchrun():
+        raise ConfigError("--compress -: the processes torchrun starts do not share standard input; give the "
+                          "schedule as a file")
     if args.compress:
-        return read_schedule(args.compress).source.text
+        return read_schedule(args.compress, stdin=True).source.text
     return None
 
 
-def _open_run_dir(args: argparse.Namespace, schedule_text: Optional[str]) -> RunDir:
+def _schedule_label(args: argparse.Namespace) -> str:
+    """What messages call the run's schedule."""
+    if args.compress == "-":
+        return STDIN
+    return args.compress or "the --earlyexit_* flags' schedule"
+
+
+def _open_run_dir(args: argparse.Namespace, schedule_text: Optional[str], info: Any) -> RunDir:
     """The run directory, with the log file (holding what was logged so far) and the schedule's copy."""
     run_dir = RunDir(args.out_dir, args.name or args.arch)
+    run_dir.trained_on = {"input_shape": list(info.input_shape), "num_classes": int(info.num_classes)}
     setup_logging(run_dir.log_file)
     log.info("Log directory: %s", run_dir.path)
     log.info("Command: %s", " ".join(sys.argv))
-    if args.compress:
-        run_dir.copy_schedule(args.compress)
-    elif schedule_text is not None:
-        atomic_write_text(run_dir.file(SHORTHAND_FILE), schedule_text)
+    if schedule_text is not None:
+        name = Path(args.compress).name if args.compress and args.compress != "-" else \
+            STDIN_SCHEDULE_FILE if args.compress else SHORTHAND_FILE
+        atomic_write_text(run_dir.file(name), schedule_text)
     return run_dir
 
 
@@ -208,14 +224,14 @@ def _make_scheduler(args: argparse.Namespace, model: nn.Module, optimizer: torch
                     example: torch.Tensor, text: Optional[str]) -> Optional[CompressionScheduler]:
     if text is None:
         return None
-    label = args.compress or "the --earlyexit_* flags' schedule"
+    label = _schedule_label(args)
     scheduler = schedule_from_text(model, optimizer, text, file=label, example_input=example)
     log.info("Schedule %s: %d policies", label, len(scheduler.policies))
     return scheduler
 
 
 def _resume(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Optional[CompressionScheduler], device: torch.device) -> tuple:
+            scheduler: Optional[CompressionScheduler], device: torch.device, info: Any) -> tuple:
     """Give the model the checkpoint's structure (exits, thinning) and weights; the epoch to start at and the
     best score so far (a fresh start with --reset-optimizer, --evaluate and --sense)."""
     if not args.resume_from:
@@ -224,6 +240,7 @@ def _resume(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.O
     if state.get("arch") != args.arch:
         raise CheckpointError(f"{args.resume_from}: checkpoint is for --arch {state.get('arch')!r}, "
                               f"not {args.arch!r}")
+    check_trained_on(state, info, f"{args.resume_from}: the checkpoint")
     fresh = bool(args.reset_optimizer or args.evaluate or args.sense)
     _check_run_state(args.resume_from, state, fresh)
     try:
@@ -242,6 +259,16 @@ def _resume(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.O
         torch.set_rng_state(state["rng_state"])
     log.info("Resumed from %s at epoch %d", args.resume_from, state["epoch"] + 1)
     return state["epoch"] + 1, state.get("best_top1")
+
+
+def _check_quantizer(quantizer: Any, model: nn.Module) -> None:
+    """Post-training quantization of a model that carries quantization of its own (a checkpoint trained with
+    quantization-aware training) is refused before the run directory exists, saying what to do instead."""
+    qset = quantization_of(unwrap(model))
+    if quantizer is not None and qset is not None:
+        raise ConfigError(f"--quantize-eval: the model is quantized already (its quantization {qset.instance_name!r}, "
+                          "of quantization-aware training, came with the checkpoint): evaluate it without "
+                          "--quantize-eval (it runs quantized), and give --ee-export onnx for its int8 export")
 
 
 def _check_run_state(path: str, state: Dict[str, Any], fresh: bool) -> None:
@@ -490,7 +517,7 @@ def _save(run_dir: RunDir, args: argparse.Namespace, epoch: int, model: nn.Modul
           optimizer: torch.optim.Optimizer, scheduler: Optional[CompressionScheduler], best: Optional[float],
           is_best: bool, extra: Optional[Dict[str, Any]] = None) -> None:
     meta = {"epoch": epoch, "arch": args.arch, "dataset": args.dataset or "mnist5k", "best_top1": best,
-            "rng_state": torch.get_rng_state(), **(extra or {})}
+            **run_dir.trained_on, "rng_state": torch.get_rng_state(), **(extra or {})}
     save_checkpoint(run_dir.file("checkpoint.pth.tar"), model, optimizer=optimizer, scheduler=scheduler, **meta)
     if is_best:
         save_checkpoint(run_dir.file("best.pth.tar"), model, optimizer=optimizer, scheduler=scheduler, **meta)

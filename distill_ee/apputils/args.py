@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Any, List, NoReturn, Optional
 
 from ..errors import ConfigError
+from ..file_names import name_problem
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -61,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out-dir", default="logs", help="output directory (default: logs)")
     p.add_argument("--vs", "--valid-size", type=_fraction, default=0.1, dest="valid_size",
                    help="share of the training data held out for validation (default: 0.1)")
+    p.add_argument("--bad-images", choices=["stop", "skip"], default="stop",
+                   help="imagefolder/imagenet: an image file that fails the check before training (unreadable, "
+                        "truncated, a decompression bomb) or a symlink loop stops the run with one line (stop, "
+                        "default) or is left out and counted in the log (skip)")
+    p.add_argument("--image-check", choices=["header", "decode"], default="header",
+                   help="imagefolder/imagenet: how each image file is checked before training: its format, size "
+                        "and end (header, default) or every pixel decoded as training does (decode, slower)")
     p.add_argument("--summary", choices=["sparsity", "compute", "model"], action="append",
                    help="print a summary of the model and exit")
     p.add_argument("--pretrained", action="store_true", help="torchvision weights already on disk")
@@ -173,7 +182,8 @@ def check_args(args: argparse.Namespace) -> None:
         _check_range(flag, getattr(args, attr), low, high, open_low)
     if args.momentum is not None and args.momentum >= 1.0:
         raise ConfigError(f"--momentum must be below 1, got {args.momentum}")
-    _check_name(args.name)
+    check_run_name(args.name)
+    check_out_dir(args.out_dir)
     _check_sense_range(args.sense_range)
     if args.evaluate and not args.resume_from and not args.pretrained:
         raise ConfigError("--evaluate needs a trained model: give --resume-from CHECKPOINT (or --pretrained)")
@@ -268,12 +278,19 @@ def _check_range(flag: str, value: Any, low: Any, high: Any, open_low: bool) -> 
         raise ConfigError(f"{flag} must be {bound}, got {value}")
 
 
-def _check_name(name: Optional[str]) -> None:
-    if name is None:
-        return
-    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or len(name) > 100:
-        raise ConfigError(f"-n/--name must be a plain name (no path separators, at most 100 characters), got "
-                          f"{name!r}; use -o/--out-dir to choose the folder")
+def check_run_name(name: Optional[str]) -> None:
+    """``-n``: a plain name (it names the run directory)."""
+    problem = None if name is None else name_problem(name)
+    if problem:
+        raise ConfigError(f"-n/--name {problem}; use -o/--out-dir to choose the folder")
+
+
+def check_out_dir(path: str) -> None:
+    """``-o``: a folder, or a path where one can be made (not a file, not a link to a missing folder)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ConfigError(f"-o/--out-dir {path}: is a symbolic link to {os.readlink(path)}, which does not exist")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"-o/--out-dir {path}: is not a directory")
 
 
 def _check_sense_range(values: List[float]) -> None:

@@ -25,7 +25,8 @@ import math
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from tabulate import tabulate
@@ -35,21 +36,23 @@ from ..checkpoint import load_checkpoint, read_checkpoint
 from ..early_exit.calibrate import calibrate, split_figures
 from ..early_exit.exits import EarlyExits
 from ..early_exit.tradeoff import measure_point
-from ..errors import ConfigError, DistillEEError
+from ..arguments import ArgumentError, Checked, Count
+from ..errors import CheckpointError, ConfigError, DistillEEError
+from ..file_names import name_problem
 from ..registry import suggest
 from ..timing import interleaved_rounds
-from ..schedule.source import ScheduleSource, decode_schedule, parse_yaml
+from ..schedule.source import ScheduleSource, load_as, read_yaml_file
 from ..summaries import total_macs
-from .args import OneLineErrorParser
+from .args import OneLineErrorParser, check_out_dir, check_run_name
 from .calibration import parse_target
-from .datasets import dataset_info, load_dataset, make_loaders
+from .datasets import check_trained_on, dataset_info, load_dataset, make_loaders
 from .models import create_model
 from .run_dir import RunDir, setup_logging
 from .tradeoff_files import write_tradeoff
 
 log = logging.getLogger("distill_ee")
-TOP_KEYS = ("dataset", "data", "members")
-MEMBER_KEYS = ("name", "checkpoint", "arch", "rule")
+#: the most members a cascade chains
+MAX_MEMBERS = 16
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +72,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run the cascade; user errors print one line and return 2."""
     args = build_parser().parse_args(argv)
     try:
+        check_run_name(args.name)
+        check_out_dir(args.out_dir)
         if args.batch_size < 1:
             raise ConfigError(f"-b/--batch-size must be at least 1, got {args.batch_size}")
         target = parse_target(args.calibrate) if args.calibrate else None
@@ -83,83 +88,112 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 # --------------------------------------------------------------------------- the file
-def read_config(path: str) -> Dict[str, Any]:
-    """The cascade file checked: dataset, and members with checkpoint files that exist and rules."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
-    source = parse_yaml(decode_schedule(data, path), path)
-    raw = source.data
-    source.expect_keys([], raw, TOP_KEYS, "a cascade file is a mapping with `members` (and `dataset`, `data`)")
-    members = raw.get("members")
-    if not isinstance(members, list) or len(members) < 2:
-        raise source.error(["members"], "a cascade lists at least two members, small to big")
-    out = [_member(source, i, m, last=i == len(members) - 1) for i, m in enumerate(members)]
-    names = [m["name"] for m in out]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise source.error(["members", i, "name"], f"two members are named {name!r}")
-    dataset = raw.get("dataset", "mnist5k")
-    if not isinstance(dataset, str):
-        raise source.error(["dataset"], f"a dataset name, got {dataset!r}")
-    return {"dataset": dataset, "data": raw.get("data"), "members": out, "file": path}
-
-
-def _member(source: ScheduleSource, i: int, raw: Any, last: bool) -> Dict[str, Any]:
-    where: List[Any] = ["members", i]
-    source.expect_keys(where, raw, MEMBER_KEYS, "a member is a mapping with `checkpoint` (and `name`, `rule`)")
-    pattern = raw.get("checkpoint")
-    if not isinstance(pattern, str) or not pattern:
-        raise source.error(where, "a member needs `checkpoint` (a checkpoint of the sample app)")
-    found = sorted(glob.glob(pattern), key=lambda p: Path(p).stat().st_mtime)
-    if not found:
-        raise source.error([*where, "checkpoint"], f"no file matches {pattern!r}")
-    rule = raw.get("rule")
-    if last and rule is not None:
-        raise source.error([*where, "rule"], "the last member answers every sample it gets: it takes no rule")
-    if not last:
-        rule = _rule(source, [*where, "rule"], rule)
-    name = raw.get("name", Path(found[-1]).parent.name)
-    return {"name": str(name), "checkpoint": found[-1], "arch": raw.get("arch"), "rule": rule}
-
-
-def _rule(source: ScheduleSource, where: List[Any], rule: Any) -> Dict[str, Any]:
+def _rule(rule: Any) -> Dict[str, Any]:
+    """A member's rule: ``{kind: <a confidence criterion>, threshold: t}`` or ``{kind: idk, beta: b}``."""
     rules = cascade_rules()
     if not isinstance(rule, dict) or "kind" not in rule:
-        raise source.error(where, "every member but the last needs `rule: {kind: ...}`", valid=list(rules))
+        raise ArgumentError("every member but the last needs `rule: {kind: ...}`", valid=list(rules))
     kind = rule["kind"]
-    if kind not in rules:
-        raise source.error([*where, "kind"], f"unknown rule {kind!r}", valid=list(rules),
-                           suggestions=suggest(str(kind), rules))
+    if not isinstance(kind, str) or kind not in rules:
+        raise ArgumentError(f"unknown rule {kind!r}", ("kind",), valid=list(rules),
+                            suggestions=suggest(str(kind), rules))
     allowed = ("kind", *getattr(rules[kind], "rule_keys", ("threshold",)))
     for key in rule:
         if key not in allowed:
-            raise source.error([*where, key], f"unknown key {key!r} for a {kind} rule", valid=allowed)
+            raise ArgumentError(f"unknown key {key!r} for a {kind} rule", (key,), valid=list(allowed))
     for key in allowed[1:]:
         value = rule.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value < 0):
-            raise source.error([*where, key], f"must be a finite number >= 0, got {value!r}")
+            raise ArgumentError(f"must be a finite number >= 0, got {value!r}", (key,))
     return dict(rule)
 
 
+def _member_name(value: Any) -> str:
+    problem = name_problem(value)
+    if problem:
+        raise ArgumentError(f"a member's name {problem}")
+    return value
+
+
+def _checkpoint_pattern(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ArgumentError(f"a member needs `checkpoint` (a checkpoint of the sample app), got {value!r}")
+    return value
+
+
+@dataclass
+class MemberSpec:
+    """One member of the cascade: its checkpoint (a pattern takes the newest match), name, architecture, rule."""
+
+    owner: ClassVar[str] = "a member"
+    shape: ClassVar[str] = "a member is a mapping with `checkpoint` (and `name`, `rule`)"
+    checkpoint: Annotated[str, Checked("a checkpoint file or pattern", _checkpoint_pattern)]
+    name: Optional[Annotated[str, Checked("a plain name", _member_name)]] = None
+    arch: Optional[str] = None
+    rule: Optional[Annotated[Dict[str, Any], Checked("{kind: ..., threshold: ...}", _rule)]] = None
+
+
+@dataclass
+class CascadeFile:
+    """A cascade file: the dataset, and the members small to big."""
+
+    owner: ClassVar[str] = "a cascade file"
+    shape: ClassVar[str] = "a cascade file is a mapping with `members` (and `dataset`, `data`)"
+    members: Annotated[List[MemberSpec], Count(2, MAX_MEMBERS, "members, small to big")]
+    dataset: str = "mnist5k"
+    data: Optional[str] = None
+
+
+def read_config(path: str) -> Dict[str, Any]:
+    """The cascade file checked: dataset, and members with checkpoint files that exist and rules."""
+    source = read_yaml_file(path, "cascade file", shape=CascadeFile.shape)
+    spec = load_as(source, CascadeFile)
+    out = [_member(source, i, m, last=i == len(spec.members) - 1) for i, m in enumerate(spec.members)]
+    names = [m["name"] for m in out]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise source.error(["members", i, "name"], f"two members are named {name!r}")
+    return {"dataset": spec.dataset, "data": spec.data, "members": out, "file": path}
+
+
+def _member(source: ScheduleSource, i: int, member: MemberSpec, last: bool) -> Dict[str, Any]:
+    where: List[Any] = ["members", i]
+    found = sorted(glob.glob(member.checkpoint), key=lambda p: Path(p).stat().st_mtime)
+    if not found:
+        raise source.error([*where, "checkpoint"], f"no file matches {member.checkpoint!r}")
+    if last and member.rule is not None:
+        raise source.error([*where, "rule"], "the last member answers every sample it gets: it takes no rule")
+    if not last and member.rule is None:
+        raise source.error(where, "every member but the last needs `rule: {kind: ...}`", valid=list(cascade_rules()))
+    name = member.name if member.name is not None else Path(found[-1]).parent.name
+    problem = name_problem(name)
+    if problem:
+        raise source.error(where, f"the member's name (its checkpoint's folder unless given) {problem}; give `name`")
+    return {"name": name, "checkpoint": found[-1], "arch": member.arch, "rule": member.rule}
+
+
 # --------------------------------------------------------------------------- running
-def load_member(spec: Dict[str, Any], num_classes: int, in_channels: int) -> Member:
-    """A member from its checkpoint (architecture from the file unless given), with its MACs per sample."""
+def load_member(spec: Dict[str, Any], info: Any) -> Member:
+    """A member from its checkpoint (architecture from the file unless given), checked against the cascade's
+    data, with its MACs per sample."""
     state = read_checkpoint(spec["checkpoint"])
     arch = spec["arch"] or state.get("arch")
     if not isinstance(arch, str):
         raise ConfigError(f"{spec['checkpoint']}: the checkpoint does not name its architecture; give `arch`")
-    model = create_model(arch, num_classes, in_channels)
-    load_checkpoint(model, state)
+    check_trained_on(state, info, f"member {spec['name']!r} ({spec['checkpoint']})")
+    model = create_model(arch, info.num_classes, info.input_shape[0])
+    try:
+        load_checkpoint(model, state)
+    except CheckpointError as err:
+        raise CheckpointError(f"{spec['checkpoint']}: {err}") from None
     return Member(spec["name"], model.eval(), 0.0)
 
 
 def run(args: argparse.Namespace, spec: Dict[str, Any], target: Any) -> None:
     """Build, calibrate, measure and report."""
     info = dataset_info(spec["dataset"], spec["data"])
-    members = [load_member(m, info.num_classes, info.input_shape[0]) for m in spec["members"]]
+    members = [load_member(m, info) for m in spec["members"]]
     splits = load_dataset(spec["dataset"], spec["data"])
     _, valid, test = make_loaders(splits, 256)
     if valid is None:

@@ -62,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def check(path: str, arch: str, dataset: str = "mnist5k", data: Optional[str] = None,
           epochs: Optional[int] = None) -> str:
     """The plan of schedule ``path`` on a fresh ``arch`` model, as text; DistillEEError when it is not valid."""
-    schedule = read_schedule(path)
+    schedule = read_schedule(path, stdin=True)
     info = dataset_info(dataset, data)
     model = create_model(arch, num_classes=info.num_classes, in_channels=info.input_shape[0])
     example = torch.zeros(1, *info.input_shape)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
@@ -21,10 +20,10 @@ from torch import nn
 from ..errors import ConfigError, ScheduleError
 from ..modules import unwrap
 from ..quantization.post_train import PostTrainLinearQuantizer
-from ..quantization.quantset import quantizable_layers, quantization_of
+from ..quantization.quantset import quantizable_layers, quantization_of, stats_problem
 from ..quantization.stats import collect_stats, load_stats, save_stats
 from ..schedule import schedule_from_text
-from ..schedule.source import parse_yaml
+from ..schedule.source import parse_yaml, read_yaml_text
 from .args import QE_MODES
 
 log = logging.getLogger("distill_ee")
@@ -41,10 +40,10 @@ def prepare_quantizer(args: argparse.Namespace, model: nn.Module, scheduler: Any
     path = args.qe_stats_file or quantizer.model_activation_stats
     if path and args.qe_calibration is None:
         stats = load_stats(path)
-        missing = [n for n, _ in quantizable_layers(unwrap(model)) if n not in stats]
-        if missing:
-            raise ConfigError(f"{path}: no statistics for layer {missing[0]!r} (the file must come from this model, "
-                              f"exits included); collect them with --qe-calibration")
+        problem = stats_problem(stats, [n for n, _ in quantizable_layers(unwrap(model))])
+        if problem:
+            raise ConfigError(f"{path}: {problem} (the file must come from this model, exits included); collect "
+                              "them with --qe-calibration")
         quantizer.stats = stats
     elif args.valid_size == 0:
         raise ConfigError("post-training quantization collects its activation statistics on the validation split, "
@@ -64,11 +63,7 @@ def _choose_quantizer(args: argparse.Namespace, model: nn.Module, scheduler: Any
     if not args.quantize_eval:
         return None
     if args.qe_config_file:
-        try:
-            text = Path(args.qe_config_file).read_text()
-        except OSError as err:
-            raise ConfigError(f"--qe-config-file {args.qe_config_file}: cannot be read "
-                              f"({err.strerror or err})") from None
+        text = read_yaml_text(args.qe_config_file, "quantization config")
         return _from_text(text, model, example, args.qe_config_file)
     return _from_text(yaml.safe_dump({"quantizers": {"qe": _flag_config(args)}}), model, example, "<--qe flags>")
 
@@ -92,7 +87,7 @@ def _flag_config(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _from_text(text: str, model: nn.Module, example: torch.Tensor, file: str) -> PostTrainLinearQuantizer:
-    source = parse_yaml(text, file)
+    source = parse_yaml(text, file, "quantization config")
     other = [k for k in source.data if k not in ("quantizers", "version")]
     if other:
         raise source.error([other[0]], f"a quantization config holds only a quantizers: section, not {other[0]!r}")

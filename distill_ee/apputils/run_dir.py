@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -27,11 +26,16 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=False)
         except FileExistsError:
-            self.path = Path(tempfile.mkdtemp(prefix=f"{name}___{stamp}-", dir=out_dir))
+            try:
+                self.path = Path(tempfile.mkdtemp(prefix=f"{name}___{stamp}-", dir=out_dir))
+            except OSError as exc:
+                raise ConfigError(f"cannot create the output directory in {out_dir}: {exc.strerror}") from None
         except OSError as exc:
             raise ConfigError(f"cannot create the output directory {self.path}: {exc.strerror}") from None
         if not os.access(self.path, os.W_OK):
             raise ConfigError(f"the output directory {self.path} is not writable")
+        #: what the run's checkpoints record about the data the model trains on (input shape, class count)
+        self.trained_on: Dict[str, Any] = {}
         self._metrics_fields: Optional[List[str]] = None
         self._metric_rows: List[Dict[str, Any]] = []
 
@@ -43,10 +47,6 @@ class RunDir:
     def file(self, name: str) -> Path:
         """A path inside the run directory."""
         return self.path / name
-
-    def copy_schedule(self, schedule_path: str) -> None:
-        """Keep a copy of the schedule next to the results."""
-        shutil.copyfile(schedule_path, self.path / Path(schedule_path).name)
 
     def append_metrics(self, row: Dict[str, Any]) -> None:
         """Add one epoch's row to metrics.csv (columns grow as new metrics appear)."""

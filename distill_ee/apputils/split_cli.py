@@ -22,8 +22,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shutil
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,19 +36,27 @@ from tabulate import tabulate
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..deploy import MultiExitSession
 from ..deploy.profile import profile_session
-from ..deploy.tiers import Link, SplitInputs, Tier, expected_latency, plan, reach_of, simulate, write_tiers
+from ..deploy.tiers import (Link, SplitInputs, Tier, check_simulation, expected_latency, plan, reach_of, simulate,
+                            write_tiers)
 from ..early_exit.exits import EarlyExits
 from ..early_exit.onnx_export import export_onnx
+from ..arguments import ArgumentError, Checked, Count
 from ..errors import ConfigError, DistillEEError
-from ..schedule.source import ScheduleSource, decode_schedule, parse_yaml
-from .args import OneLineErrorParser
+from ..file_names import name_problem
+from ..schedule.source import load_as, read_yaml_file
+from .args import OneLineErrorParser, check_out_dir, check_run_name
 from .datasets import dataset_info, load_dataset, make_loaders
 from .models import create_model
 from .run_dir import RunDir, setup_logging
 
 log = logging.getLogger("distill_ee")
-TIER_KEYS = ("name", "speed", "profile")
-LINK_KEYS = ("bandwidth_mbps", "latency_ms")
+#: bounds of a tier file (a plan ranks every placement: tiers and stages multiply them)
+MAX_TIERS = 8
+MAX_STAGES = 64
+SPEEDS = (1e-4, 1e4)
+MAX_SECONDS = 60.0
+BANDWIDTHS_MBPS = (1e-3, 1e6)
+MAX_LATENCY_MS = 60_000.0
 #: the simulation's measured latency must be this close to the plan's
 TOLERANCE = 0.2
 
@@ -68,6 +80,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Plan (and simulate); user errors print one line and return 2."""
     args = build_parser().parse_args(argv)
     try:
+        check_run_name(args.name)
+        check_out_dir(args.out_dir)
         if not 0 <= args.simulate <= 10_000:
             raise ConfigError(f"--simulate takes 0 to 10000 images, got {args.simulate}")
         tiers, links = read_tiers(args.tiers)
@@ -79,71 +93,100 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 # --------------------------------------------------------------------------- the tier file
-def read_tiers(path: str) -> Tuple[List[Tier], List[Link]]:
-    """Tiers and links from a tier file; located errors."""
-    try:
-        data = open(path, "rb").read()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
-    source = parse_yaml(decode_schedule(data, path), path)
-    raw = source.data
-    source.expect_keys([], raw, ("tiers", "links"), "a tier file is a mapping with `tiers` and `links`")
-    items = raw.get("tiers")
-    if not isinstance(items, list) or len(items) < 2:
-        raise source.error(["tiers"], "give at least two tiers, the one holding the input first")
-    tiers = [_tier(source, i, t) for i, t in enumerate(items)]
-    names = [t.name for t in tiers]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise source.error(["tiers", i, "name"], f"two tiers are named {name!r}")
-    raw_links = raw.get("links")
-    if not isinstance(raw_links, list) or len(raw_links) != len(tiers) - 1:
-        raise source.error(["links"], f"{len(tiers)} tiers need {len(tiers) - 1} links (tier i to tier i+1), "
-                                      f"got {len(raw_links) if isinstance(raw_links, list) else 'none'}")
-    links = [_link(source, i, link) for i, link in enumerate(raw_links)]
-    return tiers, links
-
-
-def _number(source: ScheduleSource, where: List[Any], value: Any, *, positive: bool) -> float:
+def _finite_number(value: Any, low: float, inclusive: bool, bounds: Tuple[float, float], unit: str) -> float:
+    """A finite number above ``low`` (or at least it), within ``bounds`` (the sane range of its kind)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
-            value < 0 or (positive and value == 0):
-        raise source.error(where, f"must be a finite number {'above' if positive else 'of at least'} 0, "
-                                  f"got {value!r}")
+            value < low or (not inclusive and value == low):
+        raise ArgumentError(f"must be a finite number {'of at least' if inclusive else 'above'} {low:g}, "
+                            f"got {value!r}")
+    if not bounds[0] <= value <= bounds[1]:
+        raise ArgumentError(f"must be from {bounds[0]:g} to {bounds[1]:g}{unit}, got {value!r}")
     return float(value)
 
 
-def _tier(source: ScheduleSource, i: int, raw: Any) -> Tier:
-    where: List[Any] = ["tiers", i]
-    what = "a tier is a mapping with `name` and `speed` (or `profile`)"
-    source.expect_keys(where, raw, TIER_KEYS, what)
-    if "name" not in raw:
-        raise source.error(where, what)
-    tier = Tier(str(raw["name"]))
-    if "speed" in raw:
-        tier.speed = _number(source, [*where, "speed"], raw["speed"], positive=True)
-    profile = raw.get("profile")
-    if profile is not None:
-        if not isinstance(profile, dict) or set(profile) != {"stages", "branches"}:
-            raise source.error([*where, "profile"], "a profile is {stages: [seconds...], branches: [seconds...]}")
-        for key in ("stages", "branches"):
-            values = profile[key]
-            if not isinstance(values, list):
-                raise source.error([*where, "profile", key], "a list of seconds per sample")
-            attr = "stage_seconds" if key == "stages" else "branch_seconds"
-            setattr(tier, attr, [_number(source, [*where, "profile", key, j], v, positive=False)
-                                 for j, v in enumerate(values)])
-    return tier
+def _speed(value: Any) -> float:
+    return _finite_number(value, 0.0, False, SPEEDS, " (times this machine's speed)")
 
 
-def _link(source: ScheduleSource, i: int, raw: Any) -> Link:
-    where: List[Any] = ["links", i]
-    source.expect_keys(where, raw, LINK_KEYS, "a link is {bandwidth_mbps: ..., latency_ms: ...}")
-    for key in LINK_KEYS:
-        if key not in raw:
-            raise source.error(where, f"a link needs `{key}`")
-    bandwidth = _number(source, [*where, "bandwidth_mbps"], raw["bandwidth_mbps"], positive=True)
-    latency = _number(source, [*where, "latency_ms"], raw["latency_ms"], positive=False)
-    return Link(bandwidth * 1e6 / 8.0, latency / 1e3)
+def _seconds(value: Any) -> float:
+    return _finite_number(value, 0.0, True, (0.0, MAX_SECONDS), " seconds per sample")
+
+
+def _bandwidth(value: Any) -> float:
+    return _finite_number(value, 0.0, False, BANDWIDTHS_MBPS, " Mbit/s")
+
+
+def _latency(value: Any) -> float:
+    return _finite_number(value, 0.0, True, (0.0, MAX_LATENCY_MS), " ms")
+
+
+def _tier_name(value: Any) -> str:
+    problem = name_problem(value)
+    if problem:
+        raise ArgumentError(f"a tier's name becomes a file name: it {problem}")
+    return value
+
+
+Seconds = Annotated[float, Checked("seconds per sample", _seconds)]
+
+
+@dataclass
+class ProfileSpec:
+    """A tier's own measured seconds per sample of every stage and branch."""
+
+    owner: ClassVar[str] = "a profile"
+    shape: ClassVar[str] = "a profile is {stages: [seconds...], branches: [seconds...]}"
+    stages: Annotated[List[Seconds], Count(1, MAX_STAGES, "stages")]
+    branches: Annotated[List[Seconds], Count(0, MAX_STAGES, "branches")]
+
+
+@dataclass
+class TierSpec:
+    """One machine: its name, and its speed relative to this one or its own measured profile."""
+
+    owner: ClassVar[str] = "a tier"
+    shape: ClassVar[str] = "a tier is a mapping with `name` and `speed` (or `profile`)"
+    name: Annotated[str, Checked("a plain name", _tier_name)]
+    speed: Annotated[float, Checked("a number above 0", _speed)] = 1.0
+    profile: Optional[ProfileSpec] = None
+
+
+@dataclass
+class LinkSpec:
+    """The connection from one tier to the next."""
+
+    owner: ClassVar[str] = "a link"
+    shape: ClassVar[str] = "a link is {bandwidth_mbps: ..., latency_ms: ...}"
+    bandwidth_mbps: Annotated[float, Checked("a number above 0", _bandwidth)]
+    latency_ms: Annotated[float, Checked("a number of at least 0", _latency)]
+
+
+@dataclass
+class TierFile:
+    """A tier file: the tiers in order (the first holds the input) and the links between them."""
+
+    owner: ClassVar[str] = "a tier file"
+    shape: ClassVar[str] = "a tier file is a mapping with `tiers` and `links`"
+    tiers: Annotated[List[TierSpec], Count(2, MAX_TIERS, "tiers, the one holding the input first")]
+    links: Optional[List[LinkSpec]] = None
+
+
+def read_tiers(path: str) -> Tuple[List[Tier], List[Link]]:
+    """Tiers and links from a tier file (``distill_ee.input_files``: a regular file, bounded); located errors."""
+    source = read_yaml_file(path, "tier file", shape=TierFile.shape)
+    spec = load_as(source, TierFile)
+    names = [t.name for t in spec.tiers]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise source.error(["tiers", i, "name"], f"two tiers are named {name!r}")
+    given = spec.links or []
+    if len(given) != len(spec.tiers) - 1:
+        raise source.error(["links"], f"{len(spec.tiers)} tiers need {len(spec.tiers) - 1} links (tier i to tier "
+                                      f"i+1), got {len(given) if spec.links is not None else 'none'}")
+    tiers = [Tier(t.name, t.speed, t.profile.stages if t.profile else None, t.profile.branches if t.profile else None)
+             for t in spec.tiers]
+    links = [Link(link.bandwidth_mbps * 1e6 / 8.0, link.latency_ms / 1e3) for link in given]
+    return tiers, links
 
 
 # --------------------------------------------------------------------------- measuring and planning
@@ -158,18 +201,30 @@ def run(args: argparse.Namespace, tiers: List[Tier], links: List[Link]) -> Dict[
     exits = EarlyExits.of(model)
     if exits is None:
         raise ConfigError(f"{args.checkpoint}: the model has no early exits to split at")
+    check_profiles(tiers, len(exits.exit_names) + 1, len(exits.exit_names))
     _, valid, _ = make_loaders(load_dataset(dataset, args.data), 256)
     if valid is None:
         raise ConfigError("the exit rates are measured on the validation split, and the dataset has none")
-    run_dir = RunDir(args.out_dir, args.name)
-    setup_logging(run_dir.log_file)
-    multi = exits.multi_exit_model().eval()
-    export_onnx(multi, model, run_dir.file("onnx"))
-    session = MultiExitSession(run_dir.file("onnx"), threads=1)
-    images = torch.cat([x for x, _ in valid])
-    inputs = _measure(exits, session, images, valid, tiers)
-    placements = plan(inputs, tiers, links)
-    _check_profiles(tiers, inputs)
+    with tempfile.TemporaryDirectory() as scratch:  # measured and planned before anything is written
+        multi = exits.multi_exit_model().eval()
+        export_onnx(multi, model, Path(scratch) / "onnx")
+        session = MultiExitSession(Path(scratch) / "onnx", threads=1)
+        images = torch.cat([x for x, _ in valid])
+        inputs = _measure(exits, session, images, valid, tiers)
+        placements = plan(inputs, tiers, links)
+        best = placements[0]
+        if args.simulate:
+            check_simulation(best.latency, args.simulate)
+        run_dir = RunDir(args.out_dir, args.name)
+        setup_logging(run_dir.log_file)
+        shutil.copytree(Path(scratch) / "onnx", run_dir.file("onnx"))
+        session = MultiExitSession(run_dir.file("onnx"), threads=1)
+        return _report(args, run_dir, session, inputs, placements, images, tiers, links)
+
+
+def _report(args: argparse.Namespace, run_dir: RunDir, session: MultiExitSession, inputs: SplitInputs,
+            placements: List[Any], images: torch.Tensor, tiers: List[Tier], links: List[Link]) -> Dict[str, Any]:
+    """Log the ranked placements, write the recommended one's files, simulate it when asked; the summary."""
     best = placements[0]
     rows = [[rank + 1, p.describe(tiers), f"{1e3 * p.latency:.3f}", f"{1e3 * p.compute:.3f}", f"{1e3 * p.transfer:.3f}"]
             for rank, p in enumerate(placements)]
@@ -212,10 +267,10 @@ def cut_bytes(session: MultiExitSession, x: np.ndarray) -> List[int]:
     return out
 
 
-def _check_profiles(tiers: List[Tier], inputs: SplitInputs) -> None:
+def check_profiles(tiers: List[Tier], stages: int, branches: int) -> None:
+    """A tier's own profile times every stage and branch of the model (checked before anything is measured)."""
     for tier in tiers:
-        for key, have, want in (("stages", tier.stage_seconds, len(inputs.stage_seconds)),
-                                ("branches", tier.branch_seconds, len(inputs.branch_seconds))):
+        for key, have, want in (("stages", tier.stage_seconds, stages), ("branches", tier.branch_seconds, branches)):
             if have is not None and len(have) != want:
                 raise ConfigError(f"tier {tier.name!r}: its profile lists {len(have)} {key}, the model has {want}")
 

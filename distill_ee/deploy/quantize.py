@@ -5,9 +5,9 @@ Every stage, branch, fused exit and the backbone is quantized statically in ONNX
 ranges calibrated on sample inputs (min/max); the network's operators are quantized, the criteria's softmax
 and entropy stay in float. Each file is calibrated on the values it really receives:
 the calibration images are run through the float stages and every file gets its own inputs. The result is a
-directory ``MultiExitSession`` runs as it is (the manifest records how it was quantized); ``thresholds`` may
-choose the int8 files' own thresholds from a session on them before the manifest is written, once. Nothing
-here imports torch.
+directory ``MultiExitSession`` runs as it is (the manifest records how it was quantized, and its ``files``
+records are recomputed for the int8 files); ``thresholds`` may choose the int8 files' own thresholds from a
+session on them before the manifest is written, once. Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .manifest import check_manifest
+from .manifest import MANIFEST, add_records, check_manifest
 from .session import MultiExitSession
 
 #: the operators quantized: the network's own (convolutions, matrix products, pooling, activations, residual sums
@@ -107,7 +107,8 @@ def quantize_export(source: Union[str, Path], target: Union[str, Path], images: 
                            "per_channel": per_channel, "symmetric_activations": symmetric_activations,
                            "calibration_images": int(images.shape[0]), "operators": list(QUANTIZED_OPS),
                            "float": sorted(exclude)}
-    manifest = check_manifest(raw, target, str(target / "manifest.json"))  # the result must be a runnable export
+    # the files changed: their records are recomputed, and the result must be a runnable export
+    manifest = check_manifest(add_records(raw, target), target, str(target / MANIFEST))
     if thresholds is not None:
         manifest.set_thresholds(thresholds(MultiExitSession(manifest, threads=1)))
     written.append(manifest.write())

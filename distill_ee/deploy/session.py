@@ -5,8 +5,9 @@ The same algorithm as ``MultiExitModel.forward``: the stages run in order on a s
 the samples it lets go are written to the result and every value carried to later stages keeps only the rows
 still running, so later stages really run on fewer samples; a batch of one returns at the first exit that
 fires. Each exit's graph computes its criterion's score, and the manifest's leave rule decides from it (the
-same rule PyTorch decides by, ``distill_ee.leave_rules``); the thresholds are the manifest's. Needs numpy and
-onnxruntime, not torch.
+same rule PyTorch decides by, ``distill_ee.leave_rules``); the thresholds are the manifest's. Nothing is run
+unverified: reading the manifest checks every file's SHA-256 and records against the plan, and every graph
+loaded here is checked against its record (``Manifest.verify_graph``). Needs numpy and onnxruntime, not torch.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from ..exit_settings import ThresholdArg
 from .manifest import Manifest, ManifestError, read_manifest
 
 
-def make_session(path: Path, threads: Optional[int] = None) -> ort.InferenceSession:
+def make_session(path: Path, threads: Optional[int] = None, label: Optional[str] = None) -> ort.InferenceSession:
     """A CPU inference session with every graph optimisation (``threads`` intra-op threads, default ORT's) whose
-    idle threads sleep instead of spinning."""
+    idle threads sleep instead of spinning; ``label`` starts the line of a ManifestError (default: the path)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -38,7 +39,8 @@ def make_session(path: Path, threads: Optional[int] = None) -> ort.InferenceSess
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own exception types for a damaged or foreign file
-        raise ManifestError(f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0][:200]})") from None
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ManifestError(f"{label or path}: ONNX Runtime cannot load it ({first})") from None
 
 
 class MultiExitSession:
@@ -51,17 +53,25 @@ class MultiExitSession:
         self.manifest: Manifest = source if isinstance(source, Manifest) else read_manifest(source)
         m = self.manifest
         self.plan = m.plan
-        self.stages = [make_session(p, threads) for p in m.stages]
-        self.branches = [make_session(p, threads) for p in m.branches]
-        self.exits = [make_session(p, threads) for p in m.exits]
+        self._threads = threads
+        self.stages = [self._load(p) for p in m.stages]
+        self.branches = [self._load(p) for p in m.branches]
+        self.exits = [self._load(p) for p in m.exits]
         self.criteria = list(m.criteria)
         self.rules = [LEAVE_RULES[name] for name in m.leave]
         self._stage_inputs = [[f"slot{i}" for i in ins] for ins in self.plan["inputs"]]
         self._stage_outputs = [[f"slot{j}" for j in outs] for outs in self.plan["outputs"]]
         self._exit_outputs = [[*names, "logits", "score"] for names in self._stage_outputs]
         self._backbone: Optional[ort.InferenceSession] = None
-        self._threads = threads
+        if m.backbone is not None:
+            self._load(m.backbone)  # checked now, kept only once ``backbone`` is called (it doubles the weights)
         self._derive_limits()
+
+    def _load(self, path: Path) -> ort.InferenceSession:
+        """A session of ``path``, its graph's inputs and outputs checked against the manifest's record."""
+        graph = make_session(path, self._threads, label=f"{self.manifest.path}: {path.name}")
+        self.manifest.verify_graph(path, graph)
+        return graph
 
     # ----------------------------------------------------------------- settings
     @property
@@ -210,7 +220,7 @@ class MultiExitSession:
         if self._backbone is None:
             if self.manifest.backbone is None:
                 raise ManifestError(f"{self.manifest.directory}: the export has no backbone.onnx")
-            self._backbone = make_session(self.manifest.backbone, self._threads)
+            self._backbone = self._load(self.manifest.backbone)
         return self._backbone.run(None, {"input": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def prefix_times(self, x: np.ndarray, repeats: int = 5) -> List[float]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import multiprocessing as mp
 import time
 import zipfile
@@ -31,9 +32,22 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write_json
 from ..leave_rules import LEAVE_RULES
+from ..errors import ConfigError
+from ..file_names import name_problem
+from ..input_files import TEXT_LIMIT, InputFileError, read_input
 from .manifest import Manifest, ManifestError
 
 PLACEMENT = "placement.json"
+#: the samples a simulation runs first, not counted (the first calls of a session are slow)
+WARMUP = 5
+#: what one simulated sample costs beyond the plan (pipes, process switches), for the time budget
+SAMPLE_OVERHEAD = 2e-3
+#: the longest simulation ``check_simulation`` lets start
+SIMULATION_BUDGET = 300.0
+#: how long the tier processes may take to start (importing ONNX Runtime, loading their files)
+START_TIMEOUT = 120.0
+#: the most placements a plan ranks (each tier a contiguous run of stages: they grow combinatorially)
+MAX_PLACEMENTS = 200_000
 
 
 @dataclass
@@ -134,6 +148,10 @@ def plan(inputs: SplitInputs, tiers: Sequence[Tier], links: Sequence[Link]) -> L
     stages = len(inputs.stage_seconds)
     if len(links) != len(tiers) - 1:
         raise ValueError(f"{len(tiers)} tiers need {len(tiers) - 1} links, got {len(links)}")
+    count = math.comb(stages + len(tiers) - 1, len(tiers) - 1)
+    if count > MAX_PLACEMENTS:
+        raise ConfigError(f"{len(tiers)} tiers and {stages} stages make {count:,} placements to rank (at most "
+                          f"{MAX_PLACEMENTS:,}): give fewer tiers")
     out = [expected_latency(owner, inputs, tiers, links)
            for owner in itertools.combinations_with_replacement(range(len(tiers)), stages)]
     return sorted(out, key=lambda p: (p.latency, p.owner))
@@ -152,6 +170,10 @@ def reach_of(taken: Sequence[float]) -> List[float]:
 def write_tiers(manifest: Manifest, placement: Placement, tiers: Sequence[Tier], links: Sequence[Link],
                 directory: Union[str, Path]) -> List[Path]:
     """One zip per tier (its stages' and exits' ONNX files and ``tier.json``) and ``placement.json``."""
+    for tier in tiers:
+        problem = name_problem(tier.name)
+        if problem:
+            raise ConfigError(f"tier name {problem}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
@@ -265,19 +287,45 @@ def _serve(zip_path: str, placement: Dict[str, Any], speed: float, inbox: Any, o
         outbox.send((sample, payload, start))
 
 
-def simulate(directory: Union[str, Path], inputs: np.ndarray, timeout: float = 120.0, warmup: int = 5
-             ) -> Dict[str, Any]:
+def simulation_seconds(latency: float, samples: int, warmup: int = WARMUP) -> float:
+    """About how long simulating ``samples`` (and the warm-up) takes at an expected ``latency`` per sample."""
+    return (samples + min(warmup, samples)) * (latency + SAMPLE_OVERHEAD)
+
+
+def check_simulation(latency: float, samples: int, budget: float = SIMULATION_BUDGET) -> None:
+    """ConfigError when simulating ``samples`` at ``latency`` per sample would take longer than ``budget``."""
+    seconds = simulation_seconds(latency, samples)
+    if seconds > budget:
+        raise ConfigError(f"--simulate {samples}: the placement's expected latency of {1e3 * latency:.1f} ms per "
+                          f"sample would make the simulation take about {seconds:.0f} s (at most {budget:.0f} s): "
+                          f"simulate fewer samples, or check the tiers' speeds and the links' figures")
+
+
+def sample_timeout(latency: float) -> float:
+    """How long one sample's answer is waited for: many times the plan's latency, so that a loaded machine does not
+    turn a valid simulation into an error, and never less than half a minute."""
+    return max(30.0, 20.0 * latency + 10.0)
+
+
+def simulate(directory: Union[str, Path], inputs: np.ndarray, timeout: Optional[float] = None,
+             warmup: int = WARMUP) -> Dict[str, Any]:
     """Run ``placement.json``'s tiers as processes on this machine, one sample at a time; the measured latency
     per sample (from its arrival at the first tier to its answer at the tier where it leaves: mean, median, and
-    the mean of the fastest 95%, which leaves out the stalls a shared machine's scheduler adds), the exit each
-    sample took, and the plan's prediction."""
+    the mean of the fastest 95%, which leaves out the stalls a shared machine's scheduler adds), each sample's
+    latency and the exit it took, and the plan's prediction. ``timeout`` (seconds per answer) defaults to one scaled to the
+    plan's latency; a tier process that dies is reported at once."""
     directory = Path(directory)
+    path = directory / PLACEMENT
     try:
-        placement = json.loads((directory / PLACEMENT).read_text())
-    except (OSError, ValueError) as err:
-        raise ManifestError(f"{directory / PLACEMENT}: cannot be read ({err})") from None
+        placement = json.loads(read_input(str(path), "placement", TEXT_LIMIT))
+    except InputFileError as err:
+        raise ManifestError(f"{path}: cannot be read ({err.reason})") from None
+    except ValueError as err:
+        raise ManifestError(f"{path}: cannot be read ({err})") from None
     tiers = [Tier(**t) for t in placement["tiers"]]
     links = [Link(**link) for link in placement["links"]]
+    if timeout is None:
+        timeout = sample_timeout(float(placement["expected_latency"]))
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     pipes = [ctx.Pipe(duplex=False) for _ in tiers]  # pipes[i]: into tier i
@@ -293,12 +341,12 @@ def simulate(directory: Union[str, Path], inputs: np.ndarray, timeout: float = 1
         p.start()
     try:
         for _ in procs:
-            _expect(results, "ready", timeout)
+            _expect(results, "ready", max(timeout, START_TIMEOUT), procs)
         latencies, exits = [], []
         for n in range(-min(warmup, inputs.shape[0]), inputs.shape[0]):  # the first calls of a session are slow
             x = np.ascontiguousarray(inputs[abs(n) if n < 0 else n:][:1], dtype=np.float32)
             pipes[0][1].send((n, {0: x}, None))
-            _, sample, (latency, exit_index) = _expect(results, "done", timeout)
+            _, sample, (latency, exit_index) = _expect(results, "done", timeout, procs)
             if n >= 0:
                 latencies.append(latency)
                 exits.append(exit_index)
@@ -311,17 +359,25 @@ def simulate(directory: Union[str, Path], inputs: np.ndarray, timeout: float = 1
     ordered = np.sort(np.asarray(latencies))
     kept = ordered[:max(1, int(np.ceil(0.95 * len(ordered))))]
     return {"mean": float(np.mean(latencies)), "median": float(np.median(latencies)),
-            "trimmed_mean": float(kept.mean()), "exits": exits, "predicted": float(placement["expected_latency"]),
-            "samples": int(inputs.shape[0])}
+            "trimmed_mean": float(kept.mean()), "exits": exits, "latencies": [float(t) for t in latencies],
+            "predicted": float(placement["expected_latency"]), "samples": int(inputs.shape[0])}
 
 
-def _expect(results: Any, kind: str, timeout: float) -> Tuple[Any, ...]:
+def _expect(results: Any, kind: str, timeout: float, procs: Sequence[Any]) -> Tuple[Any, ...]:
+    """The next message from the tiers, waited for up to ``timeout`` while every tier process lives."""
     import queue
 
-    try:
-        message = results.get(timeout=timeout)
-    except queue.Empty:
-        raise ManifestError(f"a tier process did not answer within {timeout:g} s") from None
+    deadline = time.perf_counter() + timeout
+    while True:
+        try:
+            message = results.get(timeout=min(1.0, max(deadline - time.perf_counter(), 0.01)))
+            break
+        except queue.Empty:
+            dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead:
+                raise ManifestError(f"tier process {dead[0]} exited with code {procs[dead[0]].exitcode}") from None
+            if time.perf_counter() >= deadline:
+                raise ManifestError(f"a tier process did not answer within {timeout:g} s") from None
     if message[0] != kind:
         raise ManifestError(f"unexpected message from a tier: {message[0]!r}")
     return message

@@ -15,12 +15,15 @@ install nothing on the model: the training hooks (``hooks.ExitHooks``) exist onl
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
+from ..arguments import ArgumentError, Checked, Range
 from ..attachment import Attachment, attachment_of, register_attachment
 from ..errors import CheckpointError, DistillEEError, ThresholdError
+from ..structure import sample_shape_problem
 from ..registry import EXIT_CRITERIA
 from ..exit_settings import ThresholdArg, resolve_thresholds
 from .criteria import ExitCriterion, get_criterion
@@ -30,6 +33,27 @@ EXITS_ATTR = "early_exits"
 #: the ExitSet's submodule holding the learned deciders by exit name (not an exit)
 DECIDERS = "deciders"
 
+
+
+def _sample_shape(value: Any) -> List[int]:
+    problem = sample_shape_problem(value)
+    if problem:
+        raise ArgumentError(problem)
+    return list(value)
+
+
+#: one sample's shape in a structure step
+SampleShape = Annotated[List[int], Checked("one sample's shape", _sample_shape)]
+
+
+@dataclass
+class ExitsStepFields:
+    """What an ``early_exits`` structure step holds besides its kind and name."""
+
+    owner: ClassVar[str] = "an early_exits step"
+    config: Dict[str, Any]
+    num_classes: Annotated[int, Range(1, 1_000_000, integer=True)]
+    input_shape: SampleShape
 
 
 @register_attachment
@@ -45,6 +69,7 @@ class ExitSet(Attachment, nn.ModuleDict):
     noun = "early exits"
     summary_key = "exits"
     trained_by_policies = True
+    step_schema = ExitsStepFields
 
     def __init__(self, branches: Mapping[str, nn.Module], attach: Sequence[str], *, num_classes: int,
                  input_shape: Sequence[int], criteria: Sequence[str], thresholds: Sequence[Optional[float]],
@@ -209,9 +234,15 @@ class ExitSet(Attachment, nn.ModuleDict):
         return {"criteria": list(self.criteria), "thresholds": list(self.thresholds)}
 
     def set_extra_state(self, state: Any) -> None:
-        """Restore what ``get_extra_state`` returned."""
+        """Restore what ``get_extra_state`` returned (checked: names and numbers, one per exit)."""
         if not isinstance(state, Mapping) or not {"criteria", "thresholds"} <= set(state):
             raise CheckpointError("the saved exits lack their criteria and thresholds")
+        criteria, thresholds = state["criteria"], state["thresholds"]
+        if not isinstance(criteria, (list, tuple)) or not all(isinstance(c, str) for c in criteria):
+            raise CheckpointError(f"the saved exits' criteria must be a list of names, got {criteria!r}"[:300])
+        if not isinstance(thresholds, (list, tuple)) or not all(
+                t is None or (isinstance(t, (int, float)) and not isinstance(t, bool)) for t in thresholds):
+            raise CheckpointError(f"the saved exits' thresholds must be a list of numbers, got {thresholds!r}"[:300])
         try:
             self.set_criteria(state["criteria"])
             self.set_thresholds(state["thresholds"])

@@ -19,6 +19,7 @@ from torch import nn
 from ..atomic import atomic_write_json
 from ..deploy.manifest import MANIFEST, TORCHSCRIPT_FORMAT, TORCHSCRIPT_VERSION
 from ..errors import CheckpointError, DistillEEError
+from ..input_files import DATA_LIMIT, InputFileError, read_input
 from ..modules import eval_mode, example_input
 from .collaboration import takes_previous
 from .criteria import get_criterion
@@ -73,9 +74,13 @@ def load_exported(directory: Union[str, Path]) -> MultiExitModel:
     """A MultiExitModel (in eval mode) running the TorchScript files written by ``export_torchscript``."""
     directory = Path(directory)
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError) as err:
+        manifest = json.loads(read_input(str(directory / MANIFEST), "manifest", DATA_LIMIT))
+    except InputFileError as err:
+        raise CheckpointError(f"{directory}: no readable {MANIFEST} ({err.reason})") from None
+    except ValueError as err:
         raise CheckpointError(f"{directory}: no readable {MANIFEST} ({err})") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{directory}: {MANIFEST} is not a JSON object")
     if manifest.get("format") != TORCHSCRIPT_FORMAT or manifest.get("version") != TORCHSCRIPT_VERSION:
         raise CheckpointError(f"{directory}: not a TorchScript multi-exit export of version {TORCHSCRIPT_VERSION}")
     with warnings.catch_warnings():

@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, atomic_write_json
+from ..atomic import atomic_path
 from ..attachment import exporting
-from ..deploy.manifest import FORMAT, MANIFEST, VERSION
+from ..deploy.manifest import FORMAT, VERSION, write_manifest
 from ..dynamic import static_compute
 from ..errors import DistillEEError
 from ..modules import eval_mode, example_input
@@ -86,7 +86,7 @@ def export_onnx(multi: MultiExitModel, model: nn.Module, directory: Union[str, P
         written.append(path)
     manifest = {"format": FORMAT, "version": VERSION, **multi.describe(), **files, "dtype": "float32",
                 "opset": OPSET}
-    written.append(atomic_write_json(directory / MANIFEST, manifest))
+    written.append(write_manifest(manifest, directory))  # every file's SHA-256 and graph recorded, then checked
     return written
 
 

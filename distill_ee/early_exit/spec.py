@@ -424,7 +424,7 @@ def _exit(name: Any, raw: Any, final_name: str) -> ExitSpec:
     if not isinstance(raw, Mapping):
         raise ArgumentError(f"exit {name!r} must be a mapping, got {type(raw).__name__}", ("exits", name))
     try:
-        return ExitSpec(name=name, **bind(ExitSpec, raw, owner=f"exit {name!r}", mapping=True))
+        return ExitSpec(name=name, **bind(ExitSpec, raw, owner=f"exit {name!r}", mapping=True, supplied=("name",)))
     except ArgumentError as err:
         raise err.under("exits", name) from None
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import asdict, dataclass
-from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import (Annotated, Any, ClassVar, ContextManager, Dict, Iterable, Iterator, List, Mapping, Optional,
+                    Tuple)
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..arguments import ArgumentError, Checked, Range, check_value
 from ..attachment import Attachment, Handle, attach, attachment_of, detach, own_forward, register_attachment
 from ..attachment import replace_forward
 from ..errors import DistillEEError
@@ -29,6 +31,21 @@ QUANT_ATTR = "quantization"
 #: the kind of the structure step that attaches it
 QUANT_STEP = "quantization"
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
+#: how a layer's weights and input are quantized (``LayerSettings.scheme``)
+SCHEMES = ("range", "dorefa", "pact")
+#: the most layers a quantization step may name
+MAX_LAYERS = 100_000
+
+
+def stats_problem(stats: Mapping[str, Any], layers: Iterable[str]) -> Optional[str]:
+    """What ``stats`` lacks for quantizing ``layers`` (a layer, or its first input), or None."""
+    for name in layers:
+        if name not in stats:
+            return f"no statistics for layer {name!r}"
+        inputs = stats[name].get("inputs") or {}
+        if inputs.get(0, inputs.get("0")) is None:
+            return f"no statistics for the input of layer {name!r}"
+    return None
 
 
 @dataclass
@@ -82,6 +99,34 @@ class _Ranges(nn.Module):
             getattr(self, name).copy_(biased / correction)
 
 
+def _layer_settings(value: Any) -> Dict[str, Any]:
+    """A quantization step's layers: name -> settings, each of LayerSettings' fields and types, modes known."""
+    if not isinstance(value, dict) or not value or len(value) > MAX_LAYERS:
+        raise ArgumentError(f"`layers` maps 1 to {MAX_LAYERS:,} layer names to their settings")
+    for name, settings in value.items():
+        try:
+            s = check_value(LayerSettings, settings)
+            for field, names in (("mode_activations", LinearQuantMode), ("mode_weights", LinearQuantMode),
+                                 ("clip_acts", ClipMode)):
+                if getattr(s, field) not in names.__members__:
+                    raise ArgumentError(f"unknown {field} {getattr(s, field)!r}", (field,),
+                                        valid=list(names.__members__))
+            if s.scheme not in SCHEMES:
+                raise ArgumentError(f"unknown scheme {s.scheme!r}", ("scheme",), valid=list(SCHEMES))
+        except ArgumentError as err:
+            raise err.under(name) from None
+    return value
+
+
+@dataclass
+class QuantizationStepFields:
+    """What a ``quantization`` structure step holds besides its kind and name."""
+
+    owner: ClassVar[str] = "a quantization step"
+    layers: Annotated[Dict[str, Any], Checked("layer name -> settings", _layer_settings)]
+    ema_decay: Optional[Annotated[float, Range(0.0, 1.0, low_open=True, high_open=True)]] = None
+
+
 @register_attachment
 class QuantizationSet(Attachment):
     """The quantized layers of a model by name, their settings and activation ranges."""
@@ -90,6 +135,7 @@ class QuantizationSet(Attachment):
     attribute = QUANT_ATTR
     noun = "quantization"
     trained_by_policies = True
+    step_schema = QuantizationStepFields
 
     def __init__(self, settings: Mapping[str, LayerSettings], instance_name: str = "",
                  ema_decay: Optional[float] = None):
@@ -156,16 +202,13 @@ class QuantizationSet(Attachment):
     # ----------------------------------------------------------------- ranges
     def set_ranges(self, stats: Mapping[str, Any]) -> None:
         """Activation ranges of every layer from statistics (``stats.collect_stats`` / a stats file)."""
-        missing = [n for n in self.settings if n not in stats]
-        if missing:
-            raise DistillEEError(f"the activation statistics lack layer {missing[0]!r} (they must come from the "
-                                 f"same model)")
+        problem = stats_problem(stats, self.settings)
+        if problem:
+            raise DistillEEError(f"the activation statistics have {problem} (they must come from the same model)")
         for name, s in self.settings.items():
             clip = ClipMode[s.clip_acts]
             inputs = stats[name].get("inputs") or {}
             first = inputs.get(0, inputs.get("0"))
-            if first is None:
-                raise DistillEEError(f"the activation statistics lack the input of layer {name!r}")
             r = self.ranges[_key(name)]
             low, high = stats_range(first, clip, s.clip_n_stds)
             r.in_low.fill_(low)

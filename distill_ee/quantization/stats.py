@@ -16,20 +16,26 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Annotated, Any, Dict, Iterable, List, Optional, Union
 
 import torch
 import yaml
 from torch import nn
 
+from ..arguments import ArgumentError, Checked
 from ..atomic import atomic_write_text
 from ..early_exit.exits import EarlyExits
-from ..errors import ConfigError
+from ..input_files import DATA_LIMIT
+from ..registry import suggest
+from ..schedule.source import load_as, read_yaml_file
 from ..modules import eval_mode
 from ..temporary_hooks import removing
 from .quantset import quantization_of
 
 STAT_KEYS = ("min", "max", "avg_min", "avg_max", "mean", "std")
+#: the largest statistic a range (a float32 tensor) can hold
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+ENTRY_KEYS = ("inputs", "output")
 Stats = Dict[str, Dict[str, Any]]
 
 
@@ -105,30 +111,59 @@ def save_stats(path: Union[str, Path], stats: Stats) -> None:
 
 
 def load_stats(path: Union[str, Path]) -> Stats:
-    """Statistics from a YAML file (ours or Distiller's), checked."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a stats file maps module names to their inputs' and output's statistics")
-    for name, entry in raw.items():
-        if not isinstance(entry, dict) or "output" not in entry:
-            raise ConfigError(f"{path}: {name}: needs `output` (and `inputs`) statistics")
-        tensors = [("output", entry["output"])] + [(f"inputs.{i}", s) for i, s in (entry.get("inputs") or {}).items()]
-        for where, stats in tensors:
-            _check_tensor(path, f"{name}.{where}", stats)
-    return raw
+    """Statistics from a YAML file (ours or Distiller's): read as every file a user names is
+    (``distill_ee.input_files``), parsed by the hardened loader and checked; errors located in the file."""
+    source = read_yaml_file(str(path), "statistics file", DATA_LIMIT,
+                            shape="a statistics file maps module names to their inputs' and output's statistics")
+    return load_as(source, StatsFile)
 
 
-def _check_tensor(path: Union[str, Path], where: str, stats: Any) -> None:
+def _module_map(value: Any) -> Stats:
+    """Every module's statistics, checked."""
+    if not isinstance(value, dict):
+        raise ArgumentError("a statistics file maps module names to their inputs' and output's statistics")
+    out: Stats = {}
+    for name, entry in value.items():
+        try:
+            out[str(name)] = _entry(entry)
+        except ArgumentError as err:
+            raise err.under(name) from None
+    return out
+
+
+def _entry(entry: Any) -> Dict[str, Any]:
+    """One module's statistics: ``output`` and, per input index, ``inputs``."""
+    if not isinstance(entry, dict) or "output" not in entry:
+        raise ArgumentError("needs `output` (and `inputs`) statistics")
+    for key in entry:
+        if key not in ENTRY_KEYS:
+            raise ArgumentError(f"unknown key {key!r}", (key,), valid=list(ENTRY_KEYS),
+                                suggestions=suggest(str(key), ENTRY_KEYS))
+    inputs = entry.get("inputs") or {}
+    if not isinstance(inputs, dict):
+        raise ArgumentError("`inputs` maps each input's index (0, 1 ...) to its statistics", ("inputs",))
+    checked: Dict[str, Any] = {"output": _tensor(entry["output"], ("output",)), "inputs": {}}
+    for index, stats in inputs.items():
+        if isinstance(index, bool) or not (isinstance(index, int) or str(index).isdigit()):
+            raise ArgumentError(f"an input's index is 0, 1 ..., got {index!r}", ("inputs", index))
+        checked["inputs"][int(index)] = _tensor(stats, ("inputs", index))
+    return checked
+
+
+def _tensor(stats: Any, path: tuple) -> Dict[str, Any]:
+    """One tensor's statistics: the finite numbers of STAT_KEYS (others kept as they are), min <= max."""
     if not isinstance(stats, dict):
-        raise ConfigError(f"{path}: {where}: statistics are a mapping of {', '.join(STAT_KEYS)}")
+        raise ArgumentError(f"statistics are a mapping of {', '.join(STAT_KEYS)}", path)
     for key in STAT_KEYS:
         value = stats.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{path}: {where}.{key}: must be a finite number, got {value!r}")
+            raise ArgumentError(f"must be a finite number, got {value!r}", (*path, key))
+        if abs(value) > FLOAT32_MAX:  # the ranges are float32 tensors
+            raise ArgumentError(f"must be within float32's range (±{FLOAT32_MAX:.3g}), got {value!r}", (*path, key))
     if stats["min"] > stats["max"]:
-        raise ConfigError(f"{path}: {where}: min {stats['min']} is above max {stats['max']}")
+        raise ArgumentError(f"min {stats['min']} is above max {stats['max']}", path)
+    return dict(stats)
+
+
+#: what a statistics file holds: module name -> {inputs: {index: statistics}, output: statistics}
+StatsFile = Annotated[Dict[str, Any], Checked("module name -> {inputs, output}", _module_map)]

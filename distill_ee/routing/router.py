@@ -30,17 +30,19 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.fx
 from torch import nn
 
+from ..arguments import ArgumentError, Checked, bind
 from ..attachment import Attachment, Handle, InstanceAttributes, attachment_of, register_attachment
 from ..attachment import replace_forward
 from ..dynamic import OWNER_ATTR, DynamicComputation
 from ..errors import CheckpointError, DistillEEError
 from ..registry import ROUTING
+from ..structure import sample_shape_problem
 from .blocks import block_costs, block_facts
 
 #: the attribute of the user's model holding its RoutingSet
@@ -69,6 +71,24 @@ class RouteRecord:
     forced: bool
 
 
+def _routing_step(value: Any) -> Dict[str, Any]:
+    """A routing step's fields: its class, the class's arguments as its schedule gave them (checked by the
+    class's own annotations, as when it was built) and the input shape."""
+    if not isinstance(value, dict) or set(value) != {"class", "config", "input_shape"}:
+        raise ArgumentError("a routing step holds `class`, `config` and `input_shape`")
+    name = value["class"]
+    if not isinstance(name, str) or name not in ROUTING:
+        raise ArgumentError(f"unknown routing class {name!r}", ("class",), valid=ROUTING.names())
+    problem = sample_shape_problem(value["input_shape"])
+    if problem:
+        raise ArgumentError(problem, ("input_shape",))
+    config = value["config"]
+    if not isinstance(config, dict) or not isinstance(config.get("blocks"), list) or not config["blocks"]:
+        raise ArgumentError("the routing's configuration needs its `blocks`", ("config",))
+    bind(ROUTING.get(name).build, config, owner=name, skip=1)
+    return value
+
+
 @register_attachment
 class RoutingSet(Attachment, DynamicComputation):
     """Routed blocks (depth order), their share of the backbone's MACs, and how decisions are made."""
@@ -77,6 +97,7 @@ class RoutingSet(Attachment, DynamicComputation):
     attribute = ROUTING_ATTR
     noun = "routing"
     trained_by_policies = True
+    step_schema = Annotated[Dict[str, Any], Checked("{class, config, input_shape}", _routing_step)]
 
     def __init__(self, blocks: Sequence[str], block_macs: Sequence[int], backbone_macs: int, *,
                  instance_name: str = "", class_name: str = ""):

@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, List, Optional, Sequence, Set, Tuple, Union
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from ..arguments import ArgumentError, check_value
 from ..errors import ScheduleError
+from ..input_files import TEXT_LIMIT, InputFileError, decode_text, input_label, read_input
 from ..registry import suggest
 
 PathKey = Union[str, int]
 YamlPath = Tuple[PathKey, ...]
 
+_STR_TAG = "tag:yaml.org,2002:str"
+#: a number with an exponent and no sign or dot rules (``1e-3``, ``2E5``): a float in YAML 1.2, plain text in 1.1
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
 _PLAIN_TAGS = {
     "tag:yaml.org,2002:" + t
     for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "merge")
@@ -101,28 +107,57 @@ MAX_VALUES = 100_000
 log = logging.getLogger("distill_ee")
 
 
-def decode_schedule(data: bytes, file: Optional[str] = None) -> str:
+def decode_schedule(data: bytes, file: Optional[str] = None, what: str = "schedule") -> str:
     """Schedule bytes as text (UTF-8, an optional BOM dropped); a located ScheduleError when it is not UTF-8."""
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise ScheduleError(f"not UTF-8 text: byte 0x{data[err.start]:02x} cannot be decoded (save the schedule "
-                            "as UTF-8)", file=file, line=line) from None
+        return decode_text(data, file or "<schedule>", what)
+    except InputFileError as err:
+        raise ScheduleError(err.reason, file=file, line=err.line) from None
 
 
-def parse_yaml(text: str, file: Optional[str] = None) -> ScheduleSource:
-    """Parse schedule text with PyYAML's safe loader; object tags, recursive or exploding aliases, deep nesting
-    and unreadable values are located ScheduleErrors; a duplicate key is one too unless its value repeats."""
+def read_yaml_text(path: str, what: str, limit: int = TEXT_LIMIT, *, stdin: bool = False) -> str:
+    """The text of the YAML file a user named (``distill_ee.input_files``: regular files only, bounded,
+    UTF-8); every problem a ScheduleError located in the file."""
+    label = input_label(path, stdin)
+    try:
+        data = read_input(path, what, limit, stdin=stdin)
+    except InputFileError as err:
+        raise ScheduleError(err.reason, file=label) from None
+    return decode_schedule(data, label, what)
+
+
+def read_yaml_file(path: str, what: str, limit: int = TEXT_LIMIT, shape: Optional[str] = None) -> ScheduleSource:
+    """The YAML file a user named, read (``read_yaml_text``) and parsed by the hardened loader; ``shape`` is
+    what the message says when the top level is not a mapping."""
+    return parse_yaml(read_yaml_text(path, what, limit), str(path), what, shape)
+
+
+def load_as(source: ScheduleSource, schema: Any, path: Sequence[PathKey] = ()) -> Any:
+    """The value at ``path`` of ``source`` checked by the annotation ``schema`` (a dataclass: its fields'
+    annotations, as schedule components are checked); errors located in the file."""
+    value = source.data
+    for key in path:
+        value = value[key]
+    try:
+        return check_value(schema, value)
+    except ArgumentError as err:
+        raise source.error([*path, *err.path], err.message, valid=err.valid, suggestions=err.suggestions) from None
+
+
+def parse_yaml(text: str, file: Optional[str] = None, what: str = "schedule",
+               shape: Optional[str] = None) -> ScheduleSource:
+    """Parse YAML text (a schedule, or another ``what`` file a user wrote) with PyYAML's safe loader; object
+    tags, recursive or exploding aliases, deep nesting and unreadable values are located ScheduleErrors; a
+    duplicate key is one too unless its value repeats; the top level is a mapping."""
     try:
         loader = yaml.SafeLoader(text)
     except yaml.reader.ReaderError as exc:
-        raise _reader_error(exc, text, file) from None
+        raise _reader_error(exc, text, file, what) from None
     try:
-        _check_depth(text, file)
+        _check_depth(text, file, what)
         root = loader.get_single_node()
     except yaml.reader.ReaderError as exc:
-        raise _reader_error(exc, text, file) from None
+        raise _reader_error(exc, text, file, what) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -132,11 +167,12 @@ def parse_yaml(text: str, file: Optional[str] = None) -> ScheduleSource:
     finally:
         loader.dispose()
     if root is None:
-        raise ScheduleError("the schedule is empty", file=file, line=1)
-    converter = _Converter(loader, file)
+        raise ScheduleError(f"the {what} is empty", file=file, line=1)
+    converter = _Converter(loader, file, what)
     data = converter.convert(root, ())
     if not isinstance(data, LocatedDict):
-        raise ScheduleError("the schedule must be a mapping of sections (version, pruners, policies ...)",
+        raise ScheduleError(shape or f"the {what} must be a mapping" + (" of sections (version, pruners, policies "
+                                                                        "...)" if what == "schedule" else ""),
                             file=file, line=1)
     source = ScheduleSource(data, file, text)
     source.warnings = converter.warnings
@@ -145,21 +181,21 @@ def parse_yaml(text: str, file: Optional[str] = None) -> ScheduleSource:
     return source
 
 
-def _reader_error(exc: "yaml.reader.ReaderError", text: str, file: Optional[str]) -> ScheduleError:
+def _reader_error(exc: "yaml.reader.ReaderError", text: str, file: Optional[str], what: str) -> ScheduleError:
     line = text[:exc.position].count("\n") + 1 if isinstance(exc.position, int) else None
     char = chr(exc.character) if isinstance(exc.character, int) else exc.character
     return ScheduleError(f"not valid YAML: character {char!r} is not allowed (control characters other "
-                         "than tab and newline cannot appear in a schedule)", file=file, line=line)
+                         f"than tab and newline cannot appear in a {what})", file=file, line=line)
 
 
-def _check_depth(text: str, file: Optional[str]) -> None:
+def _check_depth(text: str, file: Optional[str], what: str) -> None:
     """Refuse nesting deeper than MAX_DEPTH before composing (the composer recurses once per level)."""
     depth = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
-                raise ScheduleError(f"nested more than {MAX_DEPTH} levels deep; a schedule is a few levels of "
+                raise ScheduleError(f"nested more than {MAX_DEPTH} levels deep; a {what} is a few levels of "
                                     "mappings and lists", file=file, line=event.start_mark.line + 1)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
@@ -168,9 +204,10 @@ def _check_depth(text: str, file: Optional[str]) -> None:
 class _Converter:
     """Turns composed YAML nodes into Located containers, checking tags, aliases and duplicate keys."""
 
-    def __init__(self, loader: yaml.SafeLoader, file: Optional[str]):
+    def __init__(self, loader: yaml.SafeLoader, file: Optional[str], what: str = "schedule"):
         self.loader = loader
         self.file = file
+        self.what = what
         self.values = 0
         self.active: Set[int] = set()
         self.warnings: List[str] = []
@@ -181,10 +218,10 @@ class _Converter:
     def convert(self, node: Node, path: YamlPath) -> Any:
         self.values += 1
         if self.values > MAX_VALUES:
-            raise self._fail(node, path, f"the schedule expands to more than {MAX_VALUES:,} values (YAML aliases "
+            raise self._fail(node, path, f"the {self.what} expands to more than {MAX_VALUES:,} values (YAML aliases "
                                          "repeated inside each other?)")
         if node.tag not in _PLAIN_TAGS:
-            raise self._fail(node, path, f"YAML tag {node.tag!r} is not allowed: schedules hold plain data only "
+            raise self._fail(node, path, f"YAML tag {node.tag!r} is not allowed: a {self.what} holds plain data only "
                                          "(tags that construct Python objects are refused)")
         if id(node) in self.active:
             raise self._fail(node, path, "a YAML alias refers to a node that contains it (a recursive anchor)")
@@ -204,6 +241,8 @@ class _Converter:
             self.active.discard(id(node))
 
     def _scalar(self, node: Node, path: YamlPath) -> Any:
+        if node.tag == _STR_TAG and node.style is None and _EXPONENT_FLOAT.fullmatch(node.value):
+            return float(node.value)  # YAML 1.2's 1e-3, which PyYAML's YAML 1.1 rules leave a string
         try:
             return self.loader.construct_object(node, deep=True)
         except Exception as exc:  # noqa: BLE001  (ValueError, KeyError, OverflowError ... from the constructors)

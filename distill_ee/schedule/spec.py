@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..components import load_components
-from ..errors import ScheduleError
 from ..registry import Registry, Section, UnknownNameError, sections, suggest
-from .source import LocatedDict, ScheduleSource, YamlPath, decode_schedule, parse_yaml
+from ..input_files import input_label
+from .source import LocatedDict, ScheduleSource, YamlPath, parse_yaml, read_yaml_text
 
 EPOCH_KEYS = ["epochs", "starting_epoch", "ending_epoch", "frequency"]
 #: the schedule format versions this loader reads (Distiller's)
@@ -70,17 +70,10 @@ class Schedule:
         return self.source.error(path, message, **kwargs)
 
 
-def read_schedule(path: str) -> Schedule:
-    """Read and validate a schedule file."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_SCHEDULE_BYTES + 1)
-    except OSError as exc:
-        raise ScheduleError(f"cannot read schedule: {exc.strerror or exc}", file=str(path)) from None
-    if len(data) > MAX_SCHEDULE_BYTES:
-        raise ScheduleError(f"the file is larger than {MAX_SCHEDULE_BYTES // 1024} KiB: not a schedule",
-                            file=str(path))
-    return parse_schedule(decode_schedule(data, str(path)), file=str(path))
+def read_schedule(path: str, *, stdin: bool = False) -> Schedule:
+    """Read and validate a schedule file (``-``: standard input, where ``stdin`` allows it)."""
+    text = read_yaml_text(path, "schedule", MAX_SCHEDULE_BYTES, stdin=stdin)
+    return parse_schedule(text, file=input_label(path, stdin))
 
 
 def parse_schedule(text: str, file: Optional[str] = None) -> Schedule:

@@ -27,6 +27,9 @@ from ..structure import STEP_KINDS, ReplayContext, Step, StepKind, record_step, 
 Recipe = Dict[str, Dict[str, Any]]
 #: the kind of the structure step that thins a model
 THINNING_STEP = "thinning"
+#: bounds of a recipe read from a checkpoint
+MAX_TENSORS = 100_000
+MAX_SIZE = 1 << 31
 
 
 def empty_recipe() -> Recipe:
@@ -101,10 +104,39 @@ def apply_thinning_recipes(model: nn.Module, recipes: Sequence[Recipe],
     notify_parameters_replaced(masks)
 
 
-def check_recipe(model: nn.Module, recipe: Any) -> None:
-    """Raise CheckpointError unless ``recipe`` is well formed and fits ``model``'s current shapes."""
+def check_recipe_fields(recipe: Any) -> None:
+    """Raise CheckpointError unless ``recipe`` has a recipe's types: ``modules`` maps module names to integer
+    attributes, ``tensors`` maps tensor names to ``[dim, size, kept indices]`` selections."""
     if not isinstance(recipe, Mapping) or set(recipe) != {"modules", "tensors"}:
         raise CheckpointError("a thinning recipe is a mapping with 'modules' and 'tensors'")
+    modules, tensors = recipe["modules"], recipe["tensors"]
+    if not isinstance(modules, Mapping) or not isinstance(tensors, Mapping) or len(tensors) > MAX_TENSORS:
+        raise CheckpointError(f"a thinning recipe's 'modules' and 'tensors' are mappings (at most {MAX_TENSORS:,} "
+                              "tensors)")
+    for name, attrs in modules.items():
+        if not isinstance(name, str) or not isinstance(attrs, Mapping) or not all(
+                isinstance(k, str) and _is_size(v) for k, v in attrs.items()):
+            raise CheckpointError(f"the recipe's module {name!r} must map attributes to sizes, got {attrs!r}"[:300])
+    for name, selections in tensors.items():
+        if not isinstance(name, str) or not isinstance(selections, (list, tuple)) or not all(
+                _is_selection(s) for s in selections):
+            raise CheckpointError(f"the recipe's selections of {name!r} must be [dimension, size, kept indices] "
+                                  "entries, the indices a 1-D integer tensor")
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SIZE
+
+
+def _is_selection(entry: Any) -> bool:
+    return isinstance(entry, (list, tuple)) and len(entry) == 3 and _is_size(entry[0]) and _is_size(entry[1]) \
+        and isinstance(entry[2], torch.Tensor) and entry[2].dim() == 1 and not entry[2].is_floating_point() \
+        and entry[2].dtype != torch.bool
+
+
+def check_recipe(model: nn.Module, recipe: Any) -> None:
+    """Raise CheckpointError unless ``recipe`` is well formed and fits ``model``'s current shapes."""
+    check_recipe_fields(recipe)
     modules = dict(model.named_modules())
     for module_name in recipe["modules"]:
         if module_name not in modules:
@@ -186,6 +218,13 @@ def _select_masker(masker: ParameterMasker, param: nn.Parameter, dim: int, size:
 
 class ThinningStep(StepKind):
     """Replays ``{"kind": "thinning", "recipe": ...}`` (masks and optimizer follow)."""
+
+    def check(self, step: Step) -> None:
+        """The step holds a recipe of a recipe's types."""
+        extra = sorted(set(step) - {"kind", "recipe"})
+        if extra:
+            raise CheckpointError(f"a thinning step holds its `recipe` only, not {extra}")
+        check_recipe_fields(step.get("recipe"))
 
     def replay(self, model: nn.Module, step: Step, ctx: ReplayContext) -> None:
         """Thin the model the way the recipe says."""

@@ -74,7 +74,7 @@ def test_evaluate_a_checkpoint_rebuilds_the_exits_without_the_schedule(first_run
 @pytest.mark.parametrize("argv, message", [
     (["--arch", "lenet_mnis"], "unknown architecture 'lenet_mnis'; did you mean 'lenet_mnist'"),
     (["--dataset", "mnist5"], "unknown dataset 'mnist5'; did you mean 'mnist5k'"),
-    (["--compress", "no/such/schedule.yaml"], "no/such/schedule.yaml: cannot read schedule"),
+    (["--compress", "no/such/schedule.yaml"], "no/such/schedule.yaml: cannot be read (No such file or directory)"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys, tmp_path):
     assert main([*argv, "-o", str(tmp_path)]) == 2

@@ -102,8 +102,11 @@ def test_checkpoints_move_between_two_processes_and_one(two, one, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = metrics(only_run(tmp_path / "one_to_two")), metrics(only_run(tmp_path / "one_to_one"))
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1.0]
+    # gradients all-reduced in another order round differently in float32; resumed in the middle of pruning,
+    # one CPU gave validation losses 1.4e-4 apart (0.404725 vs 0.404782) with every training figure equal to 6
+    # digits, so the tolerance is 1e-3
     for key in a[0]:
-        assert a[0][key] == pytest.approx(b[0][key], rel=1e-4, abs=1e-6), key
+        assert a[0][key] == pytest.approx(b[0][key], rel=1e-3, abs=1e-6), key
 
 
 def test_a_bad_flag_under_torchrun_is_one_line_per_rank_before_any_output(tmp_path):

@@ -316,7 +316,8 @@ def test_builtin_classifiers_on_a_model_without_them_are_refused_before_training
 
 def test_a_stats_file_that_misses_a_layer_is_refused_before_training(capsys, tmp_path):
     stats = tmp_path / "stats.yaml"
-    stats.write_text("conv1: {output: {min: 0, max: 1, avg_min: 0, avg_max: 1, mean: 0, std: 1}}\n")
+    one = "{min: 0, max: 1, avg_min: 0, avg_max: 1, mean: 0, std: 1}"
+    stats.write_text(f"conv1: {{inputs: {{0: {one}}}, output: {one}}}\n")
     code, err = run(["--compress", str(SCHEDULE), "--epochs", "1", "--qe", "--qe-stats-file", str(stats)], capsys,
                     tmp_path)
     assert code == 2 and err == (f"error: {stats}: no statistics for layer 'conv2' (the file must come from this "

@@ -2,12 +2,11 @@
 import json
 
 import pytest
-import torch
 
 from distill_ee.apputils.cli import main
 from distill_ee.apputils.models import create_model
 from distill_ee.checkpoint import save_checkpoint
-from distill_ee.early_exit import EarlyExits
+from support import lenet_with_exit
 
 TIERS = """tiers:
   - {name: device, speed: 0.25}
@@ -19,12 +18,8 @@ links:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("lenet_mnist", 10, 1)
-    EarlyExits.from_config({"exits": {"exit1": {"attach": "pool1", "branch": ["flatten", "linear"],
-                                                "threshold": 1.5}}}, model, num_classes=10, input_shape=(1, 28, 28))
     path = tmp_path_factory.mktemp("ckpt") / "lenet.pth.tar"
-    save_checkpoint(path, model, arch="lenet_mnist", dataset="mnist5k")
+    save_checkpoint(path, lenet_with_exit(), arch="lenet_mnist", dataset="mnist5k")
     return path
 
 

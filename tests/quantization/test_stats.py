@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from distill_ee.errors import ConfigError
+from distill_ee.errors import ScheduleError
 from distill_ee.quantization import collect_stats, load_stats, save_stats
 
 
@@ -34,8 +34,13 @@ def test_statistics_of_each_layers_inputs_and_output_over_batches(tmp_path):
 def test_a_malformed_stats_file_names_the_module_and_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match="bad.yaml: "):
+    with pytest.raises(ScheduleError, match=r"bad.yaml:\d+: ") as err:
         load_stats(path)
-    with pytest.raises(ConfigError) as err:
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_statistic_beyond_float32s_range_is_refused_where_it_stands(tmp_path):
+    path = tmp_path / "stats.yaml"
+    path.write_text("conv1:\n  output: {min: 0, max: 1.0e+39, avg_min: 0, avg_max: 1, mean: 0, std: 1}\n")
+    with pytest.raises(ScheduleError, match=r"stats.yaml:2: conv1.output.max: must be within float32's range"):
         load_stats(path)
-    assert message in str(err.value)

@@ -6,7 +6,7 @@ from distill_ee.apputils.datasets import cifar10, image_folder, mnist, mnist5k  
 from distill_ee.apputils.datasets.base import DatasetInfo, DataSplits, DatasetSource
 from distill_ee.apputils.datasets.batch_loader import InMemoryLoader
 from distill_ee.apputils.datasets.in_memory import InMemoryImages
-from distill_ee.apputils.datasets.inputs import check_inputs
+from distill_ee.apputils.datasets.inputs import check_inputs, check_trained_on
 from distill_ee.apputils.datasets.loaders import make_loader, make_loaders
 from distill_ee.apputils.datasets.loading import dataset_info, dataset_source, load_dataset
 
@@ -17,6 +17,7 @@ __all__ = [
     "InMemoryImages",
     "InMemoryLoader",
     "check_inputs",
+    "check_trained_on",
     "dataset_info",
     "dataset_source",
     "load_dataset",

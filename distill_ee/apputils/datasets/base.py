@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import ClassVar, Optional, Tuple
 
 from torch.utils.data import Dataset
 
@@ -32,6 +32,8 @@ class DatasetSource:
     """One loadable dataset; subclasses are registered in ``distill_ee.registry.DATASETS``."""
 
     name: str = ""
+    #: read from image files, so ``load`` takes ``bad_images`` and ``image_check`` (see image_check)
+    image_files: ClassVar[bool] = False
 
     def info(self, data_dir: Optional[str] = None, image_size: Optional[int] = None) -> DatasetInfo:
         """The dataset's description, without loading its images."""

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 from distill_ee.apputils.datasets.base import DatasetInfo, DataSplits, DatasetSource, check_valid_size
+from distill_ee.apputils.datasets.image_check import CHECKS, DEFAULT_MAX_PIXELS, BadFile, check_images, find_images
 from distill_ee.apputils.datasets.splits import stratified_split
 from distill_ee.errors import ConfigError, DataError
 from distill_ee.apputils.datasets.registry import DATASETS
@@ -14,6 +17,13 @@ if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder
 
 # torchvision is imported inside the functions below: importing it takes seconds; only these datasets use it.
+
+log = logging.getLogger(__name__)
+
+#: what happens to an image file that fails the check: the load stops (DataError) or the file is left out
+BAD_IMAGES = ("stop", "skip")
+#: the check of this many image files or more is announced in the log (it takes seconds)
+ANNOUNCED_CHECK = 10_000
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,9 +76,76 @@ def subset(folder: ImageFolder, indices: Sequence[int], transform: Callable) -> 
     return part
 
 
+def image_folder_of(root: str, samples: List[Tuple[str, int]]) -> ImageFolder:
+    """torchvision's ImageFolder of ``root`` holding ``samples``, without its own walk of the disk (which follows
+    symlink loops)."""
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder.__new__(ImageFolder)
+    folder.make_dataset = lambda *args, **kwargs: samples  # shadows the walk for __init__ only
+    ImageFolder.__init__(folder, root)
+    del folder.make_dataset
+    return folder
+
+
+@dataclass
+class ImagePart:
+    """The image files of train/ or val/ as (path, class index), and the files and folders left out."""
+
+    samples: List[Tuple[str, int]]
+    bad_files: List[BadFile]
+    bad_folders: List[BadFile]
+
+    @property
+    def count(self) -> int:
+        """How many image files were found."""
+        return len(self.samples) + len(self.bad_files)
+
+
+def find_part(folder: str, classes: List[str]) -> ImagePart:
+    """Every image file of each class folder of ``folder``, and the folders that could not be walked."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    part = ImagePart([], [], [])
+    for index, name in enumerate(classes):
+        tree = find_images(os.path.join(folder, name), IMG_EXTENSIONS)
+        part.samples.extend((path, index) for path in tree.files)
+        part.bad_folders.extend(tree.bad_folders)
+    return part
+
+
+def check_part(part: ImagePart, check: str, max_pixels: int) -> ImagePart:
+    """``part`` without its image files that fail ``check`` (header or decode): those are its bad files."""
+    good, bad = check_images([path for path, _ in part.samples], check, max_pixels)
+    passed = set(good)
+    return ImagePart([sample for sample in part.samples if sample[0] in passed], bad, part.bad_folders)
+
+
+def settle_bad_images(name: str, parts: Sequence[ImagePart], bad_images: str) -> None:
+    """``stop``: a DataError naming the first bad folder or image file; ``skip``: log what was left out."""
+    folders = [bad for part in parts for bad in part.bad_folders]
+    files = [bad for part in parts for bad in part.bad_files]
+    bad = folders + files
+    if bad and bad_images == "stop":
+        more = f"and {len(bad) - 1} more; " if len(bad) > 1 else ""
+        raise DataError(f"{bad[0]} ({more}--bad-images skip leaves {'them' if more else 'it'} out)")
+    if folders:
+        log.warning("dataset %r: left out %d folder%s (first: %s)", name, len(folders), _plural(folders), folders[0])
+    if files:
+        total = sum(part.count for part in parts)
+        log.warning("dataset %r: left out %d unreadable image%s of %s (first: %s)", name, len(files), _plural(files),
+                    f"{total:,}", files[0])
+
+
+def _plural(items: Sequence) -> str:
+    return "" if len(items) == 1 else "s"
+
+
 @DATASETS.register("imagefolder")
 class ImageFolderSource(DatasetSource):
     """Any ImageFolder tree; validation carved out of train/, test is val/; images resized to ``image_size``."""
+
+    image_files = True
 
     name = "imagefolder"
     default_num_classes: Optional[int] = None
@@ -120,14 +197,36 @@ class ImageFolderSource(DatasetSource):
         return train
 
     def load(
-        self, data_dir: Optional[str], *, valid_size: float, split_seed: int, image_size: Optional[int]
+        self,
+        data_dir: Optional[str],
+        *,
+        valid_size: float,
+        split_seed: int,
+        image_size: Optional[int],
+        bad_images: str = "stop",
+        image_check: str = "header",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> DataSplits:
-        """Scan train/ and val/; hold out ``valid_size`` of train (with evaluation transforms) for validation."""
+        """Scan train/ and val/ and check every image file; hold out ``valid_size`` of train (with evaluation
+        transforms) for validation.
+
+        ``image_check`` is ``header`` or ``decode`` (see image_check); a file that fails it, or one with more than
+        ``max_pixels`` pixels, stops the load (``bad_images="stop"``: a DataError) or is left out (``"skip"``).
+        """
         check_valid_size(valid_size)
+        for option, value, valid in (("bad_images", bad_images, BAD_IMAGES), ("image_check", image_check, CHECKS)):
+            if value not in valid:
+                raise ConfigError(f"{option} must be one of {', '.join(valid)}, got {value!r}")
         size = self.image_size(image_size)
         classes = self.class_names(data_dir)
         train_dir, val_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "val")
-        full, test = self.scan(train_dir, data_dir), self.scan(val_dir, data_dir)
+        found = [find_part(folder, classes) for folder in (train_dir, val_dir)]
+        count = sum(len(part.samples) for part in found)
+        if count >= ANNOUNCED_CHECK:
+            log.info("Checking %s image files under %s (%s)", f"{count:,}", data_dir, image_check)
+        parts = [check_part(part, image_check, max_pixels) for part in found]
+        settle_bad_images(self.name, parts, bad_images)
+        full, test = self.scan(train_dir, data_dir, parts[0]), self.scan(val_dir, data_dir, parts[1])
         train, valid = stratified_split(full.targets, valid_size, split_seed)
         return DataSplits(
             train=subset(full, train.tolist(), train_transform(size)),
@@ -136,14 +235,18 @@ class ImageFolderSource(DatasetSource):
             info=DatasetInfo(self.name, len(classes), (3, size, size)),
         )
 
-    def scan(self, folder: str, data_dir: str) -> ImageFolder:
-        """The ImageFolder of ``folder``; a class folder without images is a DataError."""
-        from torchvision.datasets import ImageFolder
+    def scan(self, folder: str, data_dir: str, part: ImagePart) -> ImageFolder:
+        """The ImageFolder of ``folder`` holding ``part``'s images; a class folder without any is a DataError."""
+        from torchvision.datasets.folder import IMG_EXTENSIONS
 
-        try:
-            return ImageFolder(folder)
-        except FileNotFoundError as exc:
-            raise DataError(f"dataset {self.name!r}: {exc}; {self.expected_layout(data_dir)}") from None
+        classes = class_folders(folder)
+        empty = sorted(set(classes) - {classes[index] for _, index in part.samples})
+        if empty:
+            left_out = f" ({len(part.bad_files)} left out as unreadable)" if part.bad_files else ""
+            raise DataError(f"dataset {self.name!r}: no images in {folder} for the classes {', '.join(empty)}"
+                            f"{left_out}; supported extensions: {', '.join(IMG_EXTENSIONS)}; "
+                            f"{self.expected_layout(data_dir)}")
+        return image_folder_of(folder, part.samples)
 
 
 @DATASETS.register("imagenet")
