@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset directory (not needed for the embedded default mnist5k)")
     p.add_argument("-a", "--arch", default="lenet_mnist", help="model architecture (default: lenet_mnist)")
     p.add_argument("--dataset", default=None,
-                   help="mnist5k (embedded, default), mnist, cifar10, imagenet, imagefolder")
+                   help="mnist5k (embedded, default), mnist, fashion_mnist, cifar10, imagenet, imagefolder")
     p.add_argument("-j", "--workers", type=int, default=0, help="data loading workers (default: 0)")
     p.add_argument("--epochs", type=int, default=10, help="number of training epochs (default: 10)")
     p.add_argument("-b", "--batch-size", type=int, default=64, help="minibatch size (default: 64)")

@@ -20,6 +20,7 @@ from ..scheduler import CompressionScheduler
 from ..summaries import (compute_table, masked_parameters, params_nnz, sparsity_table, total_macs,
                          total_sparsity)
 from .anytime_files import anytime_rows, write_anytime
+from .class_report import class_names, class_rows, class_table
 from .routing_report import routing_report
 from .run_dir import RunDir
 from .timing import compare_speed
@@ -36,14 +37,16 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
     _, valid_loader, test_loader = loaders
     masks = scheduler.masks if scheduler else None
     example = example.to(device)
-    test = evaluate(model, test_loader, criterion, device, desc="Test", print_freq=args.print_freq)
+    names = class_names(test_loader.dataset)
+    test = evaluate(model, test_loader, criterion, device, desc="Test", print_freq=args.print_freq,
+                    num_classes=len(names) if names else 0)
     with static_compute(model):  # the backbone's compute: every routed block
         dense, effective = total_macs(model, example, masks)
         log.info("\n%s", compute_table(model, example, masks)[1])
     total, nnz = params_nnz(model, masks)
     log.info("\n%s", sparsity_table(model, masks)[1])
     summary: Dict[str, Any] = {
-        "arch": args.arch, "dataset": dataset,
+        "arch": args.arch, "dataset": dataset, "threads": torch.get_num_threads(),
         "top1": test["top1"], "top5": test["top5"], "top1_final_exit": test["top1"],
         "sparsity": total_sparsity(model, masks), "params": total, "params_nnz": nnz,
         **_part_figures(model, masks),
@@ -51,6 +54,9 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
         "exits": [{"name": "final", "threshold": None, "taken_pct": 100.0, "top1_taken": test["top1"],
                    "top1_if_all_exit_here": test["top1"], "macs": dense}],
     }
+    if names:
+        summary["classes"] = class_rows(names, test["class_seen"], test["class_correct"])
+        log.info("Test top-1 per class (the model's final output):\n%s", class_table(summary["classes"]))
     routing = Routing.of(model)
     if routing is not None:
         summary["routing"] = _routing_summary(args, model, routing, test_loader, device, run_dir)

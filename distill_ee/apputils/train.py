@@ -31,9 +31,13 @@ def check_finite_weights(model: nn.Module, epoch: int, lr: float) -> None:
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Tuple[int, ...] = (1, 5)) -> Tuple[int, ...]:
-    """Number of samples whose label is among the top-k predictions, for each k."""
+    """Number of samples whose label is among the top-k predictions, for each k.
+
+    Tied logits are ordered by class index (a stable sort), so the top-1 prediction is the arg-max (the first
+    of tied classes): the rule of the exit statistics, the calibration and both runtimes. ``topk`` may order
+    ties otherwise (int8 outputs tie often), and the same model would then score differently here and there."""
     maxk = min(max(topk), output.shape[1])
-    pred = output.topk(maxk, dim=1).indices
+    pred = output.sort(dim=1, descending=True, stable=True).indices[:, :maxk]
     hits = pred.eq(target.view(-1, 1))
     return tuple(int(hits[:, :min(k, maxk)].any(dim=1).sum()) for k in topk)
 
@@ -116,12 +120,16 @@ def train_one_epoch(model: nn.Module, loader: Any, criterion: nn.Module, optimiz
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, criterion: nn.Module, device: torch.device, *,
-             desc: str = "valid", print_freq: int = 50, across_ranks: bool = False) -> Dict[str, float]:
+             desc: str = "valid", print_freq: int = 50, across_ranks: bool = False,
+             num_classes: int = 0) -> Dict[str, Any]:
     """Loss, top-1 and top-5 (percent) of ``model`` over ``loader``; with ``across_ranks``, over every
-    process's ``loader`` (each holding its share of the batches)."""
+    process's ``loader`` (each holding its share of the batches). With ``num_classes``, also per class (by
+    label) the images seen and those whose top-1 prediction is right: ``class_seen`` and ``class_correct``."""
     model.eval()
     seen = c1 = c5 = 0
     loss_sum = 0.0
+    class_seen = torch.zeros(num_classes, dtype=torch.int64)
+    class_correct = torch.zeros(num_classes, dtype=torch.int64)
     progress = Progress(loader, len(loader), desc, print_freq)
     for i, (inputs, target) in enumerate(progress):
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
@@ -130,9 +138,25 @@ def evaluate(model: nn.Module, loader: Any, criterion: nn.Module, device: torch.
         loss_sum += float(criterion(output, target)) * n
         a1, a5 = accuracy(output, target)
         seen, c1, c5 = seen + n, c1 + a1, c5 + a5
+        if num_classes:
+            _count_classes(output, target, class_seen, class_correct)
         progress.update(i, {"loss": loss_sum / seen, "top1": 100.0 * c1 / seen})
     progress.close()
     if across_ranks:
         seen, loss_sum, c1, c5 = sum_across([seen, loss_sum, c1, c5])
+    if across_ranks and num_classes:
+        class_seen, class_correct = (torch.tensor(sum_across(t.tolist()), dtype=torch.int64)
+                                     for t in (class_seen, class_correct))
     seen = max(seen, 1)
-    return {"loss": loss_sum / seen, "top1": 100.0 * c1 / seen, "top5": 100.0 * c5 / seen}
+    out: Dict[str, Any] = {"loss": loss_sum / seen, "top1": 100.0 * c1 / seen, "top5": 100.0 * c5 / seen}
+    if num_classes:
+        out.update(class_seen=class_seen.tolist(), class_correct=class_correct.tolist())
+    return out
+
+
+def _count_classes(output: torch.Tensor, target: torch.Tensor, seen: torch.Tensor, correct: torch.Tensor) -> None:
+    """Add one batch to the per-class counts; right means what ``accuracy`` counts as top-1 (the arg-max)."""
+    labels = target.detach().cpu().long()
+    hits = output.argmax(dim=1).cpu().eq(labels)
+    seen += torch.bincount(labels, minlength=len(seen))[:len(seen)]
+    correct += torch.bincount(labels[hits], minlength=len(seen))[:len(seen)]

@@ -527,7 +527,7 @@ def test_dataset_info_without_data(name, info):
 def test_unknown_dataset_suggests_close_names(typo, meant):
     with pytest.raises(UnknownNameError, match=f"did you mean .*'{meant}'"):
         load_dataset(typo)
-    with pytest.raises(UnknownNameError, match="valid: cifar10, imagefolder"):
+    with pytest.raises(UnknownNameError, match="valid: cifar10, fashion_mnist, imagefolder"):
         dataset_info(typo)
 
 

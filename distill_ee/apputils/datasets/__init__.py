@@ -2,7 +2,7 @@
 
 Importing this package registers every dataset source in ``distill_ee.registry.DATASETS``.
 """
-from distill_ee.apputils.datasets import cifar10, image_folder, mnist, mnist5k  # noqa: F401  (registration)
+from distill_ee.apputils.datasets import cifar10, fashion_mnist, image_folder, mnist, mnist5k  # noqa: F401
 from distill_ee.apputils.datasets.base import DatasetInfo, DataSplits, DatasetSource
 from distill_ee.apputils.datasets.batch_loader import InMemoryLoader
 from distill_ee.apputils.datasets.in_memory import InMemoryImages

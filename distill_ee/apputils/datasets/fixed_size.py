@@ -41,9 +41,13 @@ class FixedSizeSource(DatasetSource):
         """Check the arguments and that a needed ``data_dir`` is given, then ``read`` the splits."""
         check_valid_size(valid_size)
         check_fixed_size(self.name, image_size, self.input_shape[-1])
-        if data_dir is None and self.layout is not None:
+        if data_dir is None and self.needs_directory():
             raise DataError(f"dataset {self.name!r} needs a data directory; {self.layout('DIR')}")
         return self.read(data_dir, valid_size=valid_size, split_seed=split_seed)
+
+    def needs_directory(self) -> bool:
+        """Whether ``load`` needs a ``data_dir`` (the datasets with a ``layout`` do, unless they override this)."""
+        return self.layout is not None
 
     def read(self, data_dir: Optional[str], *, valid_size: float, split_seed: int) -> DataSplits:
         """Read the data and split it; raises DataError when ``data_dir`` is malformed."""
