@@ -21,7 +21,7 @@ from ..early_exit.criteria import criteria_list
 from ..early_exit.latency import latency_costs, profile_torch
 from ..early_exit.onnx_export import export_onnx
 from ..early_exit.exits import EarlyExits
-from ..early_exit.risk import Guarantee, loss_rate
+from ..early_exit.risk import Guarantee, loss_rate, smallest_certifiable
 from ..early_exit.stats import collect_exit_logits
 from ..modules import eval_mode, unwrap
 from ..errors import ConfigError
@@ -79,6 +79,9 @@ def run_calibration(exits: EarlyExits, valid_loader: Any, test_loader: Any, targ
         raise ConfigError("threshold calibration needs a validation split (it never looks at the test split); "
                           "set a validation size above 0")
     target = parse_target(target_text)
+    dataset = getattr(valid_loader, "dataset", None)
+    if guarantee is None and hasattr(dataset, "__len__"):
+        warn_small_split(target, len(dataset))
     profile = measure_latency(exits, valid_loader, *latency) if target.kind == "latency" else None
     costs = latency_costs(profile) if profile is not None else None
     result = calibrate_exits(exits, valid_loader, target, masks=masks, temperature=temperature,
@@ -113,6 +116,30 @@ def run_calibration(exits: EarlyExits, valid_loader: Any, test_loader: Any, targ
         log.info("  realised loss rate (%s consistency): validation %.2f, test %.2f points",
                  result.certificate.consistency, out["guarantee"]["valid_loss_pct"], out["guarantee"]["test_loss_pct"])
     return {"calibration": out}
+
+
+def small_split_warning(target: CalibrationTarget, samples: int) -> Optional[str]:
+    """The warning a plain ``drop=`` calibration on ``samples`` validation images deserves, or None: when even a
+    setting that lost nothing could not be certified for that drop by Learn-then-Test at the default confidence,
+    the split is too small to support the target (the plain choice may drop more on new data)."""
+    if target.kind != "drop":
+        return None
+    default = Guarantee()
+    test_part = samples - int(samples * default.search_share)
+    smallest = 100.0 * smallest_certifiable(test_part, default.delta)
+    if target.value >= smallest:
+        return None
+    return (f"the validation split ({samples:,} images) is too small to support {target.text}: Learn-then-Test at "
+            f"confidence {default.confidence:g} could certify no drop below {smallest:.2f} points on it, so the "
+            f"thresholds chosen may drop more on new data; give --ee-confidence {default.confidence:g} for a "
+            f"certified choice, a larger validation split (--vs), or a target of at least drop={smallest:.2f}")
+
+
+def warn_small_split(target: CalibrationTarget, samples: int) -> None:
+    """Log ``small_split_warning``'s warning, if any."""
+    message = small_split_warning(target, samples)
+    if message:
+        log.warning("Calibration: %s", message)
 
 
 def recalibrate_session(session: Any, model: torch.nn.Module, valid_loader: Any, target_text: str,

@@ -1,7 +1,7 @@
 """The command line's calibration targets: KIND=VALUE text parsed into a CalibrationTarget, or one clear error."""
 import pytest
 
-from distill_ee.apputils.calibration import parse_target
+from distill_ee.apputils.calibration import parse_target, small_split_warning, warn_small_split
 from distill_ee.errors import ConfigError
 
 
@@ -36,3 +36,18 @@ def test_targets_are_parsed_from_the_command_line_text(text, kind, values):
 def test_bad_targets_are_one_clear_config_error(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_target(text)
+
+
+def test_a_drop_target_a_small_validation_split_cannot_support_is_warned_about():
+    message = small_split_warning(parse_target("drop=0.5"), 400)
+    assert "400 images" in message and "no drop below 1.14 points" in message
+    assert "--ee-confidence 0.9" in message and "drop=1.14" in message
+    assert small_split_warning(parse_target("drop=0.5"), 5000) is None  # 2,500 test images certify 0.09
+    assert small_split_warning(parse_target("drop=2"), 400) is None
+    assert small_split_warning(parse_target("macs=0.5"), 400) is None  # a budget makes no accuracy promise
+
+
+def test_the_warning_is_logged_when_calibrating_without_a_guarantee(caplog):
+    with caplog.at_level("WARNING", logger="distill_ee"):
+        warn_small_split(parse_target("drop=0.5"), 400)
+    assert any("too small to support drop=0.5" in r.getMessage() for r in caplog.records)
