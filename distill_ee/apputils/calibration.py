@@ -131,8 +131,9 @@ def small_split_warning(target: CalibrationTarget, samples: int) -> Optional[str
         return None
     return (f"the validation split ({samples:,} images) is too small to support {target.text}: Learn-then-Test at "
             f"confidence {default.confidence:g} could certify no drop below {smallest:.2f} points on it, so the "
-            f"thresholds chosen may drop more on new data; give --ee-confidence {default.confidence:g} for a "
-            f"certified choice, a larger validation split (--vs), or a target of at least drop={smallest:.2f}")
+            f"thresholds chosen may drop more on new data; give --ee-calibrate {target.text} --ee-confidence "
+            f"{default.confidence:g} for a certified choice, a larger validation split (--vs), or a target of at "
+            f"least drop={smallest:.2f}")
 
 
 def warn_small_split(target: CalibrationTarget, samples: int) -> None:
