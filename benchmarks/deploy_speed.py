@@ -89,7 +89,7 @@ def timed(model: torch.nn.Module, multi: Any, session: MultiExitSession, batches
     }
     for k in range(multi.num_exits + 1):
         candidates[f"torch_prefix{k}"] = lambda k=k: [run_prefix(multi, b, k) for b in batches]
-        candidates[f"ort_prefix{k}"] = lambda k=k: [session._prefix(a, k) for a in arrays]
+        candidates[f"ort_prefix{k}"] = lambda k=k: [session.run_prefix(a, k) for a in arrays]
     times = interleaved_rounds(candidates, rounds)
     best = {name: min(t) / n for name, t in times.items()}
     fractions = exit_fractions(multi, batches)

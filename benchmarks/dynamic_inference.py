@@ -7,13 +7,20 @@ flags, dataset, epochs): a second run reuses it, and an interrupted one resumes 
 rows computed from a trained model (exit rules calibrated for a target, their timing) are cached the same way,
 keyed by the training and the row. Progress is printed as it goes.
 
-Rows in this version:
+Rows (``row_plans``; the families' own modules are in ``benchmarks/dynamic/``):
 
 * the backbones alone: a LeNet-style net (2 conv + pooling) and ResNet-20, with the published references;
-* ResNet-20 with three exits trained jointly (`schedules/resnet20_mnist.earlyexit.yaml`), decided by the
+* ResNet-20 with three exits trained jointly (``schedules/resnet20_mnist.earlyexit.yaml``), decided by the
   entropy, max-prob, margin and patience rules, each calibrated on the validation split for drop=0.5, drop=1
-  and macs=0.5, and the entropy rule calibrated with the Learn-then-Test guarantee (drop=0.5 and drop=1 at
-  confidence 0.9: how tight the certificate is, is the bound next to the measured drop).
+  and macs=0.5; the entropy rule calibrated with the Learn-then-Test guarantee (confidence 0.9: how tight the
+  certificate is, is the bound next to the measured drop); a learned exit policy on the same model;
+* differentiable gates trained jointly, and IMTA's options, for the same targets;
+* the pipeline (AGP filter pruning + thinning + exits), in PyTorch and on ONNX Runtime in fp32 and int8,
+  measured against the dense ResNet-20 in PyTorch fp32;
+* SkipNet and BlockDrop (with how per-sample their routing is), MSDNet and RANet (anytime and budgeted batch),
+  and a Big/Little cascade of the LeNet and the ResNet-20.
+
+The seed papers' claims are set next to the rows that test them (``benchmarks/dynamic/paper_claims.py``).
 
 Columns: test top-1 on the 10,000 test images with its 95% confidence interval (Wilson), expected MACs (% of
 the backbone), the wall-clock speedup of real early exit over the backbone at batch 1 and 256 with the oracle
@@ -21,7 +28,8 @@ bound (interleaved rounds, best round each, the rounds' spread), and the trainin
 `--out` as `dynamic_inference.csv`, `dynamic_inference.md` and `dynamic_inference.png` (test top-1 against
 expected MACs and against measured time per sample at batch 256).
 
-    python benchmarks/dynamic_inference.py [--epochs 15] [--data DIR] [--cache DIR] [--out DIR] [--no-timing]
+    python benchmarks/dynamic_inference.py [--epochs 10] [--data DIR] [--cache DIR] [--out DIR] [--no-timing]
+        [--available | --train-only] [--write-docs]
 """
 from __future__ import annotations
 
@@ -31,10 +39,11 @@ import hashlib
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -42,13 +51,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.dynamic import SPEED_RUNS, load_model, load_splits  # noqa: E402
+from benchmarks.dynamic.paper_claims import Row as ClaimRow, claims_markdown  # noqa: E402
 from distill_ee.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: bump when a change here makes cached results stale
 BENCH_VERSION = 1
-VALID_IMAGES = 5_000
-TRAIN_IMAGES = 60_000
+#: --vs holding out exactly 500 images of each class (benchmarks.dynamic.VALID_IMAGES), as the ready schedules' headers write it
+VALID_FLAG = "0.08333"
 #: published Fashion-MNIST test top-1 (%) next to the backbones (Zalando's benchmark and papers)
 REFERENCES = {"lenet_mnist": "91.6 (2 conv + pooling); 93.4 with batch norm", "resnet20_cifar": "94.9 (ResNet-18)"}
 RULES = ("entropy", "max_prob", "margin", "patience")
@@ -82,7 +93,7 @@ class Training:
     def command(self, out: Path, schedule_file: Optional[Path], resume: Optional[Path]) -> List[str]:
         """The app's arguments for a run into ``out`` (resumed from ``resume`` when given)."""
         args = [*([self.data] if self.data else []), "--dataset", self.dataset, "--arch", self.arch,
-                "--epochs", str(self.epochs), "--vs", repr(VALID_IMAGES / TRAIN_IMAGES), "--seed", str(self.seed),
+                "--epochs", str(self.epochs), "--vs", VALID_FLAG, "--seed", str(self.seed),
                 "--deterministic", "--no-timing", "-o", str(out), "-n", "train", "-p", "100000", *self.flags]
         if schedule_file is not None:
             args += ["--compress", str(schedule_file)]
@@ -98,6 +109,14 @@ def schedule_text(path: Path, epochs: int) -> str:
         if "T_max" in scheduler:
             scheduler["T_max"] = epochs
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def header_epochs(path: Path) -> int:
+    """The ``--epochs`` of a ready schedule's header command (its epoch ranges are written for it)."""
+    found = re.search(r"--epochs (\d+)", path.read_text())
+    if found is None:
+        raise SystemExit(f"{path.name}: its header names no --epochs")
+    return int(found.group(1))
 
 
 def run_app(args: Sequence[str]) -> int:
@@ -198,22 +217,23 @@ def wilson(top1: float, n: int) -> Tuple[float, float]:
 
 
 class ExitRows:
-    """The exit rules of one model with exits, on logits collected once per split."""
+    """The exit rules of one model with exits, on logits collected once per split.
 
-    def __init__(self, trained: Trained, training: Training, timing: bool):
+    ``reference``: the backbone speed and MACs are measured against (default: the model's own backbone; the
+    dense network trained alone for a pruned and thinned one, so that its factors are end to end)."""
+
+    def __init__(self, trained: Trained, training: Training, timing: bool, reference: Optional[Any] = None):
         import torch
 
         import distill_ee
-        from distill_ee.apputils.datasets import load_dataset, make_loaders
-        from distill_ee.apputils.models import create_model
+        from distill_ee.apputils.datasets import make_loaders
         from distill_ee.early_exit.calibrate import exit_costs
         from distill_ee.early_exit.stats import collect_exit_logits
         from distill_ee.modules import eval_mode
+        from distill_ee.summaries import total_macs
 
-        splits = load_dataset(training.dataset, training.data, valid_size=VALID_IMAGES / TRAIN_IMAGES)
-        self.model = create_model(training.arch, splits.info.num_classes, splits.info.input_shape[0])
-        distill_ee.load_checkpoint(self.model, trained.checkpoint)
-        self.model.eval()
+        splits = load_splits(training.data, training.dataset)
+        self.model = load_model(training.arch, trained.checkpoint, splits.info)
         self.exits = distill_ee.EarlyExits.of(self.model)
         _, valid, test = make_loaders(splits, 256)
         multi = self.exits.multi_exit_model().eval()
@@ -223,17 +243,27 @@ class ExitRows:
         self.costs = exit_costs(multi, self.model)
         self.inputs = torch.cat([x for x, _ in test])
         self.timing = timing
+        self.reference = reference if reference is not None else self.model
+        example = torch.zeros(1, *splits.info.input_shape)
+        #: this backbone's MACs as a share of the reference's (1 unless pruned and thinned)
+        self.scale = 1.0 if reference is None else self.costs.full_macs / float(total_macs(reference, example)[0])
+
+    def criteria(self, rule: str) -> Any:
+        """The criteria of ``rule``; ``own``: the exits' own (gates bound to their trained deciders)."""
+        from distill_ee.early_exit.criteria import criteria_list
+
+        if rule == "own":
+            return self.exits.exit_set.criterion_objects()
+        return criteria_list(rule, len(self.exits.exit_names))
 
     def row(self, rule: str, target: str, confidence: Optional[float] = None) -> Dict[str, Any]:
         """Calibrate ``rule`` for ``target`` on validation (certified at ``confidence`` when given); its test
         figures and speed."""
         from distill_ee.apputils.calibration import parse_target
         from distill_ee.early_exit.calibrate import calibrate
-        from distill_ee.early_exit.criteria import criteria_list
         from distill_ee.early_exit.risk import Guarantee
-        from distill_ee.early_exit.tradeoff import measure_point
 
-        criteria = criteria_list(rule, len(self.exits.exit_names))
+        criteria = self.criteria(rule)
         certificate = None
         if rule == "patience":  # its threshold is a count: searched here, as calibration searches confidences
             thresholds = self.patience_choice(criteria, parse_target(target))
@@ -242,46 +272,84 @@ class ExitRows:
             chosen = calibrate(*self.valid, criteria, self.costs.macs_per_exit, self.costs.full_macs,
                                parse_target(target), branch_macs=self.costs.branch_macs, guarantee=guarantee)
             thresholds, certificate = chosen.thresholds, chosen.certificate
-        point = measure_point(*self.test, criteria, thresholds, self.costs)
-        final = 100.0 * float((self.test[0][-1].argmax(1) == self.test[1]).double().mean())
-        row = {"top1": point.top1, "macs_pct": 100.0 * point.macs_fraction, "taken_pct": point.taken_pct,
-               "thresholds": thresholds, "final_top1": final, "test_images": int(self.test[1].numel())}
+        row = self.figures(criteria, thresholds)
         if certificate is not None:
             c = certificate
             row["certificate"] = {"target": c.target, "bound": c.bound, "delta": c.delta,
                                   "certified": c.certified, "tested": len(c.tested),
                                   "smallest_target": c.smallest_target}
+        return row
+
+    def figures(self, criteria: Any, thresholds: Sequence[Optional[float]]) -> Dict[str, Any]:
+        """Test top-1, MACs (% of the reference), exits taken and, when timing, speed of one setting."""
+        from distill_ee.early_exit.tradeoff import measure_point
+
+        point = measure_point(*self.test, criteria, thresholds, self.costs)
+        final = 100.0 * float((self.test[0][-1].argmax(1) == self.test[1]).double().mean())
+        row = {"top1": point.top1, "macs_pct": 100.0 * point.macs_fraction * self.scale,
+               "taken_pct": point.taken_pct, "thresholds": list(thresholds), "final_top1": final,
+               "test_images": int(self.test[1].numel())}
         if self.timing:
             row["speed"] = self.speed(criteria, thresholds)
         return row
 
+    def learned_row(self, target: str, tradeoffs: Sequence[float] = ()) -> Dict[str, Any]:
+        """A learned exit policy (a decider per exit, cost-sensitive, trained on the validation logits) at the
+        trade-off meeting ``target`` on validation, chosen as calibration chooses thresholds."""
+        from distill_ee.early_exit.deciders import LearnedPolicyCriterion, build_decider, default_head
+        from distill_ee.early_exit.learned_policy import policy_curve
+        from distill_ee.early_exit.tradeoff import measure_point
+
+        names = self.exits.exit_names
+        classes = int(self.valid[0][0].shape[1])
+        deciders = [build_decider(default_head(), classes, exit_name=n, path=f"benchmark.{n}") for n in names]
+        grid = list(tradeoffs) or [0.0] + [0.01 * 2.0 ** (k / 2) for k in range(13)]
+        curve = policy_curve(deciders, *self.valid, self.costs, grid)
+        final = measure_point(*self.valid, self.criteria("entropy"), [None] * len(names), self.costs).top1
+        chosen = choose_point(curve, lambda p: p.valid, final, parse_target_value(target))
+        for decider, state in zip(deciders, chosen.state):
+            decider.load_state_dict(state)
+        row = self.figures([LearnedPolicyCriterion(d.eval()) for d in deciders], [0.5] * len(names))
+        row["tradeoff"] = chosen.tradeoff
+        return row
+
     def patience_choice(self, criteria: Any, target: Any) -> List[Optional[float]]:
-        """The patience (one count for every exit, or every exit off) meeting ``target`` on validation: for a
-        drop, the cheapest within it of the final exit; for a MACs share, the most accurate within it (else the
-        cheapest)."""
+        """The patience (one count for every exit, or every exit off) meeting ``target`` on validation."""
         from distill_ee.early_exit.tradeoff import measure_point
 
         n = len(self.exits.exit_names)
         settings = [[float(k)] * n for k in range(1, n + 1)] + [[None] * n]
         points = [measure_point(*self.valid, criteria, t, self.costs) for t in settings]
-        final = points[-1].top1
-        if target.kind == "drop":
-            fit = [i for i, p in enumerate(points) if p.top1 >= final - target.value]
-            return settings[min(fit, key=lambda i: points[i].macs_fraction)]
-        fit = [i for i, p in enumerate(points) if p.macs_fraction <= target.value]
-        if not fit:
-            return settings[min(range(len(points)), key=lambda i: points[i].macs_fraction)]
-        return settings[max(fit, key=lambda i: points[i].top1)]
+        return settings[points.index(choose_point(points, lambda p: p, points[-1].top1, target))]
 
     def speed(self, criteria: Any, thresholds: Sequence[Optional[float]]) -> Dict[str, Any]:
-        """Real early exit against the backbone at batch 256 and batch 1, with the oracle bound."""
+        """Real early exit against the reference backbone at batch 256 and batch 1, with the oracle bound."""
         from distill_ee.apputils.timing import compare_speed
         from distill_ee.early_exit.multi_exit import MultiExitModel
 
         timed = MultiExitModel.from_model(self.model, self.exits.exit_set, criterion=criteria,
                                           thresholds=list(thresholds)).eval()
-        return {"256": compare_speed(self.model, timed, self.inputs[:2560], 256, repeats=5),
-                "1": compare_speed(self.model, timed, self.inputs[:200], 1, repeats=3)}
+        return {str(batch): compare_speed(self.reference, timed, self.inputs[:n], batch, repeats=repeats)
+                for batch, n, repeats in SPEED_RUNS}
+
+
+def choose_point(points: Sequence[Any], figures: Callable[[Any], Any], final_top1: float, target: Any) -> Any:
+    """The point meeting ``target`` on validation: for a drop, the cheapest within it of ``final_top1``; for a
+    MACs share, the most accurate within it (else the cheapest). ``figures(point)`` has top1 and macs_fraction."""
+    if target.kind == "drop":
+        fit = [p for p in points if figures(p).top1 >= final_top1 - target.value]
+        return min(fit or points, key=lambda p: figures(p).macs_fraction)
+    fit = [p for p in points if figures(p).macs_fraction <= target.value]
+    if not fit:
+        return min(points, key=lambda p: figures(p).macs_fraction)
+    return max(fit, key=lambda p: figures(p).top1)
+
+
+def parse_target_value(text: str) -> Any:
+    """A calibration target as ``--ee-calibrate`` writes it (``drop=0.5``, ``macs=0.5``)."""
+    from distill_ee.apputils.calibration import parse_target
+
+    return parse_target(text)
 
 
 def backbone_row(trained: Trained) -> Dict[str, Any]:
@@ -301,7 +369,7 @@ class Line:
     figures: Dict[str, Any]
     train_seconds: float
     reference: str = ""
-    extra: Dict[str, Any] = field(default_factory=dict)
+    training: str = ""  # the plan's name of the training it comes from
 
 
 def cells(line: Line) -> Dict[str, str]:
@@ -324,7 +392,7 @@ def cells(line: Line) -> Dict[str, str]:
                                    if cert and cert.get("bound") is not None and cert.get("target") is not None
                                    else "-")
     out["training"] = f"{line.train_seconds / 60:.1f} min"
-    out["reference"] = line.reference
+    out["notes"] = line.reference or f.get("note", "")
     return out
 
 
@@ -375,22 +443,215 @@ def plot(lines: Sequence[Line], path: Path) -> None:
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- which rows, from which training
+RowList = List[Tuple[str, Dict[str, Any]]]
+
+
+@dataclass
+class RowPlan:
+    """Rows computed from one training: one setting (or one family's rows), cached by ``spec``."""
+
+    label: str
+    training: str  # its model's architecture is the row's backbone
+    spec: Dict[str, Any]
+    compute: Callable[["Bench"], RowList]
+    needs: Tuple[str, ...] = ()  # other trainings its rows read
+    counted: Tuple[str, ...] = ()  # those of them whose training time is part of the method's
+
+
+class Bench:
+    """What the rows are computed from: the plan, its trained models, and what is loaded once for several rows."""
+
+    def __init__(self, plan: Dict[str, Training], trained: Dict[str, Trained], timing: bool):
+        self.plan, self.trained, self.timing = plan, trained, timing
+        self._exit_rows: Dict[str, ExitRows] = {}
+        self._reference: Any = None
+
+    def rows(self, cache: Path, row_plan: RowPlan) -> RowList:
+        """The rows of ``row_plan``, from the cache or computed now."""
+        spec = {**row_plan.spec, "timing": self.timing}
+        stored = cached_row(cache, self.plan[row_plan.training], spec,
+                            lambda: {"rows": [list(r) for r in row_plan.compute(self)]})
+        if "rows" not in stored:  # a single setting's figures (the first version's rows)
+            return [(row_plan.label, stored)]
+        return [(method, figures) for method, figures in stored["rows"]]
+
+    def exit_rows(self, name: str, end_to_end: bool = False) -> ExitRows:
+        """The exit rules of training ``name`` (against the dense ResNet-20 when ``end_to_end``)."""
+        if name not in self._exit_rows:
+            reference = self.reference() if end_to_end else None
+            self._exit_rows[name] = ExitRows(self.trained[name], self.plan[name], self.timing, reference)
+        return self._exit_rows[name]
+
+    def reference(self) -> Any:
+        """The dense ResNet-20 trained alone (the backbone end-to-end factors are measured against)."""
+        if self._reference is None:
+            from distill_ee.apputils.datasets import dataset_info
+
+            plan = self.plan["resnet20"]
+            self._reference = load_model(plan.arch, self.trained["resnet20"].checkpoint, dataset_info(plan.dataset))
+        return self._reference
+
+    def checkpoint(self, name: str) -> Tuple[str, Path, Optional[str]]:
+        """Architecture, checkpoint and data directory of training ``name``."""
+        return self.plan[name].arch, self.trained[name].checkpoint, self.plan[name].data
+
+
+def setting(label: str, training: str, rule: str, target: str, confidence: Optional[float] = None,
+            end_to_end: bool = False, kind: str = "rule") -> RowPlan:
+    """One exit setting calibrated on validation: a rule (``own``: the exits' trained gates) or the learned
+    policy (``kind="learned"``)."""
+    spec: Dict[str, Any] = {"rule": rule, "target": target, "confidence": confidence}
+    if kind != "rule":
+        spec["kind"] = kind
+
+    def compute(bench: Bench) -> RowList:
+        rows = bench.exit_rows(training, end_to_end)
+        return [(label, rows.learned_row(target) if kind == "learned" else rows.row(rule, target, confidence))]
+
+    return RowPlan(label, training, spec, compute, ("resnet20",) if end_to_end else ())
+
+
+def family(label: str, training: str, kind: str, compute: Callable[[Bench], RowList],
+           needs: Tuple[str, ...] = (), counted: Tuple[str, ...] = ()) -> RowPlan:
+    """The rows of one family of methods computed together (``benchmarks/dynamic/``)."""
+    return RowPlan(label, training, {"kind": kind}, compute, needs, counted)
+
+
+def routing(method: str, name: str) -> RowPlan:
+    """SkipNet or BlockDrop: accuracy, blocks run and how per-sample the routing is."""
+    def compute(bench: Bench) -> RowList:
+        from benchmarks.dynamic.routing import routing_rows
+        return routing_rows(*bench.checkpoint(name), bench.timing, method)
+    return family(method, name, "routing", compute)
+
+
+def anytime(method: str, name: str) -> RowPlan:
+    """MSDNet or RANet: every classifier alone, then the budgeted batch rule and the macs=0.5 search."""
+    def compute(bench: Bench) -> RowList:
+        from benchmarks.dynamic.anytime import anytime_rows
+        return anytime_rows(*bench.checkpoint(name), bench.timing, method)
+    return family(method, name, "anytime", compute)
+
+
+def int8(method: str) -> RowPlan:
+    """The pipeline deployed on ONNX Runtime, fp32 and int8, against the dense fp32 backbone in PyTorch."""
+    def compute(bench: Bench) -> RowList:
+        from benchmarks.dynamic.deploy import int8_rows
+        return int8_rows(*bench.checkpoint("pipeline"), bench.timing, bench.reference(), method)
+    return family(f"{method} on ONNX Runtime", "pipeline", "int8", compute, needs=("resnet20",))
+
+
+def cascade() -> RowPlan:
+    """LeNet answering when confident, ResNet-20 otherwise."""
+    def compute(bench: Bench) -> RowList:
+        from benchmarks.dynamic.cascade import cascade_rows
+        little, big = bench.checkpoint("lenet"), bench.checkpoint("resnet20")
+        return cascade_rows(little[:2], big[:2], little[2], bench.timing)
+    return family("Big/Little cascade", "resnet20", "cascade", compute, needs=("lenet",), counted=("lenet",))
+
+
+def row_plans() -> List[RowPlan]:
+    """Every row after the backbones, in the table's order."""
+    plans = [setting(f"exits, {rule}, {target}", "resnet20_exits", rule, target)
+             for rule in RULES for target in TARGETS]
+    plans += [setting(f"exits, entropy, {target}, certified at {CONFIDENCE:g}", "resnet20_exits", "entropy", target,
+                      CONFIDENCE) for target in GUARANTEED]
+    plans += [setting(f"learned policy, {target}", "resnet20_exits", "learned", target, kind="learned")
+              for target in TARGETS]
+    plans += [setting(f"gates (trained jointly), {target}", "gates", "own", target) for target in TARGETS]
+    plans += [setting(f"IMTA exits, entropy, {target}", "imta", "entropy", target) for target in TARGETS]
+    pipeline = "AGP filters + thinning + exits"
+    plans += [setting(f"{pipeline}, entropy, {target}", "pipeline", "entropy", target, end_to_end=True)
+              for target in ("drop=0.5", "drop=1")]
+    plans += [int8(pipeline), routing("SkipNet", "skipnet"), routing("BlockDrop", "blockdrop"),
+              anytime("MSDNet", "msdnet"), anytime("RANet", "ranet"), cascade()]
+    return plans
+
+
 # --------------------------------------------------------------------------- the benchmark
 def trainings(epochs: int, data: Optional[str]) -> Dict[str, Training]:
-    """Every training the table needs."""
-    exits = schedule_text(ROOT / "schedules" / "resnet20_mnist.earlyexit.yaml", epochs)
+    """Every training the table needs, the cheapest first: schedules written for Fashion-MNIST
+    (``*_fmnist.*``) keep their own epochs, the others run for ``epochs``."""
     plain = {"lr_schedulers": {"training_lr": {"class": "CosineAnnealingLR", "T_max": epochs}},
              "policies": [{"lr_scheduler": {"instance_name": "training_lr"}, "starting_epoch": 0,
                            "ending_epoch": 1000, "frequency": 1}], "version": 1}
     cosine = yaml.safe_dump(plain, sort_keys=False)
-    common = {"epochs": epochs, "data": data}
+    flags = ("--lr", "0.1", "-b", "128")
+
+    def ready(name: str, arch: str, schedule: str) -> Training:
+        path = ROOT / "schedules" / schedule
+        own = header_epochs(path) if "_fmnist." in schedule else epochs
+        return Training(name, arch, own, schedule=schedule_text(path, own), flags=flags, data=data)
+
     return {
-        "lenet": Training("lenet", "lenet_mnist", schedule=cosine, flags=("--lr", "0.05", "-b", "128"), **common),
-        "resnet20": Training("resnet20", "resnet20_cifar", schedule=cosine, flags=("--lr", "0.1", "-b", "128"),
-                             **common),
-        "resnet20_exits": Training("resnet20_exits", "resnet20_cifar", schedule=exits,
-                                   flags=("--lr", "0.1", "-b", "128"), **common),
+        "lenet": Training("lenet", "lenet_mnist", epochs, schedule=cosine, flags=("--lr", "0.05", "-b", "128"),
+                          data=data),
+        "resnet20": Training("resnet20", "resnet20_cifar", epochs, schedule=cosine, flags=flags, data=data),
+        "resnet20_exits": ready("resnet20_exits", "resnet20_cifar", "resnet20_mnist.earlyexit.yaml"),
+        "pipeline": ready("pipeline", "resnet20_cifar", "resnet20_fmnist.agp_thinning_exits.yaml"),
+        "skipnet": ready("skipnet", "resnet20_cifar", "resnet20_fmnist.skipnet.yaml"),
+        "blockdrop": ready("blockdrop", "resnet20_cifar", "resnet20_fmnist.blockdrop.yaml"),
+        "gates": ready("gates", "resnet20_cifar", "resnet20_mnist.gates.yaml"),
+        "msdnet": ready("msdnet", "msdnet_mnist", "msdnet_mnist.yaml"),
+        "imta": ready("imta", "resnet20_cifar", "resnet20_mnist.imta.yaml"),
+        "ranet": ready("ranet", "ranet_mnist", "ranet_mnist.yaml"),
     }
+
+
+#: the ready schedules whose header result this benchmark writes, by the training that runs their command
+READY = {"pipeline": "resnet20_fmnist.agp_thinning_exits.yaml", "skipnet": "resnet20_fmnist.skipnet.yaml",
+         "blockdrop": "resnet20_fmnist.blockdrop.yaml"}
+BEGIN, END = "# RESULT-BEGIN", "# RESULT-END"
+
+
+def header_result(training: Training, trained: Trained, lines: Sequence[Line]) -> List[str]:
+    """The result lines of a ready schedule's header: the app's own summary, then the table's rows of it."""
+    s = trained.summary
+    text = [f"Result of this command ({trained.train_seconds / 60:.1f} min of training; {machine()}): test top-1 "
+            f"{s['top1']:.2f}%" + (f" (final exit {s['top1_final_exit']:.2f}%)" if "top1_final_exit" in s else "")
+            + f", {s['params_nnz']:,} parameters. In benchmarks/dynamic_inference.py's table (docs/benchmarks.md):"]
+    for line in lines:
+        if line.training == training.name:
+            c = cells(line)
+            text.append(f"{line.method}: top-1 {c['test top-1 % (95% CI)']}, {c['expected MACs %']}% of the dense "
+                        f"backbone's MACs, speedup batch 1 {c['speedup b1 (oracle)']}, batch 256 "
+                        f"{c['speedup b256 (oracle)']}" + (f"; {c['notes']}" if c["notes"] else "") + ".")
+    return wrap_comment(" ".join(text))
+
+
+def wrap_comment(text: str, width: int = 116) -> List[str]:
+    """``text`` as comment lines of at most ``width`` characters."""
+    import textwrap
+
+    return ["# " + line for line in textwrap.wrap(text, width - 2)]
+
+
+def write_header(path: Path, training: Training, trained: Trained, lines: Sequence[Line]) -> None:
+    """Replace the result block (between RESULT-BEGIN and RESULT-END) of ``path``'s header."""
+    text = path.read_text().splitlines()
+    begin = next(i for i, line in enumerate(text) if line.startswith(BEGIN))
+    end = next(i for i, line in enumerate(text) if line.startswith(END))
+    new = text[:begin + 1] + header_result(training, trained, lines) + text[end:]
+    atomic_write_text(path, "\n".join(new) + "\n")
+    print(f"wrote the result into {path.name}'s header")
+
+
+def claim_row(line: Line) -> ClaimRow:
+    """What the paper claims read of a line."""
+    f = line.figures
+    return ClaimRow(line.method, f["top1"], f["test_images"], f["macs_pct"], f.get("speed"), f.get("note", ""))
+
+
+def write_docs(path: Path, table: str, claims: str) -> None:
+    """Replace the generated table and claims of ``path`` (between their BEGIN/END markers)."""
+    text = path.read_text()
+    for name, content in (("TABLE", table), ("CLAIMS", claims)):
+        begin, end = f"<!-- {name}-BEGIN (generated) -->", f"<!-- {name}-END -->"
+        head, rest = text.split(begin, 1)
+        text = f"{head}{begin}\n{content}\n{end}{rest.split(end, 1)[1]}"
+    atomic_write_text(path, text)
+    print(f"wrote the table and the claims into {path}")
 
 
 def machine() -> str:
@@ -411,12 +672,19 @@ def progress(step: int, total: int, what: str, started: float) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15, help="epochs of every training (default: 15)")
+    parser.add_argument("--epochs", type=int, default=10,
+                        help="epochs of every training but the Fashion-MNIST schedules' own (default: 10)")
     parser.add_argument("--data", default=None, help="Fashion-MNIST's directory (default: Debian's location)")
     parser.add_argument("--cache", default=str(ROOT / ".bench_cache" / "dynamic_inference"),
                         help="where trainings and rows are cached (default: .bench_cache/dynamic_inference)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where the table is written")
     parser.add_argument("--no-timing", action="store_true", help="skip the wall-clock columns")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="write this run's table and claims into docs/benchmarks.md and each Fashion-MNIST "
+                             "schedule's result into its header")
+    parser.add_argument("--available", action="store_true",
+                        help="train nothing: the table of the trainings already cached")
+    parser.add_argument("--train-only", action="store_true", help="run (or find) every training, then stop")
     args = parser.parse_args(argv)
     cache, started = Path(args.cache), time.perf_counter()
     plan = trainings(args.epochs, args.data)
@@ -424,29 +692,34 @@ def main(argv: Optional[List[str]] = None) -> None:
     for i, (name, training) in enumerate(plan.items(), start=1):
         progress(i, len(plan), f"training {name} ({training.arch}, {training.epochs} epochs, key {training.key()})",
                  started)
+        if args.available and not (cache / training.key() / "done.json").is_file():
+            print("    not trained yet: its rows are left out (--available)", flush=True)
+            continue
         trained[name] = ensure_trained(training, cache)
         print(f"    {'cached' if trained[name].cached else 'trained'}: test top-1 {trained[name].summary['top1']:.2f}"
               f", {trained[name].train_seconds / 60:.1f} min of training", flush=True)
-    lines = [Line("backbone alone", plan[n].arch, backbone_row(trained[n]), trained[n].train_seconds,
+    if args.train_only:
+        return
+    lines = [Line(f"backbone alone ({plan[n].arch})", plan[n].arch, backbone_row(trained[n]), trained[n].train_seconds,
                   REFERENCES[plan[n].arch]) for n in ("lenet", "resnet20")]
-    specs = [(rule, target, None) for rule in RULES for target in TARGETS]
-    specs += [("entropy", target, CONFIDENCE) for target in GUARANTEED]
-    rows: Optional[ExitRows] = None
-    for j, (rule, target, confidence) in enumerate(specs, start=1):
-        method = f"exits, {rule}, {target}" + (f", certified at {confidence:g}" if confidence else "")
-        progress(j, len(specs), method, started)
-        spec = {"rule": rule, "target": target, "confidence": confidence, "timing": not args.no_timing}
-
-        def compute() -> Dict[str, Any]:
-            nonlocal rows
-            rows = rows or ExitRows(trained["resnet20_exits"], plan["resnet20_exits"], not args.no_timing)
-            return rows.row(rule, target, confidence)
-
-        figures = cached_row(cache, plan["resnet20_exits"], spec, compute)
-        lines.append(Line(method, "resnet20_cifar", figures, trained["resnet20_exits"].train_seconds))
-    header = (f"Fashion-MNIST, {args.epochs} epochs per training, {lines[-1].figures['test_images']:,} test images; "
-              f"the final exit of the model with exits alone: {lines[-1].figures['final_top1']:.2f}%. {machine()}")
-    print(write_outputs(lines, Path(args.out), header))
+    bench = Bench(plan, trained, timing=not args.no_timing)
+    plans = row_plans()
+    plans = [p for p in plans if p.training in trained and all(n in trained for n in p.needs)]
+    for j, row_plan in enumerate(plans, start=1):
+        progress(j, len(plans), f"{row_plan.label} ({row_plan.training})", started)
+        seconds = sum(trained[n].train_seconds for n in (row_plan.training, *row_plan.counted))
+        for method, figures in bench.rows(cache, row_plan):
+            lines.append(Line(method, plan[row_plan.training].arch, figures, seconds, training=row_plan.training))
+    header = (f"Fashion-MNIST, {args.epochs} epochs per training (the `*_fmnist` schedules their own), "
+              f"{lines[0].figures['test_images']:,} test images. {machine()}")
+    markdown = write_outputs(lines, Path(args.out), header)
+    claims = claims_markdown([claim_row(line) for line in lines], {n: t.summary for n, t in trained.items()})
+    atomic_write_text(Path(args.out) / "dynamic_inference_claims.md", claims)
+    print(markdown, "\n", claims)
+    if args.write_docs:
+        for name, schedule in READY.items():
+            write_header(ROOT / "schedules" / schedule, plan[name], trained[name], lines)
+        write_docs(ROOT / "docs" / "benchmarks.md", markdown, claims)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def timed(fp32: MultiExitSession, int8: MultiExitSession, batches: List[np.ndarr
                   "fp32_real": lambda: [fp32(b) for b in batches],
                   "int8_real": lambda: [int8(b) for b in batches]}
     for k in range(int8.manifest.num_exits + 1):
-        candidates[f"int8_prefix{k}"] = lambda k=k: [int8._prefix(b, k) for b in batches]
+        candidates[f"int8_prefix{k}"] = lambda k=k: [int8.run_prefix(b, k) for b in batches]
     times = interleaved_rounds(candidates, rounds)
     best = {name: min(t) / n for name, t in times.items()}
     prefixes = [best[f"int8_prefix{k}"] for k in range(int8.manifest.num_exits + 1)]

@@ -9,7 +9,7 @@ from distill_ee.apputils.models import create_model
 from distill_ee.schedule import load_schedule
 
 SCHEDULES = sorted((Path(__file__).resolve().parents[1] / "schedules").glob("*.yaml"))
-INPUT_SHAPES = {"mnist5k": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32), "imagenet": (3, 64, 64)}
+INPUT_SHAPES = {"mnist5k": (1, 28, 28), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "imagenet": (3, 64, 64)}
 
 
 def header(path: Path) -> str:

@@ -22,16 +22,16 @@ import argparse
 import glob
 import logging
 import math
-import statistics
 import sys
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Annotated, Any, ClassVar, Dict, List, Optional
 
 import torch
 from tabulate import tabulate
 
-from ..cascade import Cascade, IDKCriterion, Member, cascade_rules, choose_idk_thresholds, fit_idk
+from ..cascade import (Cascade, IDKCriterion, Member, cascade_rules, choose_idk_thresholds, fit_idk,
+                       measure_cascade_speed)
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..early_exit.calibrate import calibrate, split_figures
 from ..early_exit.exits import EarlyExits
@@ -203,8 +203,8 @@ def run(args: argparse.Namespace, spec: Dict[str, Any], target: Any) -> None:
     rules = cascade_rules()
     criteria = [rules[m["rule"]["kind"]]() for m in spec["members"][:-1]]
     cascade = Cascade(members, criteria, [m["rule"].get("threshold") for m in spec["members"][:-1]])
-    valid_logits, valid_y = _logits(cascade, valid)
-    test_logits, test_y = _logits(cascade, test)
+    valid_logits, valid_y = cascade.simulate_loader(valid)
+    test_logits, test_y = cascade.simulate_loader(test)
     _macs(cascade, valid)
     inputs = torch.cat([x for x, _ in test])
     _time_members(cascade, inputs, args.batch_size)
@@ -215,14 +215,6 @@ def run(args: argparse.Namespace, spec: Dict[str, Any], target: Any) -> None:
     if target is not None:
         _calibrate(cascade, valid_logits, valid_y, target, summary)
     _report(cascade, valid_logits, valid_y, test_logits, test_y, inputs, args, run_dir, summary)
-
-
-def _logits(cascade: Cascade, loader: Any) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    parts, ys = [], []
-    for x, y in loader:
-        parts.append(cascade.simulate(x))
-        ys.append(y)
-    return [torch.cat([p[k] for p in parts]) for k in range(len(cascade.members))], torch.cat(ys)
 
 
 def _macs(cascade: Cascade, loader: Any) -> None:
@@ -294,7 +286,7 @@ def _report(cascade: Cascade, valid_logits: List[torch.Tensor], valid_y: torch.T
                "macs": member.macs, "seconds": member.seconds, "has_exits": member.has_exits}
         rows.append(row)
     summary["members"] = rows
-    speed = _speed(cascade, inputs, args.batch_size)
+    speed = measure_cascade_speed(cascade, inputs, args.batch_size)
     summary["test"] = {"top1": point.top1, "macs_fraction": point.macs_fraction,
                        "expected_macs": point.expected_macs, **speed}
     table = [[r["name"], "-" if r["threshold"] is None else f"{r['threshold']:.4g}", f"{r['taken_pct']:.1f}",
@@ -316,25 +308,3 @@ def _report(cascade: Cascade, valid_logits: List[torch.Tensor], valid_y: torch.T
     log.info("Results in %s", run_dir.path)
 
 
-def _speed(cascade: Cascade, inputs: torch.Tensor, batch_size: int) -> Dict[str, Any]:
-    """Real cascade against the last member alone and against its oracle bound (sum over members of the share
-    answered there times the measured time of the members run up to it), in interleaved rounds; and real =
-    simulated on ``inputs``."""
-    batches = list(torch.split(inputs, batch_size))
-    n, last = inputs.shape[0], len(cascade.members) - 1
-    candidates = {f"member{k}": (lambda k=k: [cascade.run_member(k, b) for b in batches])
-                  for k in range(len(cascade.members))}
-    candidates["cascade"] = lambda: [cascade(b) for b in batches]
-    rounds = interleaved_rounds(candidates, 5, context=torch.inference_mode)
-    logits, index = cascade(inputs)
-    sim_logits, sim_index = cascade.decide(cascade.simulate(inputs))
-    same = bool(torch.equal(index, sim_index)) and bool(torch.allclose(logits, sim_logits, atol=1e-5))
-    times = [min(rounds[f"member{k}"]) / n for k in range(len(cascade.members))]
-    run = [t if k == last or cascade.thresholds[k] is not None else 0.0 for k, t in enumerate(times)]
-    shares = torch.bincount(index, minlength=len(cascade.members)).double() / n
-    oracle = float(sum(float(shares[k]) * sum(run[:k + 1]) for k in range(len(run))))
-    real = min(rounds["cascade"]) / n
-    spread = max(statistics.median(r) / min(r) - 1 for r in rounds.values())
-    return {"speedup": times[last] / real, "seconds_per_sample": real, "last_alone_seconds_per_sample": times[last],
-            "oracle_seconds_per_sample": oracle, "oracle_ratio": oracle / real, "spread": spread,
-            "reached_last": int((index == last).sum()), "real_equals_simulated": same}

@@ -84,6 +84,14 @@ class Cascade:
         with eval_mode(self._models), torch.inference_mode():
             return [self.run_member(k, x) for k in range(len(self.members))]
 
+    def simulate_loader(self, loader: Any) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """``simulate`` over every batch of ``loader``: each member's logits for every sample, and the labels."""
+        parts, ys = [], []
+        for x, y in loader:
+            parts.append(self.simulate(x))
+            ys.append(y)
+        return [torch.cat([p[k] for p in parts]) for k in range(len(self.members))], torch.cat(ys)
+
     def decide(self, logits: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(chosen logits, member index) per sample from ``simulate``'s output."""
         return decide_exits(list(logits), self.criteria, self.thresholds)

@@ -227,10 +227,11 @@ class MultiExitSession:
         """Seconds per sample to reach each exit (its stages and the branches on the way), final last."""
         out = []
         for k in range(self.manifest.num_exits + 1):
-            out.append(median_time(lambda: self._prefix(x, k), repeats) / x.shape[0])
+            out.append(median_time(lambda: self.run_prefix(x, k), repeats) / x.shape[0])
         return out
 
-    def _prefix(self, x: np.ndarray, k: int) -> None:
+    def run_prefix(self, x: np.ndarray, k: int) -> None:
+        """Run the stages and branches up to exit ``k`` (the final classifier: every stage) on ``x``, for timing."""
         env: List[Any] = [None] * self.plan["num_slots"]
         env[0] = np.ascontiguousarray(x, dtype=np.float32)
         for j in range(k + 1):

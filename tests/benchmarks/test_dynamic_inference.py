@@ -112,3 +112,69 @@ def test_the_wilson_interval_of_a_top1_on_10000_images():
     assert low == pytest.approx(91.45, abs=0.01) and high == pytest.approx(92.51, abs=0.01)
     assert bench.wilson(100.0, 10_000)[1] == pytest.approx(100.0)
     assert 0.0 <= bench.wilson(0.0, 400)[0] < 1e-9
+
+
+def test_the_fashion_mnist_schedules_keep_their_own_epochs_and_the_others_follow_the_flag():
+    plan = bench.trainings(6, None)
+    assert plan["skipnet"].epochs == bench.header_epochs(ROOT / "schedules" / "resnet20_fmnist.skipnet.yaml") == 10
+    assert plan["gates"].epochs == 6 and "T_max: 6" in plan["gates"].schedule
+    assert all(t.flags[t.flags.index("-b") + 1] == "128" for t in plan.values())
+
+
+def test_the_ready_schedules_header_command_is_the_benchmarks_own(tmp_path):
+    for name, schedule in bench.READY.items():
+        header = (ROOT / "schedules" / schedule).read_text()
+        command = bench.trainings(10, None)[name].command(tmp_path, tmp_path / "s.yaml", None)
+        for flag in ("--dataset", "--arch", "--epochs", "--vs", "--seed", "--lr", "-b"):
+            assert f"{flag} {command[command.index(flag) + 1]}" in header, (schedule, flag)
+        assert bench.BEGIN in header and bench.END in header
+
+
+def points(*pairs):
+    from types import SimpleNamespace
+    return [SimpleNamespace(top1=t, macs_fraction=m) for t, m in pairs]
+
+
+def test_a_target_chooses_the_cheapest_point_within_a_drop_and_the_most_accurate_within_a_macs_share():
+    candidates = points((90.0, 0.2), (91.5, 0.4), (92.0, 0.6), (92.1, 1.0))
+    drop = bench.parse_target_value("drop=0.5")
+    assert bench.choose_point(candidates, lambda p: p, 92.1, drop) is candidates[2]
+    macs = bench.parse_target_value("macs=0.5")
+    assert bench.choose_point(candidates, lambda p: p, 92.1, macs) is candidates[1]
+    none_cheap = bench.parse_target_value("macs=0.1")
+    assert bench.choose_point(candidates, lambda p: p, 92.1, none_cheap) is candidates[0]
+
+
+def line(method, top1, macs, training="t", note=""):
+    return bench.Line(method, "resnet20_cifar", {"top1": top1, "macs_pct": macs, "test_images": 10_000,
+                                                  "note": note}, 60.0, training=training)
+
+
+def test_a_header_result_is_replaced_between_its_markers_and_only_there(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(f"# head\n{bench.BEGIN} (generated)\n# old result\n{bench.END}\nversion: 1\n")
+    trained = bench.Trained(tmp_path / "c.pth", {"top1": 91.0, "params_nnz": 1234}, 120.0)
+    training = bench.Training("t", "resnet20_cifar", 10)
+    bench.write_header(path, training, trained, [line("x, drop=0.5", 90.5, 40.0, note="n"),
+                                                 line("other", 1.0, 1.0, training="u")])
+    text = path.read_text()
+    assert "old result" not in text and text.startswith("# head\n") and text.endswith(f"{bench.END}\nversion: 1\n")
+    assert "91.00%" in text and "x, drop=0.5: top-1 90.50" in text and "other" not in text
+    assert all(len(l) <= 116 for l in text.splitlines())
+
+
+def test_the_docs_table_and_claims_are_replaced_between_their_markers(tmp_path):
+    path = tmp_path / "b.md"
+    path.write_text("intro\n<!-- TABLE-BEGIN (generated) -->\nold\n<!-- TABLE-END -->\nmid\n"
+                    "<!-- CLAIMS-BEGIN (generated) -->\n<!-- CLAIMS-END -->\nend\n")
+    bench.write_docs(path, "| new table |", "| new claims |")
+    bench.write_docs(path, "| new table |", "| new claims |")  # idempotent
+    assert path.read_text() == ("intro\n<!-- TABLE-BEGIN (generated) -->\n| new table |\n<!-- TABLE-END -->\nmid\n"
+                                "<!-- CLAIMS-BEGIN (generated) -->\n| new claims |\n<!-- CLAIMS-END -->\nend\n")
+
+
+def test_rows_of_a_training_not_yet_cached_are_left_out():
+    trained = {"resnet20_exits": None, "lenet": None}
+    kept = [p for p in bench.row_plans() if p.training in trained and all(n in trained for n in p.needs)]
+    assert kept and all(p.training == "resnet20_exits" for p in kept)
+    assert not any(p.training == "pipeline" for p in kept)

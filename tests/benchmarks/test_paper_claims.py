@@ -1,0 +1,42 @@
+"""The seed papers' claims are judged from the benchmark's rows: a top-1 difference with its 95% interval, a
+verdict computed from it, and 'not measured' where a row is missing."""
+from benchmarks.dynamic.paper_claims import Row, claims_markdown, difference, within
+
+
+def speed(backbone, real):
+    return {b: {"backbone": backbone, "real": real, "oracle": real * 0.9, "spread": 0.01} for b in ("1", "256")}
+
+
+def test_the_difference_of_two_top1_figures_has_the_interval_of_two_independent_proportions():
+    d, low, high = difference(Row("a", 92.0, 10_000, 50.0), Row("b", 93.0, 10_000, 100.0))
+    assert d == -1.0 and -1.75 < low < -1.70 and -0.30 < high < -0.25
+
+
+def test_equal_accuracy_holds_when_the_interval_reaches_the_tolerance():
+    base = Row("b", 93.0, 10_000, 100.0)
+    assert within(Row("a", 92.7, 10_000, 40.0), base, 0.0)        # 0.3 below, the interval reaches 0
+    assert not within(Row("a", 91.5, 10_000, 40.0), base, 0.5)    # 1.5 below: not within half a point
+
+
+def test_branchynet_holds_only_when_accuracy_is_kept_and_the_exits_are_faster():
+    kept = {"backbone alone (resnet20_cifar)": Row("backbone alone (resnet20_cifar)", 93.1, 10_000, 100.0),
+            "exits, entropy, drop=0.5": Row("exits, entropy, drop=0.5", 92.9, 10_000, 35.0, speed(2.0, 1.0))}
+    text = claims_markdown(list(kept.values()), {})
+    assert "exits keep accuracy and cut time | exits, entropy, drop=0.5: 92.90% at 35.0%" in text
+    assert "2.00x at batch 1" in text and "Holds within 0.5 point." in text
+    slow = dict(kept, **{"exits, entropy, drop=0.5": Row("exits, entropy, drop=0.5", 92.9, 10_000, 35.0,
+                                                        speed(1.0, 1.2))})
+    assert "Does not hold here within 0.5 point (not faster" in claims_markdown(list(slow.values()), {})
+
+
+def test_a_claim_without_its_rows_is_said_to_be_unmeasured():
+    text = claims_markdown([], {})
+    assert text.count("not measured in this run") == 6
+
+
+def test_msdnet_is_judged_at_every_resnet_exits_budget():
+    res = {"anytime": [{"name": "exit1", "macs": 5e6, "top1": 85.0}, {"name": "final", "macs": 3e7, "top1": 93.0}]}
+    better = {"anytime": [{"name": "classifier1", "macs": 4e6, "top1": 88.0}]}
+    worse = {"anytime": [{"name": "classifier1", "macs": 4e6, "top1": 80.0}]}
+    assert "Holds at every" in claims_markdown([], {"msdnet": better, "resnet20_exits": res})
+    assert "Does not hold here at every" in claims_markdown([], {"msdnet": worse, "resnet20_exits": res})
