@@ -1,8 +1,9 @@
 """The seed papers' claims next to what the side-by-side benchmark measured, with a verdict computed from it.
 
 Each claim names the rows it compares. A difference of two test top-1 figures is given with its 95% interval
-(two independent proportions on the same number of images: the rows come from different trainings), and a
-claim about accuracy holds when that interval allows the stated tolerance. The text is generated from the
+(two independent proportions on the same number of images: the rows come from different trainings). A claim of
+a bounded loss ("at <= 0.5 point") holds when the measured difference is within it; a claim of equal accuracy
+holds when the interval reaches 0 (no distinguishable loss). The text is generated from the
 table's rows and the trainings' summaries, never typed.
 """
 from __future__ import annotations
@@ -55,8 +56,13 @@ def gap(a: Row, b: Row) -> str:
 
 
 def within(a: Row, b: Row, tolerance: float) -> bool:
-    """True when ``a`` may be at most ``tolerance`` points below ``b`` (the interval reaches -tolerance)."""
-    return difference(a, b)[2] >= -tolerance
+    """True when ``a`` measured at most ``tolerance`` points below ``b`` (a claim of a bounded loss)."""
+    return difference(a, b)[0] >= -tolerance
+
+
+def not_worse(a: Row, b: Row) -> bool:
+    """True when ``a`` is not distinguishably less accurate than ``b`` (the 95% interval reaches 0)."""
+    return difference(a, b)[2] >= 0.0
 
 
 def branchynet(rows: Mapping[str, Row]) -> Optional[str]:
@@ -95,7 +101,7 @@ def cheaper_at_equal_accuracy(name: str) -> Callable[[Mapping[str, Row]], Option
             method, rule = rows.get(f"{name}, {target}"), rows.get(f"exits, entropy, {target}")
             if method is None or rule is None:
                 continue
-            cheaper = method.macs_pct <= rule.macs_pct - 0.5 and within(method, rule, 0.0)
+            cheaper = method.macs_pct <= rule.macs_pct - 0.5 and not_worse(method, rule)
             better = difference(method, rule)[1] > 0 and method.macs_pct <= rule.macs_pct + 0.5
             parts.append(f"{target}: {method.top1:.2f}% at {method.macs_pct:.1f}% against the entropy rule's "
                          f"{rule.top1:.2f}% at {rule.macs_pct:.1f}% ({gap(method, rule)}): {verdict(cheaper or better)}")

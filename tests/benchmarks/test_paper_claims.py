@@ -1,6 +1,6 @@
 """The seed papers' claims are judged from the benchmark's rows: a top-1 difference with its 95% interval, a
 verdict computed from it, and 'not measured' where a row is missing."""
-from benchmarks.dynamic.paper_claims import Row, claims_markdown, difference, within
+from benchmarks.dynamic.paper_claims import Row, claims_markdown, difference, not_worse, within
 
 
 def speed(backbone, real):
@@ -12,10 +12,12 @@ def test_the_difference_of_two_top1_figures_has_the_interval_of_two_independent_
     assert d == -1.0 and -1.75 < low < -1.70 and -0.30 < high < -0.25
 
 
-def test_equal_accuracy_holds_when_the_interval_reaches_the_tolerance():
+def test_a_bounded_loss_is_read_off_the_measured_difference_and_equal_accuracy_off_its_interval():
     base = Row("b", 93.0, 10_000, 100.0)
-    assert within(Row("a", 92.7, 10_000, 40.0), base, 0.0)        # 0.3 below, the interval reaches 0
-    assert not within(Row("a", 91.5, 10_000, 40.0), base, 0.5)    # 1.5 below: not within half a point
+    assert not_worse(Row("a", 92.7, 10_000, 40.0), base)          # 0.3 below, the interval reaches 0
+    assert not not_worse(Row("a", 91.5, 10_000, 40.0), base)
+    assert within(Row("a", 92.6, 10_000, 40.0), base, 0.5)        # 0.4 below: within half a point
+    assert not within(Row("a", 92.2, 10_000, 40.0), base, 0.5)    # 0.8 below, though its interval reaches -0.5
 
 
 def test_branchynet_holds_only_when_accuracy_is_kept_and_the_exits_are_faster():
