@@ -29,7 +29,7 @@ bound (interleaved rounds, best round each, the rounds' spread), and the trainin
 expected MACs and against measured time per sample at batch 256).
 
     python benchmarks/dynamic_inference.py [--epochs 10] [--data DIR] [--cache DIR] [--out DIR] [--no-timing]
-        [--available | --train-only] [--write-docs]
+        [--available | --train-only] [--only NAME[,NAME]] [--write-docs]
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.dynamic import SPEED_RUNS, load_model, load_splits  # noqa: E402
 from benchmarks.dynamic.paper_claims import Row as ClaimRow, claims_markdown  # noqa: E402
+from benchmarks.dynamic.results import Results  # noqa: E402
 from distill_ee.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,9 @@ RULES = ("entropy", "max_prob", "margin", "patience")
 TARGETS = ("drop=0.5", "drop=1", "macs=0.5")
 GUARANTEED = ("drop=0.5", "drop=1")
 CONFIDENCE = 0.9
+#: knowledge distillation of the LeNet from the ResNet-20 (Hinton et al.'s loss, docs/distillation.md's settings)
+KD_FLAGS = ("--kd-temperature", "4", "--kd-distill-wt", "0.7", "--kd-student-wt", "0.3")
+KD_ROW = "lenet_mnist taught by resnet20_cifar (KD: T=4, weights 0.7/0.3)"
 Z95 = 1.959964
 
 
@@ -82,19 +86,29 @@ class Training:
     dataset: str = "fashion_mnist"
     data: Optional[str] = None
     seed: int = 0
+    teacher: Optional["Training"] = None  # knowledge distillation from this training's model (--kd-teacher)
 
     def key(self) -> str:
-        """The hash of every field that decides the trained model (not the name, nor where the data lie)."""
-        fields = {k: v for k, v in asdict(self).items() if k not in ("name", "data")}
+        """The hash of every field that decides the trained model (not the name, nor where the data lie; a
+        teacher by its own key)."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ("name", "data", "teacher")}
         fields["flags"] = list(self.flags)
         fields["version"] = BENCH_VERSION
+        if self.teacher is not None:
+            fields["teacher"] = self.teacher.key()
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
-    def command(self, out: Path, schedule_file: Optional[Path], resume: Optional[Path]) -> List[str]:
-        """The app's arguments for a run into ``out`` (resumed from ``resume`` when given)."""
+    def command(self, out: Path, schedule_file: Optional[Path], resume: Optional[Path],
+                teacher: Optional[Path] = None) -> List[str]:
+        """The app's arguments for a run into ``out`` (resumed from ``resume``, taught by the checkpoint
+        ``teacher`` when given)."""
         args = [*([self.data] if self.data else []), "--dataset", self.dataset, "--arch", self.arch,
                 "--epochs", str(self.epochs), "--vs", VALID_FLAG, "--seed", str(self.seed),
                 "--deterministic", "--no-timing", "-o", str(out), "-n", "train", "-p", "100000", *self.flags]
+        if self.teacher is not None:
+            if teacher is None:
+                raise ValueError(f"training {self.name!r} needs its teacher's checkpoint")
+            args += ["--kd-teacher", self.teacher.arch, "--kd-resume", str(teacher)]
         if schedule_file is not None:
             args += ["--compress", str(schedule_file)]
         if resume is not None:
@@ -139,7 +153,8 @@ class Trained:
 
 
 def ensure_trained(training: Training, cache: Path, runner: Callable[[Sequence[str]], int] = run_app) -> Trained:
-    """The cached training, or a run of it now (resumed from the last checkpoint an interrupted run left)."""
+    """The cached training, or a run of it now (resumed from the last checkpoint an interrupted run left; its
+    teacher trained first)."""
     folder = cache / training.key()
     done = folder / "done.json"
     if done.is_file():
@@ -151,7 +166,8 @@ def ensure_trained(training: Training, cache: Path, runner: Callable[[Sequence[s
         schedule_file = folder / "schedule.yaml"
         atomic_write_text(schedule_file, training.schedule)
     resume = last_checkpoint(folder / "runs")
-    if runner(training.command(folder / "runs", schedule_file, resume)) != 0:
+    teacher = ensure_trained(training.teacher, cache, runner).checkpoint if training.teacher is not None else None
+    if runner(training.command(folder / "runs", schedule_file, resume, teacher)) != 0:
         raise SystemExit(f"training {training.name!r} failed (its runs are in {folder / 'runs'})")
     run = latest_run(folder / "runs")
     summary = json.loads((run / "summary.json").read_text())
@@ -352,9 +368,8 @@ def parse_target_value(text: str) -> Any:
     return parse_target(text)
 
 
-def backbone_row(trained: Trained) -> Dict[str, Any]:
-    """A backbone's test figures from its summary (the test images counted by its per-class rows)."""
-    s = trained.summary
+def backbone_row(s: Dict[str, Any]) -> Dict[str, Any]:
+    """A network's test figures from its summary (the test images counted by its per-class rows)."""
     return {"top1": s["top1"], "macs_pct": 100.0, "final_top1": s["top1"],
             "test_images": sum(row["images"] for row in s["classes"])}
 
@@ -551,9 +566,17 @@ def cascade() -> RowPlan:
     return family("Big/Little cascade", "resnet20", "cascade", compute, needs=("lenet",), counted=("lenet",))
 
 
+def distilled() -> RowPlan:
+    """The LeNet taught by the ResNet-20 (knowledge distillation), to set beside the LeNet trained alone."""
+    def compute(bench: Bench) -> RowList:
+        return [(KD_ROW, backbone_row(bench.trained["lenet_kd"].summary))]
+    return family("knowledge distillation", "lenet_kd", "kd", compute, needs=("resnet20",), counted=("resnet20",))
+
+
 def row_plans() -> List[RowPlan]:
     """Every row after the backbones, in the table's order."""
-    plans = [setting(f"exits, {rule}, {target}", "resnet20_exits", rule, target)
+    plans = [distilled()]
+    plans += [setting(f"exits, {rule}, {target}", "resnet20_exits", rule, target)
              for rule in RULES for target in TARGETS]
     plans += [setting(f"exits, entropy, {target}, certified at {CONFIDENCE:g}", "resnet20_exits", "entropy", target,
                       CONFIDENCE) for target in GUARANTEED]
@@ -584,10 +607,12 @@ def trainings(epochs: int, data: Optional[str]) -> Dict[str, Training]:
         own = header_epochs(path) if "_fmnist." in schedule else epochs
         return Training(name, arch, own, schedule=schedule_text(path, own), flags=flags, data=data)
 
+    lenet = Training("lenet", "lenet_mnist", epochs, schedule=cosine, flags=("--lr", "0.05", "-b", "128"), data=data)
+    resnet20 = Training("resnet20", "resnet20_cifar", epochs, schedule=cosine, flags=flags, data=data)
     return {
-        "lenet": Training("lenet", "lenet_mnist", epochs, schedule=cosine, flags=("--lr", "0.05", "-b", "128"),
-                          data=data),
-        "resnet20": Training("resnet20", "resnet20_cifar", epochs, schedule=cosine, flags=flags, data=data),
+        "lenet": lenet,
+        "resnet20": resnet20,
+        "lenet_kd": replace(lenet, name="lenet_kd", flags=lenet.flags + KD_FLAGS, teacher=resnet20),
         "resnet20_exits": ready("resnet20_exits", "resnet20_cifar", "resnet20_mnist.earlyexit.yaml"),
         "pipeline": ready("pipeline", "resnet20_cifar", "resnet20_fmnist.agp_thinning_exits.yaml"),
         "skipnet": ready("skipnet", "resnet20_cifar", "resnet20_fmnist.skipnet.yaml"),
@@ -605,14 +630,15 @@ READY = {"pipeline": "resnet20_fmnist.agp_thinning_exits.yaml", "skipnet": "resn
 BEGIN, END = "# RESULT-BEGIN", "# RESULT-END"
 
 
-def header_result(training: Training, trained: Trained, lines: Sequence[Line]) -> List[str]:
-    """The result lines of a ready schedule's header: the app's own summary, then the table's rows of it."""
-    s = trained.summary
-    text = [f"Result of this command ({trained.train_seconds / 60:.1f} min of training; {machine()}): test top-1 "
+def header_result(name: str, record: Dict[str, Any], lines: Sequence[Line]) -> List[str]:
+    """The result lines of a ready schedule's header from its training's ``record`` (the app's own summary),
+    then the table's rows of training ``name``."""
+    s = record["summary"]
+    text = [f"Result of this command ({record['train_seconds'] / 60:.1f} min of training; {record['measured']}): test top-1 "
             f"{s['top1']:.2f}%" + (f" (final exit {s['top1_final_exit']:.2f}%)" if "top1_final_exit" in s else "")
             + f", {s['params_nnz']:,} parameters. In benchmarks/dynamic_inference.py's table (docs/benchmarks.md):"]
     for line in lines:
-        if line.training == training.name:
+        if line.training == name:
             c = cells(line)
             text.append(f"{line.method}: top-1 {c['test top-1 % (95% CI)']}, {c['expected MACs %']}% of the dense "
                         f"backbone's MACs, speedup batch 1 {c['speedup b1 (oracle)']}, batch 256 "
@@ -627,12 +653,13 @@ def wrap_comment(text: str, width: int = 116) -> List[str]:
     return ["# " + line for line in textwrap.wrap(text, width - 2)]
 
 
-def write_header(path: Path, training: Training, trained: Trained, lines: Sequence[Line]) -> None:
-    """Replace the result block (between RESULT-BEGIN and RESULT-END) of ``path``'s header."""
+def write_header(path: Path, name: str, record: Dict[str, Any], lines: Sequence[Line]) -> None:
+    """Replace the result block (between RESULT-BEGIN and RESULT-END) of ``path``'s header with training
+    ``name``'s."""
     text = path.read_text().splitlines()
     begin = next(i for i, line in enumerate(text) if line.startswith(BEGIN))
     end = next(i for i, line in enumerate(text) if line.startswith(END))
-    new = text[:begin + 1] + header_result(training, trained, lines) + text[end:]
+    new = text[:begin + 1] + header_result(name, record, lines) + text[end:]
     atomic_write_text(path, "\n".join(new) + "\n")
     print(f"wrote the result into {path.name}'s header")
 
@@ -677,49 +704,103 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--data", default=None, help="Fashion-MNIST's directory (default: Debian's location)")
     parser.add_argument("--cache", default=str(ROOT / ".bench_cache" / "dynamic_inference"),
                         help="where trainings and rows are cached (default: .bench_cache/dynamic_inference)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where the table is written")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"),
+                        help="where the results file and the table are written")
     parser.add_argument("--no-timing", action="store_true", help="skip the wall-clock columns")
     parser.add_argument("--write-docs", action="store_true",
-                        help="write this run's table and claims into docs/benchmarks.md and each Fashion-MNIST "
-                             "schedule's result into its header")
+                        help="write the table and claims into docs/benchmarks.md and each Fashion-MNIST schedule's "
+                             "result into its header (once the results file has every row)")
     parser.add_argument("--available", action="store_true",
                         help="train nothing: the table of the trainings already cached")
     parser.add_argument("--train-only", action="store_true", help="run (or find) every training, then stop")
+    parser.add_argument("--only", default=None, metavar="NAME[,NAME]",
+                        help="train (or find) these trainings only; the others are left out as with --available, "
+                             "their rows kept from the results file")
     args = parser.parse_args(argv)
-    cache, started = Path(args.cache), time.perf_counter()
+    cache, out, started = Path(args.cache), Path(args.out), time.perf_counter()
     plan = trainings(args.epochs, args.data)
+    trained = run_trainings(plan, cache, args, started)
+    if args.train_only:
+        return
+    results = Results(out / "dynamic_inference.json")
+    measured = machine()
+    for name, t in trained.items():
+        results.record_training(name, plan[name].key(), t.summary, t.train_seconds, measured)
+    bench = Bench(plan, trained, timing=not args.no_timing)
+    plans = [p for p in row_plans() if p.training in trained and all(n in trained for n in p.needs)]
+    for j, row_plan in enumerate(plans, start=1):
+        progress(j, len(plans), f"{row_plan.label} ({row_plan.training})", started)
+        seconds = sum(trained[n].train_seconds for n in (row_plan.training, *row_plan.counted))
+        lines = [Line(method, plan[row_plan.training].arch, figures, seconds, training=row_plan.training)
+                 for method, figures in bench.rows(cache, row_plan)]
+        results.record_rows(row_plan.label, plan_keys(plan, row_plan), [asdict(line) for line in lines], measured)
+    results.save()
+    lines, missing = table_lines(plan, results)
+    header = (f"Fashion-MNIST, {args.epochs} epochs per training (the `*_fmnist` schedules their own), "
+              f"{lines[0].figures['test_images'] if lines else 10000:,} test images. Each row's run: "
+              f"{'; '.join(sorted({r['measured'] for r in results.rows.values()}))}")
+    if missing:
+        print(f"{len(missing)} row group(s) have no results from this configuration yet: {', '.join(missing)}. "
+              f"Train what they need with --only NAME[,NAME] (trainings: {', '.join(plan)}).")
+    if not lines:
+        return
+    markdown = write_outputs(lines, out, header)
+    summaries = {n: r["summary"] for n, r in results.trainings.items() if results.training(n, plan[n].key())}
+    claims = claims_markdown([claim_row(line) for line in lines], summaries)
+    atomic_write_text(out / "dynamic_inference_claims.md", claims)
+    print(markdown, "\n", claims)
+    if args.write_docs:
+        if missing:
+            raise SystemExit("--write-docs: the results file lacks the rows above; the docs keep their table")
+        for name, schedule in READY.items():
+            write_header(ROOT / "schedules" / schedule, name, results.trainings[name], lines)
+        write_docs(ROOT / "docs" / "benchmarks.md", markdown, claims)
+
+
+def run_trainings(plan: Dict[str, Training], cache: Path, args: argparse.Namespace, started: float
+                  ) -> Dict[str, Trained]:
+    """Every training this run uses: cached, or trained now unless ``--available`` or ``--only`` leave it out."""
+    only = set(args.only.split(",")) if args.only else set(plan)
+    if only - set(plan):
+        raise SystemExit(f"--only: unknown training(s) {', '.join(sorted(only - set(plan)))}; "
+                         f"known: {', '.join(plan)}")
     trained: Dict[str, Trained] = {}
     for i, (name, training) in enumerate(plan.items(), start=1):
         progress(i, len(plan), f"training {name} ({training.arch}, {training.epochs} epochs, key {training.key()})",
                  started)
-        if args.available and not (cache / training.key() / "done.json").is_file():
-            print("    not trained yet: its rows are left out (--available)", flush=True)
+        done = (cache / training.key() / "done.json").is_file()
+        if (args.available or name not in only) and not done:
+            print(f"    not trained here: its rows come from the results file, if there "
+                  f"({'--available' if args.available else '--only'})", flush=True)
             continue
         trained[name] = ensure_trained(training, cache)
         print(f"    {'cached' if trained[name].cached else 'trained'}: test top-1 {trained[name].summary['top1']:.2f}"
               f", {trained[name].train_seconds / 60:.1f} min of training", flush=True)
-    if args.train_only:
-        return
-    lines = [Line(f"backbone alone ({plan[n].arch})", plan[n].arch, backbone_row(trained[n]), trained[n].train_seconds,
-                  REFERENCES[plan[n].arch]) for n in ("lenet", "resnet20")]
-    bench = Bench(plan, trained, timing=not args.no_timing)
-    plans = row_plans()
-    plans = [p for p in plans if p.training in trained and all(n in trained for n in p.needs)]
-    for j, row_plan in enumerate(plans, start=1):
-        progress(j, len(plans), f"{row_plan.label} ({row_plan.training})", started)
-        seconds = sum(trained[n].train_seconds for n in (row_plan.training, *row_plan.counted))
-        for method, figures in bench.rows(cache, row_plan):
-            lines.append(Line(method, plan[row_plan.training].arch, figures, seconds, training=row_plan.training))
-    header = (f"Fashion-MNIST, {args.epochs} epochs per training (the `*_fmnist` schedules their own), "
-              f"{lines[0].figures['test_images']:,} test images. {machine()}")
-    markdown = write_outputs(lines, Path(args.out), header)
-    claims = claims_markdown([claim_row(line) for line in lines], {n: t.summary for n, t in trained.items()})
-    atomic_write_text(Path(args.out) / "dynamic_inference_claims.md", claims)
-    print(markdown, "\n", claims)
-    if args.write_docs:
-        for name, schedule in READY.items():
-            write_header(ROOT / "schedules" / schedule, plan[name], trained[name], lines)
-        write_docs(ROOT / "docs" / "benchmarks.md", markdown, claims)
+    return trained
+
+
+def plan_keys(plan: Dict[str, Training], row_plan: RowPlan) -> Dict[str, str]:
+    """The keys of every training a row plan's figures come from."""
+    return {n: plan[n].key() for n in (row_plan.training, *row_plan.needs)}
+
+
+def table_lines(plan: Dict[str, Training], results: Results) -> Tuple[List[Line], List[str]]:
+    """The table's lines from the results file, in the table's order, and the labels of what it lacks."""
+    lines, missing = [], []
+    for name in ("lenet", "resnet20"):
+        record = results.training(name, plan[name].key())
+        if record is None:
+            missing.append(f"backbone alone ({plan[name].arch})")
+            continue
+        lines.append(Line(f"backbone alone ({plan[name].arch})", plan[name].arch, backbone_row(record["summary"]),
+                          record["train_seconds"], REFERENCES[plan[name].arch], training=name))
+    for row_plan in row_plans():
+        stored = results.lines(row_plan.label, plan_keys(plan, row_plan))
+        if stored is None:
+            missing.append(row_plan.label)
+            continue
+        lines += [Line(**line) for line in stored]
+    return lines, missing
 
 
 if __name__ == "__main__":

@@ -80,6 +80,20 @@ def branchynet(rows: Mapping[str, Row]) -> Optional[str]:
     return "; ".join(parts) + "."
 
 
+def distillation(rows: Mapping[str, Row]) -> Optional[str]:
+    """A student taught by a larger teacher is more accurate than the student trained alone."""
+    alone = rows.get("backbone alone (lenet_mnist)")
+    taught = next((r for name, r in rows.items() if name.startswith("lenet_mnist taught by")), None)
+    teacher = rows.get("backbone alone (resnet20_cifar)")
+    if alone is None or taught is None:
+        return None
+    d, low, _ = difference(taught, alone)
+    text = f"{taught.method}: {taught.top1:.2f}% against {alone.top1:.2f}% alone ({gap(taught, alone)})"
+    if teacher is not None:
+        text += f"; the teacher alone {teacher.top1:.2f}%"
+    return text + f": {verdict(low > 0)}" + ("" if low > 0 else " (no difference the test split can tell)") + "."
+
+
 def routing(rows: Mapping[str, Row]) -> Optional[str]:
     """SkipNet and BlockDrop: fewer blocks at a small loss."""
     base = rows.get("backbone alone (resnet20_cifar)")
@@ -162,6 +176,8 @@ def claims_markdown(rows: Sequence[Row], summaries: Mapping[str, Mapping[str, An
          cheaper_at_equal_accuracy("gates (trained jointly)")(by_name)),
         ("Learned policy (Bolukbasi et al., 2017)", "fewer MACs than the entropy rule at equal accuracy",
          cheaper_at_equal_accuracy("learned policy")(by_name)),
+        ("Knowledge distillation (Hinton et al., 2015)", "a student taught by a larger teacher beats it alone",
+         distillation(by_name)),
         ("MSDNet (Huang et al., 2018)", "anytime accuracy: better early classifiers at the same cost",
          anytime(summaries)),
         ("IMTA (Li et al., 2019)", "better early exits", imta(summaries, by_name)),

@@ -153,10 +153,9 @@ def line(method, top1, macs, training="t", note=""):
 def test_a_header_result_is_replaced_between_its_markers_and_only_there(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(f"# head\n{bench.BEGIN} (generated)\n# old result\n{bench.END}\nversion: 1\n")
-    trained = bench.Trained(tmp_path / "c.pth", {"top1": 91.0, "params_nnz": 1234}, 120.0)
-    training = bench.Training("t", "resnet20_cifar", 10)
-    bench.write_header(path, training, trained, [line("x, drop=0.5", 90.5, 40.0, note="n"),
-                                                 line("other", 1.0, 1.0, training="u")])
+    record = {"summary": {"top1": 91.0, "params_nnz": 1234}, "train_seconds": 120.0, "measured": "here"}
+    bench.write_header(path, "t", record, [line("x, drop=0.5", 90.5, 40.0, note="n"),
+                                           line("other", 1.0, 1.0, training="u")])
     text = path.read_text()
     assert "old result" not in text and text.startswith("# head\n") and text.endswith(f"{bench.END}\nversion: 1\n")
     assert "91.00%" in text and "x, drop=0.5: top-1 90.50" in text and "other" not in text
@@ -178,3 +177,56 @@ def test_rows_of_a_training_not_yet_cached_are_left_out():
     kept = [p for p in bench.row_plans() if p.training in trained and all(n in trained for n in p.needs)]
     assert kept and all(p.training == "resnet20_exits" for p in kept)
     assert not any(p.training == "pipeline" for p in kept)
+
+
+def test_a_teacher_counts_by_its_own_key_and_is_trained_first(tmp_path):
+    student = bench.trainings(3, None)["lenet_kd"]
+    assert student.teacher is not None and student.teacher.name == "resnet20"
+    assert student.key() != bench.trainings(3, None)["lenet"].key()
+    assert replace(student, teacher=replace(student.teacher, epochs=4)).key() != student.key()
+    assert replace(student, teacher=replace(student.teacher, data="/elsewhere")).key() == student.key()
+    with pytest.raises(ValueError, match="teacher"):
+        student.command(tmp_path, None, None)
+    args = student.command(tmp_path, None, None, teacher=tmp_path / "t.pth")
+    assert args[args.index("--kd-teacher") + 1] == "resnet20_cifar" and args[-1] == str(tmp_path / "t.pth")
+
+    ran = []
+
+    def runner(args):
+        ran.append(args)
+        out = Path(args[args.index("-o") + 1]) / "run"
+        out.mkdir(parents=True)
+        (out / "summary.json").write_text(json.dumps({"top1": 1.0}))
+        (out / "checkpoint.pth.tar").write_text("x")
+        return 0
+
+    small = replace(student, teacher=replace(student.teacher, epochs=1))
+    bench.ensure_trained(small, tmp_path / "cache", runner)
+    assert [a[a.index("--arch") + 1] for a in ran] == ["resnet20_cifar", "lenet_mnist"]
+    assert ran[1][ran[1].index("--kd-resume") + 1].endswith("checkpoint.pth.tar")
+
+
+def test_the_results_file_keeps_rows_across_runs_while_their_trainings_keys_hold(tmp_path):
+    plan = bench.trainings(3, None)
+    results = bench.Results(tmp_path / "r.json")
+    for name in ("lenet", "resnet20"):
+        summary = {"top1": 90.0, "classes": [{"images": 10000}]}
+        results.record_training(name, plan[name].key(), summary, 60.0, "machine A")
+    kd = next(p for p in bench.row_plans() if p.training == "lenet_kd")
+    results.record_rows(kd.label, bench.plan_keys(plan, kd),
+                        [vars(line("taught", 91.0, 100.0, training="lenet_kd"))], "machine A")
+    results.save()
+
+    again = bench.Results(tmp_path / "r.json")  # a later run, which trained nothing
+    lines, missing = bench.table_lines(plan, again)
+    assert [l.method for l in lines] == ["backbone alone (lenet_mnist)", "backbone alone (resnet20_cifar)", "taught"]
+    assert "knowledge distillation" not in missing and "SkipNet" in missing
+
+    changed = bench.trainings(4, None)  # other epochs: every stored figure is stale
+    lines, missing = bench.table_lines(changed, again)
+    assert lines == [] and "knowledge distillation" in missing
+
+
+def test_only_names_known_trainings(tmp_path):
+    with pytest.raises(SystemExit, match="unknown training.*known: lenet, resnet20"):
+        bench.main(["--only", "lenet,resnett20", "--cache", str(tmp_path), "--out", str(tmp_path)])

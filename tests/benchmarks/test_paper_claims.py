@@ -33,7 +33,16 @@ def test_branchynet_holds_only_when_accuracy_is_kept_and_the_exits_are_faster():
 
 def test_a_claim_without_its_rows_is_said_to_be_unmeasured():
     text = claims_markdown([], {})
-    assert text.count("not measured in this run") == 6
+    assert text.count("not measured in this run") == 7
+
+
+def test_distillation_holds_only_when_the_interval_of_the_gain_is_above_zero():
+    alone = Row("backbone alone (lenet_mnist)", 91.0, 10_000, 100.0)
+    clearly = Row("lenet_mnist taught by resnet20_cifar (KD)", 92.5, 10_000, 100.0)
+    barely = Row("lenet_mnist taught by resnet20_cifar (KD)", 91.3, 10_000, 100.0)
+    assert "Holds" in claims_markdown([alone, clearly], {})
+    text = claims_markdown([alone, barely], {})
+    assert "Does not hold here (no difference the test split can tell)" in text and "+0.30 points" in text
 
 
 def test_msdnet_is_judged_at_every_resnet_exits_budget():
