@@ -137,8 +137,8 @@ def distillation(s: Summary) -> Optional[str]:
 
 
 #: the parts of a summary's text, in order
-PARTS: List[Callable[[Summary], Optional[str]]] = [accuracy, distillation, cascade, exits, macs, sparsity, anytime, routing,
-                                                   quantization, export]
+PARTS: List[Callable[[Summary], Optional[str]]] = [accuracy, distillation, cascade, exits, macs, sparsity, anytime,
+                                                   routing, quantization, export]
 
 
 def summary_text(s: Summary) -> str:

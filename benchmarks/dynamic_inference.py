@@ -634,7 +634,8 @@ def header_result(name: str, record: Dict[str, Any], lines: Sequence[Line]) -> L
     """The result lines of a ready schedule's header from its training's ``record`` (the app's own summary),
     then the table's rows of training ``name``."""
     s = record["summary"]
-    text = [f"Result of this command ({record['train_seconds'] / 60:.1f} min of training; {record['measured']}): test top-1 "
+    text = [f"Result of this command ({record['train_seconds'] / 60:.1f} min of training; {record['measured']}): "
+            f"test top-1 "
             f"{s['top1']:.2f}%" + (f" (final exit {s['top1_final_exit']:.2f}%)" if "top1_final_exit" in s else "")
             + f", {s['params_nnz']:,} parameters. In benchmarks/dynamic_inference.py's table (docs/benchmarks.md):"]
     for line in lines:

@@ -109,4 +109,4 @@ def test_a_rerun_that_reproduces_passes_and_one_that_differs_fails(tmp_path, mon
     edited["summaries"][0]["top1"] += 1.0
     claim.results_file().write_text(json.dumps(edited))
     problems = claims.check(claim, again, ran_on)
-    assert problems[0].startswith("top1: ") and any("its text is not its results file's" in p for p in problems)
+    assert problems[0].startswith("[0].top1: ") and any("its text is not its results file's" in p for p in problems)
