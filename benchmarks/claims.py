@@ -304,8 +304,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         wanted = set(args.only.split(","))
         unknown = wanted - {c.name for c in claims}
         if unknown:
-            raise SystemExit(f"--only: unknown claim(s) {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(c.name for c in claims)}")
+            parser.exit(2, f"claims.py: --only: unknown claim(s) {', '.join(sorted(unknown))}; "
+                           f"known: {', '.join(c.name for c in claims)}\n")
         claims = [c for c in claims if c.name in wanted]
     if args.list:
         for c in claims:

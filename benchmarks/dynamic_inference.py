@@ -51,6 +51,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.claims import HEADER_BEGIN, HEADER_END, replace_block, wrap_comment  # noqa: E402
 from benchmarks.dynamic import SPEED_RUNS, load_model, load_splits  # noqa: E402
 from benchmarks.dynamic.paper_claims import Row as ClaimRow, claims_markdown  # noqa: E402
 from benchmarks.dynamic.results import Results  # noqa: E402
@@ -627,7 +628,7 @@ def trainings(epochs: int, data: Optional[str]) -> Dict[str, Training]:
 #: the ready schedules whose header result this benchmark writes, by the training that runs their command
 READY = {"pipeline": "resnet20_fmnist.agp_thinning_exits.yaml", "skipnet": "resnet20_fmnist.skipnet.yaml",
          "blockdrop": "resnet20_fmnist.blockdrop.yaml"}
-BEGIN, END = "# RESULT-BEGIN", "# RESULT-END"
+BEGIN, END = HEADER_BEGIN, HEADER_END
 
 
 def header_result(name: str, record: Dict[str, Any], lines: Sequence[Line]) -> List[str]:
@@ -647,21 +648,14 @@ def header_result(name: str, record: Dict[str, Any], lines: Sequence[Line]) -> L
     return wrap_comment(" ".join(text))
 
 
-def wrap_comment(text: str, width: int = 116) -> List[str]:
-    """``text`` as comment lines of at most ``width`` characters."""
-    import textwrap
-
-    return ["# " + line for line in textwrap.wrap(text, width - 2)]
-
-
 def write_header(path: Path, name: str, record: Dict[str, Any], lines: Sequence[Line]) -> None:
     """Replace the result block (between RESULT-BEGIN and RESULT-END) of ``path``'s header with training
     ``name``'s."""
-    text = path.read_text().splitlines()
-    begin = next(i for i, line in enumerate(text) if line.startswith(BEGIN))
-    end = next(i for i, line in enumerate(text) if line.startswith(END))
-    new = text[:begin + 1] + header_result(name, record, lines) + text[end:]
-    atomic_write_text(path, "\n".join(new) + "\n")
+    begin = f"{BEGIN} (written by benchmarks/dynamic_inference.py --write-docs from its run of this command)"
+    text = path.read_text()
+    new = replace_block(text, begin, END, "\n".join(header_result(name, record, lines)), path)
+    if new != text:
+        atomic_write_text(path, new)
     print(f"wrote the result into {path.name}'s header")
 
 
@@ -763,8 +757,9 @@ def run_trainings(plan: Dict[str, Training], cache: Path, args: argparse.Namespa
     """Every training this run uses: cached, or trained now unless ``--available`` or ``--only`` leave it out."""
     only = set(args.only.split(",")) if args.only else set(plan)
     if only - set(plan):
-        raise SystemExit(f"--only: unknown training(s) {', '.join(sorted(only - set(plan)))}; "
-                         f"known: {', '.join(plan)}")
+        print(f"dynamic_inference.py: --only: unknown training(s) {', '.join(sorted(only - set(plan)))}; "
+              f"known: {', '.join(plan)}", file=sys.stderr)
+        raise SystemExit(2)
     trained: Dict[str, Trained] = {}
     for i, (name, training) in enumerate(plan.items(), start=1):
         progress(i, len(plan), f"training {name} ({training.arch}, {training.epochs} epochs, key {training.key()})",

@@ -84,9 +84,12 @@ def test_the_text_names_each_run_of_a_several_command_claim():
     assert run_name("python compress_classifier.py --arch lenet_mnist") == "lenet_mnist"
 
 
-def test_unknown_claims_are_named_with_the_known_ones():
-    with pytest.raises(SystemExit, match="unknown claim.*known: .*lenet_mnist.agp"):
+def test_unknown_claims_are_one_line_naming_the_known_ones_and_exit_status_2(capsys):
+    with pytest.raises(SystemExit) as stopped:
         claims.main(["--list", "--only", "lenet_mnist.agpp"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count("\n") == 1
+    assert "unknown claim(s) lenet_mnist.agpp; known: " in err and "lenet_mnist.agp," in err
 
 
 @pytest.mark.slow

@@ -227,6 +227,10 @@ def test_the_results_file_keeps_rows_across_runs_while_their_trainings_keys_hold
     assert lines == [] and "knowledge distillation" in missing
 
 
-def test_only_names_known_trainings(tmp_path):
-    with pytest.raises(SystemExit, match="unknown training.*known: lenet, resnet20"):
+def test_only_names_known_trainings_in_one_line_with_exit_status_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
         bench.main(["--only", "lenet,resnett20", "--cache", str(tmp_path), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count("\n") == 1
+    assert "unknown training(s) resnett20; known: lenet, resnet20" in err
+    assert not any(tmp_path.iterdir())  # nothing trained or written
