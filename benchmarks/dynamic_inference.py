@@ -72,6 +72,12 @@ CONFIDENCE = 0.9
 KD_FLAGS = ("--kd-temperature", "4", "--kd-distill-wt", "0.7", "--kd-student-wt", "0.3")
 KD_ROW = "lenet_mnist taught by resnet20_cifar (KD: T=4, weights 0.7/0.3)"
 Z95 = 1.959964
+#: a training whose epochs summed to more than this share over its median-based time shared the machine
+BUSY_SHARE = 0.2
+BUSY_MARK = " †"
+TIME_NOTE = (f"Training time: the median epoch's wall-clock time × the epochs;{BUSY_MARK.rstrip()} marks a training "
+             f"whose epochs summed to over {BUSY_SHARE:.0%} more, because other work shared the machine (the sums "
+             "are in the results file).")
 
 
 # --------------------------------------------------------------------------- trainings, cached by their hash
@@ -151,6 +157,7 @@ class Trained:
     summary: Dict[str, Any]
     train_seconds: float
     cached: bool = False
+    busy: float = 0.0  # busy_share of its epochs
 
 
 def ensure_trained(training: Training, cache: Path, runner: Callable[[Sequence[str]], int] = run_app) -> Trained:
@@ -160,7 +167,9 @@ def ensure_trained(training: Training, cache: Path, runner: Callable[[Sequence[s
     done = folder / "done.json"
     if done.is_file():
         record = json.loads(done.read_text())
-        return Trained(folder / record["checkpoint"], record["summary"], record["train_seconds"], cached=True)
+        # the time from the runs' epochs, not the record, so that how it is estimated can change under a cache
+        return Trained(folder / record["checkpoint"], record["summary"], train_seconds(folder / "runs"),
+                       cached=True, busy=busy_share(folder / "runs"))
     folder.mkdir(parents=True, exist_ok=True)
     schedule_file = None
     if training.schedule is not None:
@@ -175,7 +184,7 @@ def ensure_trained(training: Training, cache: Path, runner: Callable[[Sequence[s
     record = {"checkpoint": str((run / "checkpoint.pth.tar").relative_to(folder)), "summary": summary,
               "train_seconds": train_seconds(folder / "runs"), "training": asdict(training)}
     atomic_write_json(done, record)
-    return Trained(run / "checkpoint.pth.tar", summary, record["train_seconds"])
+    return Trained(run / "checkpoint.pth.tar", summary, record["train_seconds"], busy=busy_share(folder / "runs"))
 
 
 def latest_run(runs: Path) -> Path:
@@ -200,14 +209,33 @@ def epochs_done(run: Path) -> int:
         return len(list(csv.DictReader(f)))
 
 
-def train_seconds(runs: Path) -> float:
-    """The training time of every run under ``runs`` together (metrics.csv's ``seconds`` per epoch)."""
-    total = 0.0
-    for run in runs.iterdir():
+def epoch_seconds(runs: Path) -> List[float]:
+    """The wall-clock seconds of every epoch any run under ``runs`` trained (metrics.csv's ``seconds``)."""
+    seconds: List[float] = []
+    for run in sorted(runs.iterdir()):
         if (run / "metrics.csv").is_file():
             with open(run / "metrics.csv") as f:
-                total += sum(float(row.get("seconds") or 0.0) for row in csv.DictReader(f))
-    return total
+                seconds += [float(row.get("seconds") or 0.0) for row in csv.DictReader(f)]
+    return seconds
+
+
+def train_seconds(runs: Path) -> float:
+    """How long the training takes: its median epoch's time times its epochs. The median, not the sum, because
+    the benchmark's hours of training share the machine with other work, and an epoch slowed by it would
+    otherwise count in full (the sum is kept beside it, see ``busy_share``)."""
+    seconds = sorted(epoch_seconds(runs))
+    if not seconds:
+        return 0.0
+    middle = len(seconds) // 2
+    median = seconds[middle] if len(seconds) % 2 else (seconds[middle - 1] + seconds[middle]) / 2
+    return median * len(seconds)
+
+
+def busy_share(runs: Path) -> float:
+    """How much longer than ``train_seconds`` the epochs' summed time was (0.1: 10% longer): other work on the
+    machine while it trained."""
+    expected = train_seconds(runs)
+    return max(0.0, sum(epoch_seconds(runs)) / expected - 1.0) if expected else 0.0
 
 
 # --------------------------------------------------------------------------- rows computed from a trained model
@@ -386,6 +414,7 @@ class Line:
     train_seconds: float
     reference: str = ""
     training: str = ""  # the plan's name of the training it comes from
+    busy: float = 0.0  # the largest busy_share of the trainings counted in train_seconds
 
 
 def cells(line: Line) -> Dict[str, str]:
@@ -407,7 +436,7 @@ def cells(line: Line) -> Dict[str, str]:
     out["certified drop bound"] = (f"{100 * cert['bound']:.2f} (target {100 * cert['target']:.2f})"
                                    if cert and cert.get("bound") is not None and cert.get("target") is not None
                                    else "-")
-    out["training"] = f"{line.train_seconds / 60:.1f} min"
+    out["training"] = f"{line.train_seconds / 60:.1f} min{BUSY_MARK if line.busy > BUSY_SHARE else ''}"
     out["notes"] = line.reference or f.get("note", "")
     return out
 
@@ -720,20 +749,22 @@ def main(argv: Optional[List[str]] = None) -> None:
     results = Results(out / "dynamic_inference.json")
     measured = machine()
     for name, t in trained.items():
-        results.record_training(name, plan[name].key(), t.summary, t.train_seconds, measured)
+        results.record_training(name, plan[name].key(), t.summary, t.train_seconds, measured, t.busy)
     bench = Bench(plan, trained, timing=not args.no_timing)
     plans = [p for p in row_plans() if p.training in trained and all(n in trained for n in p.needs)]
     for j, row_plan in enumerate(plans, start=1):
         progress(j, len(plans), f"{row_plan.label} ({row_plan.training})", started)
-        seconds = sum(trained[n].train_seconds for n in (row_plan.training, *row_plan.counted))
-        lines = [Line(method, plan[row_plan.training].arch, figures, seconds, training=row_plan.training)
+        counted = (row_plan.training, *row_plan.counted)
+        seconds = sum(trained[n].train_seconds for n in counted)
+        busy = max(trained[n].busy for n in counted)
+        lines = [Line(method, plan[row_plan.training].arch, figures, seconds, training=row_plan.training, busy=busy)
                  for method, figures in bench.rows(cache, row_plan)]
         results.record_rows(row_plan.label, plan_keys(plan, row_plan), [asdict(line) for line in lines], measured)
     results.save()
     lines, missing = table_lines(plan, results)
     header = (f"Fashion-MNIST, {args.epochs} epochs per training (the `*_fmnist` schedules their own), "
               f"{lines[0].figures['test_images'] if lines else 10000:,} test images. Each row's run: "
-              f"{'; '.join(sorted({r['measured'] for r in results.rows.values()}))}")
+              f"{'; '.join(sorted({r['measured'] for r in results.rows.values()}))} {TIME_NOTE}")
     if missing:
         print(f"{len(missing)} row group(s) have no results from this configuration yet: {', '.join(missing)}. "
               f"Train what they need with --only NAME[,NAME] (trainings: {', '.join(plan)}).")
@@ -789,7 +820,8 @@ def table_lines(plan: Dict[str, Training], results: Results) -> Tuple[List[Line]
             missing.append(f"backbone alone ({plan[name].arch})")
             continue
         lines.append(Line(f"backbone alone ({plan[name].arch})", plan[name].arch, backbone_row(record["summary"]),
-                          record["train_seconds"], REFERENCES[plan[name].arch], training=name))
+                          record["train_seconds"], REFERENCES[plan[name].arch], training=name,
+                          busy=record.get("busy_share", 0.0)))
     for row_plan in row_plans():
         stored = results.lines(row_plan.label, plan_keys(plan, row_plan))
         if stored is None:

@@ -28,10 +28,11 @@ class Results:
         self.rows: Dict[str, Dict[str, Any]] = data["rows"]
 
     def record_training(self, name: str, key: str, summary: Mapping[str, Any], train_seconds: float,
-                        measured: str) -> None:
-        """What a training gave (its summary and training time), under its configuration's key."""
+                        measured: str, busy_share: float = 0.0) -> None:
+        """What a training gave (its summary and training time, and by how much other work on the machine
+        lengthened its epochs' summed time), under its configuration's key."""
         self.trainings[name] = {"key": key, "summary": dict(summary), "train_seconds": train_seconds,
-                                "measured": measured}
+                                "busy_share": busy_share, "measured": measured}
 
     def record_rows(self, label: str, keys: Mapping[str, str], lines: Sequence[Mapping[str, Any]],
                     measured: str) -> None:

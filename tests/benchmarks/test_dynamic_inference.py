@@ -35,6 +35,32 @@ def test_the_key_is_the_hash_of_what_decides_the_result_and_nothing_else():
         assert replace(base, **change).key() != base.key(), change
 
 
+def write_epochs(run, seconds):
+    run.mkdir(parents=True)
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "seconds"])
+        writer.writeheader()
+        writer.writerows({"epoch": i, "seconds": s} for i, s in enumerate(seconds))
+
+
+def test_training_time_is_the_median_epoch_times_the_epochs_so_a_busy_epoch_does_not_count_in_full(tmp_path):
+    runs = tmp_path / "runs"
+    write_epochs(runs / "a", [10.0, 11.0, 400.0])  # interrupted after 3 epochs, one of them slowed by other work
+    write_epochs(runs / "b", [12.0, 10.0])  # resumed for the last two
+    assert bench.epoch_seconds(runs) == [10.0, 11.0, 400.0, 12.0, 10.0]
+    assert bench.train_seconds(runs) == 11.0 * 5
+    assert bench.busy_share(runs) == pytest.approx(443.0 / 55.0 - 1.0)
+    quiet = tmp_path / "quiet"
+    write_epochs(quiet / "a", [10.0, 12.0])
+    assert bench.train_seconds(quiet) == 22.0 and bench.busy_share(quiet) == 0.0
+
+
+def test_a_busy_training_is_marked_in_its_row():
+    calm, busy = line("x", 90.0, 50.0), replace(line("x", 90.0, 50.0), busy=0.5)
+    assert bench.cells(calm)["training"] == "1.0 min"
+    assert bench.cells(busy)["training"] == f"1.0 min{bench.BUSY_MARK}" and bench.BUSY_MARK.strip() in bench.TIME_NOTE
+
+
 def test_a_schedules_lr_period_follows_the_epochs():
     text = bench.schedule_text(ROOT / "schedules" / "resnet20_mnist.earlyexit.yaml", 7)
     assert "T_max: 7" in text
