@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--qe-bits-wts", type=int, default=None, metavar="N", help="bits of weights (default 8)")
     q.add_argument("--qe-bits-accum", type=int, default=None, metavar="N", help="bits of accumulators (32)")
     q.add_argument("--qe-per-channel", action="store_true", help="one weight range per output channel")
-    q.add_argument("--qe-clip-acts", choices=["none", "avg", "n_std"], default=None,
-                   help="activation ranges: none (min/max), avg (average of per-batch min/max) or n_std")
+    q.add_argument("--qe-clip-acts", choices=["none", "avg", "n_std", "gauss", "laplace"], default=None,
+                   help="activation ranges: none (min/max), avg (average of per-sample min/max), n_std, or ACIQ's "
+                        "gauss and laplace")
     q.add_argument("--qe-clip-n-stds", type=float, default=None, metavar="N",
                    help="with --qe-clip-acts n_std: how many standard deviations (default 3)")
     q.add_argument("--qe-no-quant-layers", nargs="+", default=None, metavar="LAYER",
@@ -212,7 +213,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 #: --qe-mode values -> Distiller's mode names
-QE_MODES = {"sym": "SYMMETRIC", "asym_u": "ASYMMETRIC_UNSIGNED", "asym_s": "ASYMMETRIC_SIGNED"}
+QE_MODES = {"sym": "SYMMETRIC", "sym_restr": "SYMMETRIC_RESTRICTED", "asym_u": "ASYMMETRIC_UNSIGNED",
+            "asym_s": "ASYMMETRIC_SIGNED"}
 #: the --qe flags that shape the quantizer (not allowed with --qe-config-file)
 QE_SHAPING = ("qe_mode", "qe_mode_acts", "qe_mode_wts", "qe_bits_acts", "qe_bits_wts", "qe_bits_accum",
               "qe_per_channel", "qe_clip_acts", "qe_clip_n_stds", "qe_no_quant_layers", "qe_dynamic")

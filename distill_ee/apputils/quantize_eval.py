@@ -40,7 +40,8 @@ def prepare_quantizer(args: argparse.Namespace, model: nn.Module, scheduler: Any
     path = args.qe_stats_file or quantizer.model_activation_stats
     if path and args.qe_calibration is None:
         stats = load_stats(path)
-        problem = stats_problem(stats, [n for n, _ in quantizable_layers(unwrap(model))])
+        layers = [n for n, _ in quantizable_layers(unwrap(model))]
+        problem = stats_problem(stats, layers, {n: quantizer.settings_for(n) for n in layers})
         if problem:
             raise ConfigError(f"{path}: {problem} (the file must come from this model, exits included); collect "
                               "them with --qe-calibration")

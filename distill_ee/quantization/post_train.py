@@ -10,7 +10,8 @@ In a schedule's ``quantizers`` section (or a ``--qe-config-file`` holding only t
         bits_accum: 32
         mode: ASYMMETRIC_UNSIGNED   # or {activations: ..., weights: ...}
         per_channel_wts: true
-        clip_acts: AVG              # NONE, AVG or N_STD (with clip_n_stds)
+        clip_acts: AVG              # NONE, AVG, N_STD (with clip_n_stds), GAUSS or LAPLACE
+        clip_half_range: false      # GAUSS/LAPLACE of an asymmetric range: the activations are non-negative
         model_activation_stats: stats.yaml
         overrides:                  # by layer-name pattern (a regular expression), the first match wins
           conv1: {bits_weights: 8, bits_activations: 8}
@@ -34,13 +35,13 @@ from ..errors import ConfigError
 from ..modules import unwrap
 from ..policies.base import Policy
 from ..registry import QUANTIZERS, suggest
-from .linear import ClipMode, LinearQuantMode
+from .linear import ACIQ_BITS, ClipMode, LinearQuantMode
 from .quantset import LayerSettings, QuantizationSet, attach_quantization, quantizable_layers
 from .stats import Stats, load_stats
 
 Bits = Annotated[int, Range(2, 16, integer=True)]
 OVERRIDE_KEYS = ("bits_activations", "bits_weights", "bits_parameters", "mode", "per_channel_wts", "clip_acts",
-                 "clip_n_stds", "input_quantization_settings")
+                 "clip_n_stds", "clip_half_range", "input_quantization_settings")
 
 
 @QUANTIZERS.register("PostTrainLinearQuantizer")
@@ -67,7 +68,7 @@ class PostTrainLinearQuantizer(Policy):
               bits_weights: Optional[Bits] = None, bits_accum: Annotated[int, Range(8, 64, integer=True)] = 32,
               mode: Union[str, Dict[str, str]] = "SYMMETRIC", per_channel_wts: bool = False,
               clip_acts: str = "NONE", clip_n_stds: Optional[Annotated[float, Range(0.0, 100.0)]] = None,
-              overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+              clip_half_range: bool = False, overrides: Optional[Dict[str, Dict[str, Any]]] = None,
               model_activation_stats: Optional[str] = None, dynamic_acts: bool = False
               ) -> "PostTrainLinearQuantizer":
         """Check Distiller's arguments (each problem located at its key) and make the quantizer;
@@ -78,6 +79,8 @@ class PostTrainLinearQuantizer(Policy):
         defaults.clip_acts = _clip(clip_acts, ("clip_acts",))
         if clip_n_stds is not None:
             defaults.clip_n_stds = float(clip_n_stds)
+        defaults.clip_half_range = bool(clip_half_range)
+        _check_aciq_bits(defaults, ("clip_acts",))
         return cls(ctx.model, defaults, _rules(overrides, defaults), model_activation_stats, bits_accum, ctx.name)
 
     def settings_for(self, layer: str) -> LayerSettings:
@@ -148,9 +151,17 @@ def _clip(value: Any, path: Tuple[Any, ...]) -> str:
     names = [m.name for m in ClipMode]
     if isinstance(value, str) and value.upper() in names:
         return value.upper()
-    other = " (Distiller's GAUSS and LAPLACE are not available)" if str(value).upper() in ("GAUSS", "LAPLACE") else ""
-    raise ArgumentError(f"{value!r} is not a clip mode{other}", path, valid=names,
+    raise ArgumentError(f"{value!r} is not a clip mode", path, valid=names,
                         suggestions=suggest(str(value).upper(), names))
+
+
+def _check_aciq_bits(s: LayerSettings, path: Tuple[Any, ...]) -> None:
+    """GAUSS and LAPLACE clipping (ACIQ) have tables for 1 to 8 bits of activations only."""
+    low, high = ACIQ_BITS
+    if s.clip_acts in ("GAUSS", "LAPLACE") and not all(low <= b <= high for b in (s.bits_activations,
+                                                                                 s.bits_inputs) if b):
+        raise ArgumentError(f"{s.clip_acts} clipping is defined for {low} to {high} bits of activations, got "
+                            f"{max(b for b in (s.bits_activations, s.bits_inputs) if b)}", path)
 
 
 def _bits(value: Any, path: Tuple[Any, ...]) -> Optional[int]:
@@ -183,12 +194,17 @@ def _override(raw: Any, path: Tuple[Any, ...], defaults: LayerSettings) -> Layer
             s.per_channel_wts = value
         elif key == "clip_acts":
             s.clip_acts = _clip(value, where)
+        elif key == "clip_half_range":
+            if not isinstance(value, bool):
+                raise ArgumentError(f"must be true or false, got {value!r}", where)
+            s.clip_half_range = value
         elif key == "clip_n_stds":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
                 raise ArgumentError(f"must be a number in (0, 100], got {value!r}", where)
             s.clip_n_stds = float(value)
         else:
             s.bits_inputs = _input_bits(value, where, s.bits_inputs)
+    _check_aciq_bits(s, path)
     return s
 
 

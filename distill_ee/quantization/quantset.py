@@ -24,7 +24,7 @@ from ..arguments import ArgumentError, Checked, Range, check_value
 from ..attachment import Attachment, Handle, attach, attachment_of, detach, own_forward, register_attachment
 from ..attachment import replace_forward
 from ..errors import DistillEEError
-from .linear import ClipMode, LinearQuantMode, fake_quantize, quant_params, stats_range, weight_range
+from .linear import ClipMode, LinearQuantMode, fake_quantize, quant_params, stats_range, tensor_range, weight_range
 
 #: the attribute of the user's model that holds its QuantizationSet
 QUANT_ATTR = "quantization"
@@ -37,14 +37,22 @@ SCHEMES = ("range", "dorefa", "pact")
 MAX_LAYERS = 100_000
 
 
-def stats_problem(stats: Mapping[str, Any], layers: Iterable[str]) -> Optional[str]:
-    """What ``stats`` lacks for quantizing ``layers`` (a layer, or its first input), or None."""
+def stats_problem(stats: Mapping[str, Any], layers: Iterable[str],
+                  settings: Optional[Mapping[str, "LayerSettings"]] = None) -> Optional[str]:
+    """What ``stats`` lacks for quantizing ``layers`` (a layer, its first input, or the ``b`` that LAPLACE
+    clipping reads when ``settings`` ask for it), or None."""
     for name in layers:
         if name not in stats:
             return f"no statistics for layer {name!r}"
         inputs = stats[name].get("inputs") or {}
-        if inputs.get(0, inputs.get("0")) is None:
+        first = inputs.get(0, inputs.get("0"))
+        if first is None:
             return f"no statistics for the input of layer {name!r}"
+        s = (settings or {}).get(name)
+        if s is not None and s.clip_acts == ClipMode.LAPLACE.name and not s.dynamic and not all(
+                "b" in entry for entry in (first, stats[name]["output"])):
+            return (f"no `b` (mean absolute deviation) for layer {name!r}, which LAPLACE clipping needs (files "
+                    "collected here or by Distiller have it)")
     return None
 
 
@@ -60,6 +68,8 @@ class LayerSettings:
     per_channel_wts: bool = False
     clip_acts: str = "NONE"
     clip_n_stds: float = 3.0
+    #: the activations are known non-negative (ACIQ's clipping of an asymmetric range takes the half-range alpha)
+    clip_half_range: bool = False
     #: ``range`` (range-based linear), ``dorefa`` or ``pact`` (Zhou et al., 2016; Choi et al., 2018): weights
     #: through tanh to [-1, 1]; the layer's input clamped to [0, 1] (DoReFa) or to [0, alpha] with alpha learned
     #: (PACT); the output not quantized (it is the next layer's input)
@@ -202,20 +212,19 @@ class QuantizationSet(Attachment):
     # ----------------------------------------------------------------- ranges
     def set_ranges(self, stats: Mapping[str, Any]) -> None:
         """Activation ranges of every layer from statistics (``stats.collect_stats`` / a stats file)."""
-        problem = stats_problem(stats, self.settings)
+        problem = stats_problem(stats, self.settings, self.settings)
         if problem:
             raise DistillEEError(f"the activation statistics have {problem} (they must come from the same model)")
         for name, s in self.settings.items():
-            clip = ClipMode[s.clip_acts]
             inputs = stats[name].get("inputs") or {}
-            first = inputs.get(0, inputs.get("0"))
             r = self.ranges[_key(name)]
-            low, high = stats_range(first, clip, s.clip_n_stds)
-            r.in_low.fill_(low)
-            r.in_high.fill_(high)
-            low, high = stats_range(stats[name]["output"], clip, s.clip_n_stds)
-            r.out_low.fill_(low)
-            r.out_high.fill_(high)
+            for entry, bits, (low_name, high_name) in (
+                    (inputs.get(0, inputs.get("0")), s.bits_inputs, ("in_low", "in_high")),
+                    (stats[name]["output"], s.bits_activations, ("out_low", "out_high"))):
+                low, high = stats_range(entry, ClipMode[s.clip_acts], s.clip_n_stds, bits or 8,
+                                        LinearQuantMode[s.mode_activations], s.clip_half_range)
+                getattr(r, low_name).fill_(low)
+                getattr(r, high_name).fill_(high)
 
     # ----------------------------------------------------------------- forward
     def run(self, name: str, module: nn.Module, original: Any, x: torch.Tensor) -> torch.Tensor:
@@ -229,7 +238,7 @@ class QuantizationSet(Attachment):
         if tracking:
             r.track(x, out=False, decay=self.ema_decay)
         if s.bits_inputs:
-            low, high = (x.detach().min(), x.detach().max()) if s.dynamic else (r.in_low, r.in_high)
+            low, high = _dynamic_range(x, s, s.bits_inputs) if s.dynamic else (r.in_low, r.in_high)
             x = _fake(x, low, high, s.bits_inputs, s.mode_activations)
         weight = module.weight
         if s.bits_weights:
@@ -242,7 +251,7 @@ class QuantizationSet(Attachment):
         if tracking:
             r.track(out, out=True, decay=self.ema_decay)
         if s.bits_activations:
-            low, high = (out.detach().min(), out.detach().max()) if s.dynamic else (r.out_low, r.out_high)
+            low, high = _dynamic_range(out, s, s.bits_activations) if s.dynamic else (r.out_low, r.out_high)
             out = _fake(out, low, high, s.bits_activations, s.mode_activations)
         return out
 
@@ -295,6 +304,12 @@ def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tens
 
 def _key(name: str) -> str:
     return name.replace(".", "__")
+
+
+def _dynamic_range(x: torch.Tensor, s: LayerSettings, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The range of an activation taken from the batch itself, by the layer's clip mode."""
+    return tensor_range(x, ClipMode[s.clip_acts], s.clip_n_stds, bits, LinearQuantMode[s.mode_activations],
+                        s.clip_half_range)
 
 
 def _fake(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bits: int, mode: str) -> torch.Tensor:

@@ -4,12 +4,14 @@ For every leaf module that takes and returns tensors, the statistics of each inp
 
     conv1:
       inputs:
-        0: {min: -0.42, max: 2.8, avg_min: -0.4, avg_max: 2.7, mean: 0.13, std: 0.31, shape: '(1, 1, 28, 28)'}
+        0: {min: -0.42, max: 2.8, avg_min: -0.4, avg_max: 2.7, mean: 0.13, std: 0.31, b: 0.22,
+            shape: '(1, 1, 28, 28)'}
       output: {min: ..., max: ..., avg_min: ..., avg_max: ..., mean: ..., std: ..., shape: ...}
 
-``min``/``max`` are over everything seen, ``avg_min``/``avg_max`` the average of each batch's, ``mean`` and
-``std`` over every value. Files are read with the safe loader; a malformed one is a ConfigError naming the
-module and key.
+``min``/``max`` are over everything seen, ``avg_min``/``avg_max`` the running average of each sample's,
+``mean`` over every value, ``std`` and ``b`` (the mean absolute deviation, which LAPLACE clipping reads) around
+that mean in a second pass: Distiller's collector, to its arithmetic. Files are read with the safe loader; a
+malformed one is a ConfigError naming the module and key; ``b`` may be absent (older files).
 """
 from __future__ import annotations
 
@@ -40,51 +42,76 @@ Stats = Dict[str, Dict[str, Any]]
 
 
 class _Running:
-    """Statistics of one tensor over batches."""
+    """Statistics of one tensor over batches, as Distiller's ``QuantCalibrationStatsCollector`` keeps them, to its
+    arithmetic: pass 1 updates min, max, the per-sample average min and max, and the mean; pass 2 the standard
+    deviation and ``b`` around pass 1's mean.
+
+    Distiller's running averages weigh what came before by the number of *values* seen so far (each batch's
+    ``samples * features``) and a batch's per-sample minima by their number of samples, so ``avg_min`` leans
+    towards the first batch; kept as it is, so that a stats file from here and one from Distiller agree."""
 
     def __init__(self) -> None:
         self.min, self.max = math.inf, -math.inf
-        self.sum_min = self.sum_max = 0.0
-        self.batches = 0
-        self.count = 0
-        self.sum = self.sum_sq = 0.0
+        self.avg_min = self.avg_max = self.mean = 0.0
+        self.std = self.b = 0.0
+        self.numel = self.numel_second = 0
         self.shape: Optional[tuple] = None
 
+    @staticmethod
+    def _running_mean(values: torch.Tensor, previous: float, so_far: int) -> float:
+        return (so_far * previous + values.sum().item()) / (so_far + values.numel())
+
+    @staticmethod
+    def _flat(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        if t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.to(torch.float32)
+        return t.contiguous().view(t.size(0), -1)
+
     def add(self, t: torch.Tensor) -> None:
-        t = t.detach().double()
-        low, high = float(t.min()), float(t.max())
-        self.min, self.max = min(self.min, low), max(self.max, high)
-        self.sum_min += low
-        self.sum_max += high
-        self.batches += 1
-        self.count += t.numel()
-        self.sum += float(t.sum())
-        self.sum_sq += float((t * t).sum())
+        """Pass 1: one batch's values."""
+        act = self._flat(t)
+        # one value per sample: the batch's min and max (per-sample ones would make avg_min equal avg_max)
+        dim = 0 if act.numel() == act.shape[0] else 1
+        low, high = act.min(dim=dim)[0], act.max(dim=dim)[0]
+        self.min, self.max = min(self.min, low.min().item()), max(self.max, high.max().item())
+        self.avg_min = self._running_mean(low, self.avg_min, self.numel)
+        self.avg_max = self._running_mean(high, self.avg_max, self.numel)
+        self.mean = self._running_mean(act, self.mean, self.numel)
+        self.numel += act.numel()
         self.shape = (1, *t.shape[1:])
 
+    def add_second(self, t: torch.Tensor) -> None:
+        """Pass 2: the same batch's deviations from pass 1's mean."""
+        act = self._flat(t)
+        self.b = self._running_mean((act - self.mean).abs_(), self.b, self.numel_second)
+        self.std = math.sqrt(self._running_mean((act - self.mean) ** 2, self.std ** 2, self.numel_second))
+        self.numel_second += act.numel()
+
     def result(self) -> Dict[str, Any]:
-        mean = self.sum / self.count
-        var = max(self.sum_sq / self.count - mean * mean, 0.0)
-        return {"min": self.min, "max": self.max, "avg_min": self.sum_min / self.batches,
-                "avg_max": self.sum_max / self.batches, "mean": mean, "std": math.sqrt(var),
-                "shape": str(self.shape)}
+        return {"min": self.min, "max": self.max, "avg_min": self.avg_min, "avg_max": self.avg_max,
+                "mean": self.mean, "std": self.std, "b": self.b, "shape": str(self.shape)}
 
 
 def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], names: Optional[List[str]] = None) -> Stats:
-    """Statistics of the inputs and output of every leaf module (or the modules ``names``) over ``batches``; a
-    model with early exits runs every branch too, a quantized one runs in float meanwhile."""
+    """Statistics of the inputs and output of every leaf module (or the modules ``names``) over ``batches``, in
+    Distiller's two passes over them; a model with early exits runs every branch too, a quantized one runs in
+    float meanwhile."""
+    batches = list(batches)
     modules = dict(model.named_modules())
     chosen = names if names is not None else [n for n, m in modules.items() if n and not list(m.children())]
     running: Dict[str, Dict[str, Any]] = {n: {"inputs": {}, "output": _Running()} for n in chosen}
+    second = False
 
     def hook(name: str) -> Any:
         def record(module: nn.Module, args: tuple, output: Any) -> None:
             entry = running[name]
             for i, a in enumerate(args):
                 if isinstance(a, torch.Tensor) and a.is_floating_point():
-                    entry["inputs"].setdefault(i, _Running()).add(a)
+                    r = entry["inputs"].setdefault(i, _Running())
+                    r.add_second(a) if second else r.add(a)
             if isinstance(output, torch.Tensor) and output.is_floating_point():
-                entry["output"].add(output)
+                entry["output"].add_second(output) if second else entry["output"].add(output)
         return record
 
     exits = EarlyExits.of(model)
@@ -96,9 +123,12 @@ def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor], names: Opti
     with removing(handles), eval_mode(model), torch.no_grad(), qset.suspended() if qset else nullcontext():
         for x in batches:
             run(x)
+        second = True
+        for x in batches:
+            run(x)
     out: Stats = {}
     for name, entry in running.items():
-        if entry["output"].batches == 0:
+        if entry["output"].numel == 0:
             continue
         out[name] = {"inputs": {i: r.result() for i, r in entry["inputs"].items()},
                      "output": entry["output"].result()}
@@ -160,6 +190,9 @@ def _tensor(stats: Any, path: tuple) -> Dict[str, Any]:
             raise ArgumentError(f"must be a finite number, got {value!r}", (*path, key))
         if abs(value) > FLOAT32_MAX:  # the ranges are float32 tensors
             raise ArgumentError(f"must be within float32's range (±{FLOAT32_MAX:.3g}), got {value!r}", (*path, key))
+    b = stats.get("b")
+    if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b <= FLOAT32_MAX):
+        raise ArgumentError(f"must be a finite number of at least 0, got {b!r}", (*path, "b"))
     if stats["min"] > stats["max"]:
         raise ArgumentError(f"min {stats['min']} is above max {stats['max']}", path)
     return dict(stats)

@@ -72,8 +72,8 @@ def test_a_config_file_gives_the_quantizer_and_a_stats_file_the_ranges(trained, 
 
 
 @pytest.mark.parametrize("text, message", [
-    ("quantizers:\n  ptq: {class: PostTrainLinearQuantizer, clip_acts: GAUSS}\n",
-     "ptq.yaml:2: quantizers.ptq.clip_acts: 'GAUSS' is not a clip mode"),
+    ("quantizers:\n  ptq: {class: PostTrainLinearQuantizer, clip_acts: GAUS}\n",
+     "ptq.yaml:2: quantizers.ptq.clip_acts: 'GAUS' is not a clip mode"),
     ("pruners:\n  p: {class: AutomatedGradualPruner}\n",
      "ptq.yaml:1: pruners: a quantization config holds only a quantizers: section"),
 ])
@@ -111,3 +111,31 @@ def test_resuming_mid_qat_gives_the_uninterrupted_run(tmp_path):
 def test_dynamic_activation_ranges(trained, tmp_path):
     _, summary = evaluate(trained, tmp_path, "--qe-dynamic", name="dyn")
     assert summary["quantization"]["defaults"]["dynamic"] is True
+
+
+@pytest.mark.parametrize("mode, clip", [("sym_restr", "laplace"), ("sym", "gauss"), ("asym_s", "avg")])
+def test_every_distiller_mode_and_clip_mode_quantizes_from_the_flags(trained, tmp_path, mode, clip):
+    run, summary = evaluate(trained, tmp_path, "--qe-mode", mode, "--qe-clip-acts", clip, name=f"{mode}_{clip}")
+    defaults = summary["quantization"]["defaults"]
+    assert defaults["clip_acts"] == clip.upper() and defaults["mode_activations"] == {
+        "sym": "SYMMETRIC", "sym_restr": "SYMMETRIC_RESTRICTED", "asym_s": "ASYMMETRIC_SIGNED"}[mode]
+    assert "b" in load_stats(run / "quantization_stats.yaml")["conv1"]["output"]  # what LAPLACE reads
+    assert summary["top1"] > 50.0
+
+
+def test_laplace_clipping_with_a_stats_file_without_b_is_refused_before_anything_runs(trained, tmp_path, capsys):
+    stats_run, _ = evaluate(trained, tmp_path, name="stats")
+    old = tmp_path / "old_stats.yaml"
+    stats = load_stats(stats_run / "quantization_stats.yaml")
+    for entry in stats.values():
+        for record in (entry["output"], *entry["inputs"].values()):
+            record.pop("b")
+    from distill_ee.quantization import save_stats
+    save_stats(old, stats)
+    args = ["--arch", "lenet_mnist", "--resume-from", str(trained / "checkpoint.pth.tar"), "--evaluate", "--qe",
+            "--qe-clip-acts", "laplace", "--qe-stats-file", str(old), "-o", str(tmp_path / "runs")]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no `b` (mean absolute deviation) for layer" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

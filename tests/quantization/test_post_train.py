@@ -117,8 +117,12 @@ def test_exits_are_quantized_too_and_real_early_exit_equals_the_simulated_one():
 
 
 @pytest.mark.parametrize("edit, where, words", [
-    (lambda t: t.replace("clip_acts: AVG", "clip_acts: GAUSS"), "post_train_quantizer.clip_acts",
-     "Distiller's GAUSS and LAPLACE are not available"),
+    (lambda t: t.replace("clip_acts: AVG", "clip_acts: GAUS"), "post_train_quantizer.clip_acts",
+     "did you mean 'GAUSS'"),
+    (lambda t: t.replace("clip_acts: AVG", "clip_acts: LAPLACE").replace("bits_activations: 8", "bits_activations: 12"),
+     "post_train_quantizer.clip_acts", "LAPLACE clipping is defined for 1 to 8 bits of activations, got 12"),
+    (lambda t: t.replace("bits_weights: 4", "bits_weights: 4\n        clip_half_range: 1"),
+     "post_train_quantizer.overrides['fc.*'].clip_half_range", "must be true or false"),
     (lambda t: t.replace("mode: ASYMMETRIC_UNSIGNED", "mode: ASYMETRIC_UNSIGNED"), "post_train_quantizer.mode",
      "did you mean 'ASYMMETRIC_UNSIGNED'"),
     (lambda t: t.replace("bits_weights: 4", "bits_weights: 40"), "post_train_quantizer.overrides['fc.*'].bits_weights",
