@@ -15,13 +15,14 @@ The training loop calls, in this order (Distiller's protocol)::
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
 
 from .distributed import is_distributed, share_masks
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .policies.base import HookContext, LossComponent, Policy, PolicyLoss, Window
 from .pruning.masks import MaskDict, ParameterMasker, apply_masks, create_masks
 
@@ -38,6 +39,14 @@ class ScheduledPolicy:
     def is_due(self, epoch: int) -> bool:
         """True when the policy runs in ``epoch``."""
         return self.window.is_due(epoch)
+
+
+
+def _epoch(value: Any, what: str) -> int:
+    """An epoch number (or frequency) as add_policy takes it: a whole number >= 0 (numpy's too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
+        raise ConfigError(f"add_policy: {what} takes whole numbers of at least 0, got {value!r}")
+    return int(value)
 
 
 class CompressionScheduler:
@@ -65,14 +74,32 @@ class CompressionScheduler:
         self.share_across_processes = True
 
     # ----------------------------------------------------------------- setup
-    def add_policy(self, policy: Policy, epochs: Optional[Iterable[int]] = None, starting_epoch: int = 0,
-                   ending_epoch: int = 1, frequency: int = 1) -> None:
-        """Schedule ``policy`` on ``epochs`` or on ``range(starting_epoch, ending_epoch, frequency)``."""
+    def add_policy(self, policy: Policy, epochs: Optional[Iterable[int]] = None,
+                   starting_epoch: Optional[int] = None, ending_epoch: Optional[int] = None,
+                   frequency: Optional[int] = None) -> None:
+        """Schedule ``policy`` on ``epochs`` or on ``range(starting_epoch, ending_epoch, frequency)`` (frequency 1
+        by default). One of the two must be given, and not both: Distiller schedules a policy given neither on
+        epoch 0 alone, and one given both on its epochs, without a word; here both are a ConfigError."""
+        window = {"starting_epoch": starting_epoch, "ending_epoch": ending_epoch, "frequency": frequency}
+        given = [k for k, v in window.items() if v is not None]
         if epochs is not None:
-            epochs = sorted(set(int(e) for e in epochs))
-            sp = ScheduledPolicy(policy, epochs, epochs[0], epochs[-1] + 1, None)
+            if given:
+                raise ConfigError(f"add_policy({policy.name or type(policy).__name__}): give epochs or a "
+                                  f"starting_epoch/ending_epoch window, not both ({', '.join(given)} given too)")
+            listed = sorted(set(_epoch(e, "epochs") for e in epochs))
+            if not listed:
+                raise ConfigError(f"add_policy({policy.name or type(policy).__name__}): epochs is empty")
+            sp = ScheduledPolicy(policy, listed, listed[0], listed[-1] + 1, None)
         else:
-            sp = ScheduledPolicy(policy, None, starting_epoch, ending_epoch, frequency)
+            if starting_epoch is None or ending_epoch is None:
+                raise ConfigError(f"add_policy({policy.name or type(policy).__name__}): give epochs=[...] or both "
+                                  "starting_epoch and ending_epoch (Distiller would schedule epoch 0 only)")
+            start, end = _epoch(starting_epoch, "starting_epoch"), _epoch(ending_epoch, "ending_epoch")
+            step = 1 if frequency is None else _epoch(frequency, "frequency")
+            if end <= start or step < 1:
+                raise ConfigError(f"add_policy({policy.name or type(policy).__name__}): empty window: "
+                                  f"range({start}, {end}, {step}) (ending_epoch is exclusive; frequency at least 1)")
+            sp = ScheduledPolicy(policy, None, start, end, step)
         self.scheduled.append(sp)
         self._due_epoch = None
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from distill_ee.policies.base import HookContext, LossComponent, Policy, PolicyLoss
+from distill_ee.errors import ConfigError
 from distill_ee.scheduler import CompressionScheduler
 
 
@@ -61,6 +62,33 @@ def test_epochs_list_and_range_metadata_reach_the_policy():
     assert (b.starting_epoch, b.ending_epoch, b.frequency) == (3, 8, 2)
     assert sched.policies_for(4) == [a]
     assert sched.policies_for(5) == [b]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "give epochs=[...] or both starting_epoch and ending_epoch (Distiller would schedule epoch 0 only)"),
+    ({"starting_epoch": 2}, "give epochs=[...] or both starting_epoch and ending_epoch"),
+    ({"epochs": [1, 2], "starting_epoch": 0}, "give epochs or a starting_epoch/ending_epoch window, not both "
+                                              "(starting_epoch given too)"),
+    ({"epochs": [1], "frequency": 2}, "not both (frequency given too)"),
+    ({"epochs": []}, "epochs is empty"),
+    ({"epochs": [1, -1]}, "epochs takes whole numbers of at least 0, got -1"),
+    ({"epochs": [1.5]}, "epochs takes whole numbers of at least 0, got 1.5"),
+    ({"starting_epoch": 4, "ending_epoch": 4}, "empty window: range(4, 4, 1)"),
+    ({"starting_epoch": 0, "ending_epoch": 4, "frequency": 0}, "frequency at least 1"),
+])
+def test_an_ambiguous_or_empty_add_policy_is_refused_with_one_line(kwargs, message):
+    sched = CompressionScheduler(tiny_model())
+    with pytest.raises(ConfigError) as err:
+        sched.add_policy(Recorder("a", []), **kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert sched.policies == []
+
+
+def test_numpy_epoch_numbers_are_taken():
+    import numpy as np
+    sched = CompressionScheduler(tiny_model())
+    sched.add_policy(Recorder("a", []), epochs=np.arange(3))
+    assert sched.policies_for(2) and not sched.policies_for(3)
 
 
 def test_policies_due_in_the_same_epoch_run_in_declaration_order():

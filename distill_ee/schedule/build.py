@@ -47,8 +47,11 @@ def build_scheduler(schedule: Schedule, model: nn.Module, optimizer: Optional[to
             scheduler.add_component(section.name, name, built[(section.name, name)])
     for pspec in schedule.policies:
         policy = make_policy(schedule, pspec, built[(pspec.section.name, pspec.instance_name)], ctx)
-        scheduler.add_policy(policy, epochs=pspec.epochs, starting_epoch=pspec.starting_epoch,
-                             ending_epoch=pspec.ending_epoch, frequency=pspec.frequency)
+        if pspec.epochs is not None:
+            scheduler.add_policy(policy, epochs=pspec.epochs)
+        else:
+            scheduler.add_policy(policy, starting_epoch=pspec.starting_epoch, ending_epoch=pspec.ending_epoch,
+                                 frequency=pspec.frequency)
         try:
             policy.validate_window()
         except (ScheduleError, ArgumentError) as exc:
