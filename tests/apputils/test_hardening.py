@@ -153,7 +153,7 @@ def test_flags_that_need_exits_are_refused_before_the_first_epoch(argv, message,
     (["--ee-export", "tflite"], "argument --ee-export: invalid choice: 'tflite' (choose from 'onnx', 'torchscript')"),
     (["--ee-latency-runtime", "gpu"], "argument --ee-latency-runtime: invalid choice: 'gpu' (choose from 'torch', "
                                       "'onnx')"),
-    (["--qe-mode", "linear"], "argument --qe-mode: invalid choice: 'linear' (choose from 'sym', 'asym_u', "
+    (["--qe-mode", "linear"], "argument --qe-mode: invalid choice: 'linear' (choose from 'sym', 'sym_restr', 'asym_u', "
                               "'asym_s')"),
     (["--dist-backend", "tcp"],
      "argument --dist-backend: invalid choice: 'tcp' (choose from 'gloo', 'nccl', 'mpi', 'ucc')"),
