@@ -5,7 +5,9 @@ routing (``model.routing``), simulated quantization (``model.quantization``), or
 ``attach(model, attachment)``:
 
 * registers it as that submodule, so the backbone's parameter names stay as they are and the attachment's
-  weights and extra state travel with ``model.state_dict()``;
+  weights and extra state travel with ``model.state_dict()``; the submodule is held beside the model's
+  layers, never among them (``LayerDict``), so a model that runs its own children (``nn.Sequential``, an
+  ``nn.ModuleList`` subclass) neither runs nor counts it;
 * calls its ``install(model)``, which changes how the model runs (forward hooks, replaced forwards) and
   returns a handle for each change; the handles are kept, and ``detach`` calls ``uninstall``, which removes
   them;
@@ -33,6 +35,7 @@ The rest of the framework asks ``attachment_of(model, kind)``, ``attachments(mod
 from __future__ import annotations
 
 import contextlib
+from collections.abc import ItemsView, KeysView, ValuesView
 from typing import (Any, Callable, ClassVar, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple, Type,
                     TypeVar, Union)
 
@@ -165,11 +168,13 @@ def attach(model: nn.Module, attachment: A) -> A:
                               f"; a model takes one {kind} attachment")
     if hasattr(inner, attribute):
         raise AttachmentError(f"the model already has an attribute {attribute!r}, where {kind} would be attached")
+    hold_beside_layers(inner)
     inner.add_module(attribute, attachment)
     try:
         handles = list(attachment.install(inner))
     except BaseException:
         delattr(inner, attribute)
+        release_layers(inner)
         raise
     attachment.__dict__[HANDLES_ATTR] = handles
     record_step(inner, {"kind": kind, "name": attachment.instance_name, **attachment.step_config()})
@@ -184,10 +189,105 @@ def detach(model: nn.Module, kind: Union[str, Type[A]]) -> Optional[A]:
         return None
     found.uninstall(inner)
     delattr(inner, type(found).attribute)
+    release_layers(inner)
     for step in structure_steps(inner):
         if step.get("kind") == type(found).kind:
             forget_step(inner, step)
     return found
+
+
+class LayerDict(Dict[str, Optional[nn.Module]]):
+    """A model's ``_modules`` while something is attached to it: its layers, with its attachments beside them.
+
+    Iteration, ``keys()``, ``values()`` and ``len()`` (what ``nn.Sequential`` and ``nn.ModuleList`` run, index
+    and count) give the layers only. ``items()``, which torch walks for ``children()``,
+    ``named_modules()``, ``parameters()``, ``state_dict()``, ``load_state_dict()``, ``.to()`` and ``.train()``,
+    gives the attachments too, except while the model's own forward runs, so a forward over ``self.children()``
+    meets its layers only as well. Looking an entry up by name (``model.early_exits``) always finds it.
+    """
+
+    __slots__ = ("running",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: how many calls of the model's forward are under way
+        self.running = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, module in dict.items(self) if not isinstance(module, Attachment))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(list(self))
+
+    def keys(self) -> KeysView:  # type: ignore[override]
+        """The layers' names."""
+        return KeysView(self)
+
+    def values(self) -> ValuesView:  # type: ignore[override]
+        """The layers."""
+        return ValuesView(self)
+
+    def items(self) -> Any:
+        """Every submodule with its name, attachments last; the layers only while the model's forward runs."""
+        return ItemsView(self) if self.running else dict.items(self)
+
+    def copy(self) -> "LayerDict":
+        """A LayerDict of the same entries (``DataParallel``'s replicas copy ``_modules``)."""
+        return LayerDict(dict.items(self))
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (LayerDict, (list(dict.items(self)),))
+
+
+def _forward_begins(model: nn.Module, args: Any) -> None:
+    layers = model.__dict__.get("_modules")
+    if isinstance(layers, LayerDict):
+        layers.running += 1
+
+
+def _forward_ends(model: nn.Module, args: Any, output: Any) -> None:
+    layers = model.__dict__.get("_modules")
+    if isinstance(layers, LayerDict) and layers.running:
+        layers.running -= 1
+
+
+@contextlib.contextmanager
+def layers_only(model: nn.Module) -> Iterator[nn.Module]:
+    """For the block, ``model``'s children are its layers only, as while its forward runs (for a tracer that
+    calls ``forward`` itself)."""
+    layers = model.__dict__.get("_modules")
+    if not isinstance(layers, LayerDict):
+        yield model
+        return
+    layers.running += 1
+    try:
+        yield model
+    finally:
+        layers.running -= 1
+
+
+def hold_beside_layers(model: nn.Module) -> None:
+    """Give ``model`` a LayerDict for its submodules (once), its forward marked while it runs."""
+    if isinstance(model.__dict__.get("_modules"), LayerDict):
+        return
+    model.__dict__["_modules"] = LayerDict(dict.items(model._modules))
+    model.register_forward_pre_hook(_forward_begins)
+    model.register_forward_hook(_forward_ends, prepend=True, always_call=True)
+
+
+def release_layers(model: nn.Module) -> None:
+    """Give ``model`` a plain dict for its submodules again once it holds no attachment."""
+    layers = model.__dict__.get("_modules")
+    if not isinstance(layers, LayerDict) or any(isinstance(m, Attachment) for m in dict.values(layers)):
+        return
+    model.__dict__["_modules"] = dict(dict.items(layers))
+    for hooks in (model._forward_pre_hooks, model._forward_hooks):
+        for key in [k for k, hook in hooks.items() if hook is _forward_begins or hook is _forward_ends]:
+            del hooks[key]
+            model._forward_hooks_always_called.pop(key, None)
 
 
 def attachment_of(model: nn.Module, kind: Union[str, Type[A]]) -> Optional[A]:

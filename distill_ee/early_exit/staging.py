@@ -27,6 +27,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from ..attachment import layers_only
 from ..dynamic import OWNER_ATTR, begin_rows, owners, static_compute
 from ..errors import DistillEEError
 from .exit_set import ExitSet
@@ -215,7 +216,7 @@ def trace(model: nn.Module, leaves: Sequence[str]) -> torch.fx.GraphModule:
     try:
         tracer = ExitTracer(leaves)
         # traced in eval mode: code reading ``self.training`` is baked in as inference code
-        with eval_mode(model):
+        with eval_mode(model), layers_only(model):
             graph = tracer.trace(model)
         return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as err:  # fx raises many kinds (TraceError, TypeError on proxies, ...)

@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 from torch import fx, nn
 
+from ..attachment import layers_only
 from ..errors import DistillEEError
 from ..modules import first_line
 
@@ -37,7 +38,7 @@ def trace(module: nn.Module) -> Tuple[ModuleOutputTracer, fx.Graph]:
     """
     tracer = ModuleOutputTracer()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), layers_only(module):
             graph = tracer.trace(module)
     except Exception as exc:  # fx raises many types for untraceable code
         raise DistillEEError(f"thinning needs a model that torch.fx can trace; tracing "
