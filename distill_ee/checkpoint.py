@@ -12,7 +12,9 @@ scheduler state. The sample app and a user's own loop use the same two calls::
 
 A checkpoint is a dict of plain values and tensors: ``format``, ``structure``, ``state_dict`` and, when
 given, ``optimizer``, ``compression_sched`` and any ``extra`` keys (``epoch``, ``arch`` ...), plus ``sha256``,
-the digest of all the rest: a file whose bytes changed after it was written is refused when read.
+the digest of all the rest: a file whose bytes changed after it was written is refused when read. A
+checkpoint Distiller wrote is read with its own names admitted and nothing else, and converted
+(``distiller_checkpoint.py``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from torch import nn
 
 from .atomic import atomic_write
 from .components import load_components
+from .distiller_checkpoint import (CONVERTED_KEY, from_distiller, is_distiller_checkpoint, read_distiller_file,
+                                   resolve_distiller_thinning)
 from .errors import CheckpointError
 from .modules import first_line, unwrap
 from .structure import ReplayContext, reconcile_steps, structure_steps
@@ -47,8 +51,9 @@ def write_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
 
 
 def read_checkpoint(path: PathLike, map_location: Any = "cpu", *, verify: bool = True) -> Dict[str, Any]:
-    """Read a checkpoint safely: pickled Python objects refused, structure checked and, when the file carries
-    one, its SHA-256 verified (``verify=False`` skips that); every problem is one CheckpointError."""
+    """Read a checkpoint safely: pickled Python objects refused (a Distiller checkpoint's own names admitted and
+    the checkpoint converted), structure checked and, when the file carries one, its SHA-256 verified
+    (``verify=False`` skips that); every problem is one CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -65,14 +70,14 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu", *, verify: bool =
         if "weights only" not in str(exc).lower():
             raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a file torch.save wrote: "
                                   f"{first_line(exc)})") from None
-        raise CheckpointError(
-            f"{path}: refused to load: the checkpoint carries pickled Python objects that could run code "
-            "(only tensors, numbers, strings, lists and dicts are accepted)") from None
+        state = read_distiller_file(path, map_location)  # Distiller's names admitted, any other global refused
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or damaged: "
                               f"{first_line(exc)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dictionary, found {type(state).__name__}")
+    if is_distiller_checkpoint(state):
+        state = from_distiller(state, path)
     try:
         check_checkpoint(state)
     except CheckpointError as err:
@@ -193,16 +198,19 @@ def load_checkpoint(model: nn.Module, source: Union[PathLike, Mapping[str, Any]]
     ``scheduler`` are the ones built on it: replaying thinning updates their parameters and masks.
     ``restore_optimizer=False`` keeps the optimizer's state (a fresh start); ``strict_schedule=False``
     accepts a schedule whose policies differ from the checkpoint's; ``verify=False`` loads a file whose
-    checksum does not match. Raises CheckpointError when anything does not fit.
+    checksum does not match. A Distiller checkpoint is converted (its thinning replayed, its masks and
+    optimizer state restored). Raises CheckpointError when anything does not fit.
     """
     load_components()  # the structure step kinds
     if isinstance(source, (str, Path)):
         state = read_checkpoint(source, map_location, verify=verify)
     else:
-        state = dict(source)
+        state = from_distiller(source, "the checkpoint") if is_distiller_checkpoint(source) else dict(source)
         check_checkpoint(state)
     masks = scheduler.masks if scheduler is not None else None
+    strict_schedule = strict_schedule and CONVERTED_KEY not in state  # Distiller saved masks, no policy state
     try:
+        state = resolve_distiller_thinning(unwrap(model), state)
         done = reconcile_steps(model, saved_steps(state), ReplayContext(optimizer, masks),
                                input_shape=state.get("input_shape"))
         _load_weights(unwrap(model), state, done.new_prefixes)
