@@ -94,13 +94,13 @@ class ResNetCifar(nn.Module):
         return self.fc(self.flatten(self.avgpool(x)))
 
 
-def _register(name: str, blocks: int) -> None:
+def _register(name: str, blocks: int, doc: str) -> None:
     def factory(num_classes: int = 10, in_channels: int = 3, pretrained: bool = False) -> nn.Module:
         require_no_pretrained(name, pretrained)
         return ResNetCifar([blocks] * 3, num_classes, in_channels)
 
     factory.__name__ = name
-    factory.__doc__ = f"ResNet-{6 * blocks + 2} for CIFAR ({blocks} BasicBlocks per stage)."
+    factory.__doc__ = doc
     MODELS.add(name, factory)
 
 
@@ -111,4 +111,8 @@ for _name, _blocks in (
     ("resnet56_cifar", 9),
     ("resnet110_cifar", 18),
 ):
-    _register(_name, _blocks)
+    _register(_name, _blocks, f"ResNet-{6 * _blocks + 2} for CIFAR ({_blocks} BasicBlocks per stage).")
+    # Distiller's *_cifar_earlyexit names: the same network; its exit (after layer1.2) comes from the
+    # --earlyexit_* flags, as Distiller's models take their thresholds and loss weights from them
+    _register(f"{_name}_earlyexit", _blocks, f"ResNet-{6 * _blocks + 2} for CIFAR with Distiller's early exit "
+                                             f"after layer1.2 (thresholds and weights from --earlyexit_* flags).")
