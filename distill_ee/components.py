@@ -40,6 +40,7 @@ BUILTIN_MODULES = (
     "distill_ee.pruning.ranked",
     "distill_ee.pruning.random",
     "distill_ee.pruning.splicing",
+    "distill_ee.pruning.activation",
     "distill_ee.regularization.l1",
     "distill_ee.regularization.group_lasso",
     "distill_ee.early_exit.criteria",

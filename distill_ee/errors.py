@@ -69,5 +69,9 @@ class AttachmentError(DistillEEError):
     """An attachment that cannot be attached: the model has one of its kind already, or its attribute is taken."""
 
 
+class ThinningError(DistillEEError):
+    """Thinning that would remove a layer whole: every filter (or every input channel) of it is zero."""
+
+
 class ThresholdError(DistillEEError, ValueError):
     """Exit thresholds that do not fit the exits: an unknown exit name, a wrong count, a value out of range."""

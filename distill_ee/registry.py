@@ -11,6 +11,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
 
+from .distiller_absent import absence_note
 from .errors import DistillEEError
 
 T = TypeVar("T")
@@ -24,11 +25,15 @@ class UnknownNameError(DistillEEError, LookupError):
         self.name = name
         self.valid = sorted(valid)
         self.suggestions = suggest(name, self.valid)
+        self.absent = absence_note(kind, name)
         super().__init__(self.describe())
 
     def describe(self) -> str:
-        """One-line message: what was asked, close names, what is valid."""
+        """One-line message: what was asked, close names, what is valid (or, for a Distiller feature not
+        implemented here, what to use instead)."""
         msg = f"unknown {self.kind} {self.name!r}"
+        if self.absent:
+            return f"{msg}: {self.absent}"
         if self.suggestions:
             msg += f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?"
         shown = self.valid if len(self.valid) <= 25 else self.valid[:25] + ["..."]

@@ -37,8 +37,13 @@ from .kd import add_kd_policy, kd_summary
 from .quantize_eval import is_quantized, prepare_quantizer, quantize_trained
 from .learned_policy_files import run_learned_policy
 from .datasets import check_inputs, check_trained_on, dataset_info, load_dataset, make_loaders
+from .datasets.effective import effective_splits, loader_samples, train_portion
+from .datasets.from_arch import resolve_dataset, saying_inferred
 from .datasets.sharding import ORDER_STRIDE, shard_loaders
-from .earlyexit_flags import SHORTHAND_FILE, shorthand_config
+from .distiller_logs import EpochLogs, run_activation_histograms, test_extras
+from .earlyexit_flags import SHORTHAND_FILE, require_exit_flags, shorthand_config
+from .model_summary import draw_model_png, modules_table
+from .model_tools import export_classifier_onnx, thinnify, thinned_name
 from .models import create_model
 from .report import final_report
 from .run_dir import RunDir, setup_logging
@@ -113,21 +118,32 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size {args.batch_size} is the global batch, split among {world} processes: "
                           f"give a multiple of {world}")
     # the console now; the run's log file gets these lines once it exists. Only rank 0 logs more than errors.
-    setup_logging(None, level=logging.INFO if distributed.is_main() else logging.ERROR)
-    dataset = args.dataset or "mnist5k"
+    setup_logging(None, level=_log_level(args) if distributed.is_main() else logging.ERROR)
+    if getattr(args, "deprecated_resume", None):
+        log.warning("--resume is deprecated (as in Distiller): it means --resume-from %s --reset-optimizer",
+                    args.resume_from)
+    dataset, why = resolve_dataset(args.dataset, args.data, args.arch)
+    args.dataset = dataset
     if args.ee_calibrate is not None:
         parse_target(args.ee_calibrate)
     schedule_text = _schedule_text(args)
-    info = dataset_info(dataset, args.data)
+    with saying_inferred(why, dataset, args.arch):
+        info = dataset_info(dataset, args.data)
     seed_everything(args.seed, args.deterministic)
     model = create_model(args.arch, num_classes=info.num_classes, in_channels=info.input_shape[0],
                          pretrained=args.pretrained)
     example = torch.zeros(1, *info.input_shape)
     check_inputs(model, info, args.arch, torch.device("cpu"))
-    if args.summary:
-        return _print_summaries(args.summary, model, example) if distributed.is_main() else 0
-    splits = load_dataset(dataset, args.data, valid_size=args.valid_size, bad_images=args.bad_images,
-                          image_check=args.image_check)
+    if args.summary or args.thinnify or args.export_onnx is not None:
+        return _model_tool(args, model, info, example, schedule_text, device) if distributed.is_main() else 0
+    with saying_inferred(why, dataset, args.arch):
+        splits = load_dataset(dataset, args.data, valid_size=args.valid_size, bad_images=args.bad_images,
+                              image_check=args.image_check)
+    if why:
+        log.info("%s", why)
+    test_portion = args.activation_histograms if args.activation_histograms is not None else \
+        args.effective_test_size
+    splits = effective_splits(splits, args.effective_valid_size, test_portion, args.seed or 0)
     loaders = make_loaders(splits, args.batch_size, args.workers, seed=args.seed, deterministic=args.deterministic)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
@@ -141,11 +157,14 @@ def run(args: argparse.Namespace) -> int:
     exits = EarlyExits.of(model)
     _check_exit_flags(args, model, exits)
     _check_budget(args, exits, scheduler)
-    train_loaders = _process_loaders(args, splits, loaders) if not (args.evaluate or args.sense) else None
+    trains = not (args.evaluate or args.sense or args.activation_histograms is not None)
+    train_loaders = _process_loaders(args, splits, loaders) if trains else None
     run_dir = _open_run_dir(args, schedule_text, info) if distributed.is_main() else None
     criterion = nn.CrossEntropyLoss().to(device)
     if args.sense:
         return _sensitivity(args, model, loaders, criterion, device, run_dir) if run_dir else 0
+    if args.activation_histograms is not None:
+        return run_activation_histograms(args, model, loaders[2], device, run_dir) if run_dir else 0
     if train_loaders is not None:
         best = _train(args, model, optimizer, scheduler, criterion, train_loaders, device, run_dir, start_epoch,
                       best)
@@ -155,8 +174,11 @@ def run(args: argparse.Namespace) -> int:
     calibration = _calibrate(args, scheduler, exits, loaders, run_dir)
     summary = final_report(args, dataset, model, scheduler, loaders, criterion, device, example, run_dir,
                            exits=exits)
+    summary.update(test_extras(args, model, loaders[2], device, run_dir, info.num_classes))
     summary.update(calibration)
     summary.update(quantized)
+    if quantized:
+        summary["quantization"]["checkpoint"] = _save_quantized(run_dir, args, model, scheduler, summary)
     summary.update(kd_summary(args))
     if args.ee_export:
         summary["export"] = {"format": args.ee_export,
@@ -177,6 +199,7 @@ def _schedule_text(args: argparse.Namespace) -> Optional[str]:
     shorthand = args.earlyexit_thresholds is not None or args.earlyexit_lossweights is not None
     if shorthand and args.compress:
         raise ConfigError("give early exits either in the --compress schedule or with --earlyexit_* flags")
+    require_exit_flags(args.arch, shorthand, args.compress, args.resume_from)
     if shorthand:
         config = shorthand_config(args.arch, args.earlyexit_thresholds, args.earlyexit_lossweights, args.epochs)
         return yaml.safe_dump(config, sort_keys=False)
@@ -199,7 +222,7 @@ def _open_run_dir(args: argparse.Namespace, schedule_text: Optional[str], info: 
     """The run directory, with the log file (holding what was logged so far) and the schedule's copy."""
     run_dir = RunDir(args.out_dir, args.name or args.arch)
     run_dir.trained_on = {"input_shape": list(info.input_shape), "num_classes": int(info.num_classes)}
-    setup_logging(run_dir.log_file)
+    setup_logging(run_dir.log_file, level=_log_level(args))
     log.info("Log directory: %s", run_dir.path)
     log.info("Command: %s", " ".join(sys.argv))
     if schedule_text is not None:
@@ -209,15 +232,70 @@ def _open_run_dir(args: argparse.Namespace, schedule_text: Optional[str], info: 
     return run_dir
 
 
-def _print_summaries(kinds: List[str], model: nn.Module, example: torch.Tensor) -> int:
+def _print_summaries(kinds: List[str], model: nn.Module, example: torch.Tensor,
+                     run_dir: Optional[RunDir] = None) -> int:
     for kind in kinds:
         if kind == "sparsity":
             print(sparsity_table(model)[1])
         elif kind == "compute":
             print(compute_table(model, example)[1])
+        elif kind == "modules":
+            print(modules_table(model))
+        elif kind in ("png", "png_w_params") and run_dir is not None:
+            path = draw_model_png(model, run_dir.file("model.png"), with_params=kind == "png_w_params")
+            log.info("Model graph drawn to %s", path)
         else:
             print(model_table(model))
     return 0
+
+
+def _model_tool(args: argparse.Namespace, model: nn.Module, info: Any, example: torch.Tensor,
+                schedule_text: Optional[str], device: torch.device) -> int:
+    """Distiller's sub-applications --summary, --thinnify and --export-onnx: the model built, its schedule
+    applied and its checkpoint loaded, then acted on once; no data is read and nothing is trained."""
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = _make_scheduler(args, model, optimizer, example.to(device), schedule_text)
+    _resume(args, model, optimizer, scheduler, device, info)
+    if args.summary and not any(kind.startswith("png") for kind in args.summary):
+        return _print_summaries(args.summary, model, example.to(device))
+    run_dir = _open_run_dir(args, schedule_text, info)
+    if args.summary:
+        return _print_summaries(args.summary, model, example.to(device), run_dir)
+    if args.thinnify:
+        before, after = thinnify(model, scheduler.masks if scheduler else None)
+        path = run_dir.file(thinned_name(args.resume_from))
+        save_checkpoint(path, model, scheduler=scheduler, epoch=0, arch=args.arch,
+                        dataset=args.dataset or "mnist5k", **run_dir.trained_on)
+        log.info("Thinned: parameters %s -> %s, written to %s (fine-tune it if its accuracy dropped)",
+                 f"{before:,}", f"{after:,}", path)
+        run_dir.write_json("summary.json", {"thinnify": {"checkpoint": path.name, "parameters_before": before,
+                                                         "parameters_after": after}})
+        return 0
+    target = Path(args.export_onnx)
+    target = target if target.is_absolute() else run_dir.file(args.export_onnx)
+    export_classifier_onnx(model, tuple(info.input_shape), target)
+    files = [str(target if target.is_absolute() and not target.is_relative_to(run_dir.path)
+                 else target.relative_to(run_dir.path))]
+    exits = EarlyExits.of(model)
+    if exits is not None:
+        files += _export("onnx", model, exits, run_dir)
+    log.info("Exported the model (softmax output) to %s as ONNX%s", target,
+             " and its exits to onnx/ (distill_ee.deploy.MultiExitSession)" if exits is not None else "")
+    run_dir.write_json("summary.json", {"export_onnx": {"files": files}})
+    return 0
+
+
+def _save_quantized(run_dir: RunDir, args: argparse.Namespace, model: nn.Module,
+                    scheduler: Optional[CompressionScheduler], summary: Dict[str, Any]) -> str:
+    """Distiller's quantized checkpoint after --qe: the FP32 weights with the quantization's structure step and
+    ranges (the quantization is simulated from them), epoch 0 and the quantized top-1."""
+    name = f"{args.name}_quantized_checkpoint.pth.tar" if args.name else "quantized_checkpoint.pth.tar"
+    save_checkpoint(run_dir.file(name), model, scheduler=scheduler, epoch=0, arch=args.arch,
+                    dataset=args.dataset or "mnist5k", quantized_top1=summary.get("top1"), **run_dir.trained_on)
+    log.info("Quantized model (FP32 weights and quantization settings) saved to %s", run_dir.file(name))
+    return name
 
 
 def _make_scheduler(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -233,23 +311,32 @@ def _make_scheduler(args: argparse.Namespace, model: nn.Module, optimizer: torch
 def _resume(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: Optional[CompressionScheduler], device: torch.device, info: Any) -> tuple:
     """Give the model the checkpoint's structure (exits, thinning) and weights; the epoch to start at and the
-    best score so far (a fresh start with --reset-optimizer, --evaluate and --sense)."""
-    if not args.resume_from:
+    best score so far (a fresh start with --reset-optimizer, --evaluate, --sense, the model tools and
+    --exp-load-weights-from, which loads the weights and their structure only)."""
+    path = args.resume_from or args.exp_load_weights_from
+    if not path:
         return 0, None
-    state = read_checkpoint(args.resume_from, verify=not args.skip_checksum)
-    if state.get("arch") != args.arch:
-        raise CheckpointError(f"{args.resume_from}: checkpoint is for --arch {state.get('arch')!r}, "
-                              f"not {args.arch!r}")
-    check_trained_on(state, info, f"{args.resume_from}: the checkpoint")
-    fresh = bool(args.reset_optimizer or args.evaluate or args.sense)
-    _check_run_state(args.resume_from, state, fresh)
+    state = read_checkpoint(path, verify=not args.skip_checksum)
+    weights_only = not args.resume_from
+    if state.get("arch") != args.arch and not (weights_only and state.get("arch") is None):
+        raise CheckpointError(f"{path}: checkpoint is for --arch {state.get('arch')!r}, not {args.arch!r}")
+    check_trained_on(state, info, f"{path}: the checkpoint")
+    fresh = bool(args.reset_optimizer or args.evaluate or args.sense or args.activation_histograms is not None
+                 or weights_only or args.thinnify or args.export_onnx is not None or args.summary)
+    _check_run_state(path, state, fresh)
+    if weights_only:  # Distiller's load_lean_checkpoint: no optimizer, schedule state or epoch
+        state = {k: v for k, v in state.items() if k not in ("optimizer", "compression_sched")}
     try:
         restored = load_checkpoint(model, state, optimizer=optimizer, scheduler=scheduler,
                                    restore_optimizer=not fresh, strict_schedule=not fresh)
     except OptimizerStateError as err:
-        raise CheckpointError(f"{args.resume_from}: {err}; use --reset-optimizer") from None
+        raise CheckpointError(f"{path}: {err}; use --reset-optimizer") from None
     except CheckpointError as err:
-        raise CheckpointError(f"{args.resume_from}: {err}") from None
+        raise CheckpointError(f"{path}: {err}") from None
+    if weights_only:
+        log.info("Loaded the weights of %s; training starts at epoch 0", path)
+    if args.load_serialized:
+        log.info("--load-serialized: the model is not wrapped in DataParallel (it never is here)")
     model.to(device)
     if restored.replayed:
         log.info("Rebuilt %d structure step(s) from the checkpoint", len(restored.replayed))
@@ -332,12 +419,23 @@ def _process_loaders(args: argparse.Namespace, splits: Any, loaders: tuple) -> T
     single process; under torch.distributed each process's share, in the orders a single process would use."""
     seed = args.seed if args.seed is not None else (0 if args.deterministic else None)
     if not distributed.is_distributed():
-        return loaders[0], loaders[1], seed
-    if seed is None:  # every process must deal out the same order
-        seed = distributed.broadcast_object(random.SystemRandom().randrange(2 ** 31))
-    train, valid = shard_loaders(splits, args.batch_size, args.workers, seed=seed, rank=distributed.rank(),
-                                 world_size=distributed.world_size(), deterministic=args.deterministic)
+        train, valid = loaders[0], loaders[1]
+    else:
+        if seed is None:  # every process must deal out the same order
+            seed = distributed.broadcast_object(random.SystemRandom().randrange(2 ** 31))
+        train, valid = shard_loaders(splits, args.batch_size, args.workers, seed=seed, rank=distributed.rank(),
+                                     world_size=distributed.world_size(), deterministic=args.deterministic)
+    train = train_portion(train, args.effective_train_size)
+    portions = (args.effective_train_size, args.effective_valid_size, args.effective_test_size)
+    log.log(logging.INFO if min(portions) < 1 else logging.DEBUG,
+            "Dataset sizes: training=%d per epoch (of %d) validation=%d test=%d", loader_samples(train),
+            len(splits.train), len(splits.valid) if splits.valid is not None else 0, len(splits.test))
     return train, valid, seed
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    """DEBUG with -v/--verbose, else INFO."""
+    return logging.DEBUG if args.verbose else logging.INFO
 
 
 def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -347,16 +445,19 @@ def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Op
     """Train from ``start_epoch``; on rank 0 (or alone) log, write metrics.csv and checkpoints each epoch."""
     train_loader, valid_loader, seed = loaders
     net = distributed.wrap(model, scheduler)  # DDP under torchrun, the model itself otherwise
+    extras = EpochLogs(args, model, scheduler.masks if scheduler else None, run_dir)
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
         _reseed_order(train_loader, seed, epoch)
         if scheduler:
             scheduler.on_epoch_begin(epoch, optimizer)
-        train = train_one_epoch(net, train_loader, criterion, optimizer, scheduler, epoch, device,
-                                print_freq=args.print_freq)
-        valid = evaluate(model, valid_loader, criterion, device, desc=f"Epoch {epoch} valid",
-                         print_freq=args.print_freq, across_ranks=distributed.is_distributed()) \
-            if valid_loader is not None else {}
+        with extras.phase("train"):
+            train = train_one_epoch(net, train_loader, criterion, optimizer, scheduler, epoch, device,
+                                    print_freq=args.print_freq)
+        with extras.phase("valid"):
+            valid = evaluate(model, valid_loader, criterion, device, desc=f"Epoch {epoch} valid",
+                             print_freq=args.print_freq, across_ranks=distributed.is_distributed()) \
+                if valid_loader is not None else {}
         if scheduler:
             scheduler.on_epoch_end(epoch, optimizer, metrics={"min": valid.get("loss", train["loss"]),
                                                               "max": valid.get("top1", train["top1"])})
@@ -375,6 +476,7 @@ def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Op
         log.info("Epoch %d: train loss %.4f top1 %.2f | valid loss %.4f top1 %.2f%s | sparsity %.2f%% | %.1fs",
                  epoch, train["loss"], train["top1"], valid.get("loss", float("nan")),
                  valid.get("top1", float("nan")), exits, row["sparsity"], row["seconds"])
+        extras.end_epoch(epoch, score, valid.get("top5"))
     return best
 
 

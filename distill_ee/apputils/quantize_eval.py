@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from typing import Any, Dict, Optional
 
 import torch
@@ -37,6 +38,7 @@ def prepare_quantizer(args: argparse.Namespace, model: nn.Module, scheduler: Any
     quantizer = _choose_quantizer(args, model, scheduler, example)
     if quantizer is None:
         return None
+    _check_layer_flags(args, model)
     path = args.qe_stats_file or quantizer.model_activation_stats
     if path and args.qe_calibration is None:
         stats = load_stats(path)
@@ -81,10 +83,33 @@ def _flag_config(args: argparse.Namespace) -> Dict[str, Any]:
         config["dynamic_acts"] = True
     if args.qe_clip_n_stds is not None:
         config["clip_n_stds"] = args.qe_clip_n_stds
-    if args.qe_no_quant_layers:
-        config["overrides"] = {name: {"bits_activations": None, "bits_weights": None}
-                               for name in args.qe_no_quant_layers}
+    overrides: Dict[str, Dict[str, Any]] = {}
+    for name in args.qe_no_quant_layers or []:
+        overrides[name] = {"bits_activations": None, "bits_weights": None}
+    for name in getattr(args, "qe_no_clip_layers", None) or []:  # Distiller's {clip_acts: NONE} override
+        overrides.setdefault(name, {})["clip_acts"] = "NONE"
+    if overrides:
+        config["overrides"] = overrides
+    if getattr(args, "qe_scale_approx_bits", None) is not None:
+        config["scale_approx_mult_bits"] = args.qe_scale_approx_bits
+    if getattr(args, "qe_save_fp_weights", False):
+        config["save_fp_weights"] = True
     return config
+
+
+def _check_layer_flags(args: argparse.Namespace, model: nn.Module) -> None:
+    """Each name of --qe-no-clip-layers names (or, as a regular expression, matches) a quantized layer."""
+    layers = [n for n, _ in quantizable_layers(unwrap(model))]
+    for name in getattr(args, "qe_no_clip_layers", None) or []:
+        try:
+            found = any(re.fullmatch(name, layer) for layer in layers)
+        except re.error as err:
+            raise ConfigError(f"--qe-no-clip-layers {name!r} is not a layer name or regular expression ({err})") \
+                from None
+        if not found:
+            shown = ", ".join(layers[:8]) + (", ..." if len(layers) > 8 else "")
+            raise ConfigError(f"--qe-no-clip-layers {name!r}: no convolution or linear layer of the model has that "
+                              f"name (its layers: {shown})")
 
 
 def _from_text(text: str, model: nn.Module, example: torch.Tensor, file: str) -> PostTrainLinearQuantizer:

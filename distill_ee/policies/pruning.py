@@ -14,7 +14,9 @@ forward-only masks are skipped there)::
 
 Policy ``args`` (Distiller's names): ``levels`` (replaces a level pruner's levels), ``keep_mask``,
 ``mini_batch_pruning_frequency``, ``mask_on_forward_only``, ``mask_gradients`` (requires
-``mask_on_forward_only``), ``use_double_copies``, ``discard_masks_at_minibatch_end``.
+``mask_on_forward_only``), ``use_double_copies``, ``discard_masks_at_minibatch_end``, ``fold_batchnorm``
+(the pruner decides the mask of a Conv2d weight from the weight times ``gamma / sqrt(running_var + eps)`` of
+the BatchNorm2d reading its output, found by torch.fx; the mask is applied to the unfolded weight).
 
 The scheduler sets ``starting_epoch``, ``ending_epoch`` (exclusive) and ``frequency`` before the first hook.
 """
@@ -27,7 +29,8 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 import torch
 
 from ..arguments import ArgumentError, NonNegativeInt, ParamMap, UnitInterval, bind
-from ..errors import ScheduleError
+from ..errors import DistillEEError, ScheduleError
+from ..pruning.flow import ModuleFlow, batchnorm_folded
 from ..pruning.masks import ParameterMasker
 from ..pruning.pruner import Pruner
 from ..registry import PRUNERS, Section, add_section
@@ -45,6 +48,7 @@ class PruningArgs:
     mask_gradients: bool = False
     use_double_copies: bool = False
     discard_masks_at_minibatch_end: bool = False
+    fold_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         if self.mask_gradients and not self.mask_on_forward_only:
@@ -74,6 +78,9 @@ class PruningPolicy(Policy):
         self.mask_gradients = args.mask_gradients
         self.use_double_copies = args.use_double_copies
         self.discard_masks_at_minibatch_end = args.discard_masks_at_minibatch_end
+        self.fold_batchnorm = args.fold_batchnorm
+        #: handled Conv2d weight -> the BatchNorm2d folded into it (found once, with fold_batchnorm)
+        self._folded_bns: Optional[Dict[str, str]] = None
         self.is_initialized = False
         self.is_last_epoch = False
 
@@ -98,7 +105,8 @@ class PruningPolicy(Policy):
         for name, param in model.named_parameters():
             if pruner.handles(name):
                 with torch.no_grad():
-                    pruner.set_param_mask(param.detach().clone(), name, {name: ParameterMasker(name)}, meta)
+                    ranked = self._ranked(model, name, param.detach().clone())
+                    pruner.set_param_mask(ranked, name, {name: ParameterMasker(name)}, meta)
 
     @property
     def changes_masks_in_minibatches(self) -> bool:  # type: ignore[override]
@@ -109,6 +117,31 @@ class PruningPolicy(Policy):
         for param_name, param in ctx.model.named_parameters():
             if param_name in ctx.masks and self.pruner.handles(param_name):
                 yield param_name, param, ctx.masks[param_name]
+
+    def _ranked(self, model: torch.nn.Module, param_name: str, param: torch.Tensor) -> torch.Tensor:
+        """The tensor the pruner ranks: ``param``, or with fold_batchnorm its batch-norm-folded value."""
+        if not self.fold_batchnorm:
+            return param
+        if self._folded_bns is None:
+            self._folded_bns = self._find_batchnorms(model)
+        bn = self._folded_bns.get(param_name)
+        if bn is None:
+            return param
+        return batchnorm_folded(param, dict(model.named_modules())[bn])
+
+    def _find_batchnorms(self, model: torch.nn.Module) -> Dict[str, str]:
+        modules = dict(model.named_modules())
+        convs = {name: name[: -len(".weight")] for name, _ in model.named_parameters()
+                 if self.pruner.handles(name) and name.endswith(".weight")
+                 and isinstance(modules.get(name[: -len(".weight")]), torch.nn.Conv2d)}
+        if not convs:
+            return {}
+        try:
+            flow = ModuleFlow(model)
+            found = {name: flow.batchnorm_after(conv) for name, conv in convs.items()}
+        except DistillEEError as err:
+            raise ScheduleError(f"fold_batchnorm: {err}") from None
+        return {name: bn for name, bn in found.items() if bn is not None}
 
     def _meta(self, ctx: HookContext) -> Dict[str, Any]:
         return {
@@ -134,7 +167,7 @@ class PruningPolicy(Policy):
             if not self.is_initialized:
                 self._configure(masker)
             masker.ensure_gradient_hook(param)
-            self.pruner.set_param_mask(param, param_name, ctx.masks, meta)
+            self.pruner.set_param_mask(self._ranked(ctx.model, param_name, param), param_name, ctx.masks, meta)
             # With double copies only the scheduler's forward masking may mask: it keeps the unmasked copy
             # that before_parameter_optimization restores.
             if not masker.use_double_copies:
@@ -152,7 +185,7 @@ class PruningPolicy(Policy):
         # The scheduler applies every mask right after this hook, so setting the masks is enough.
         meta = self._meta(ctx)
         for param_name, param, _ in self._handled(ctx):
-            self.pruner.set_param_mask(param, param_name, ctx.masks, meta)
+            self.pruner.set_param_mask(self._ranked(ctx.model, param_name, param), param_name, ctx.masks, meta)
 
     def before_parameter_optimization(self, ctx: HookContext) -> None:
         """With double copies, restore the unmasked weights so the optimizer updates them."""

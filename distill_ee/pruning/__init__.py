@@ -1,7 +1,13 @@
 """Pruners (registered in ``distill_ee.registry.PRUNERS`` under Distiller's class names) and masks."""
+from .activation import (
+    ActivationAPoZRankedFilterPruner,
+    ActivationAPoZRankedFilterPruner_AGP,
+    ActivationRankedFilterPruner,
+)
 from .agp import (
     AutomatedGradualPruner,
     AutomatedGradualPrunerBase,
+    BernoulliFilterPruner_AGP,
     L1RankedStructureParameterPruner_AGP,
     L2RankedStructureParameterPruner_AGP,
     StructuredAGP,
@@ -22,9 +28,13 @@ from .sensitivity import SensitivityPruner
 from .splicing import SplicingPruner
 
 __all__ = [
+    "ActivationAPoZRankedFilterPruner",
+    "ActivationAPoZRankedFilterPruner_AGP",
+    "ActivationRankedFilterPruner",
     "AutomatedGradualPruner",
     "AutomatedGradualPrunerBase",
     "BernoulliFilterPruner",
+    "BernoulliFilterPruner_AGP",
     "L1RankedStructureParameterPruner",
     "L1RankedStructureParameterPruner_AGP",
     "L2RankedStructureParameterPruner",

@@ -21,7 +21,16 @@ from ..registry import PRUNERS
 from .level import level_mask
 from .masks import ParameterMasker
 from .pruner import Pruner, check_fraction, check_weights
-from .ranked import L1RankedStructureParameterPruner, L2RankedStructureParameterPruner, RankedStructurePruner
+from .random import BernoulliFilterPruner
+from .ranked import (
+    L1RankedStructureParameterPruner,
+    L2RankedStructureParameterPruner,
+    RankedStructurePruner,
+    check_group_type,
+)
+
+#: the group types of Distiller's filter-ranking AGP pruners (Bernoulli, activation ranked)
+FILTER_GROUP_TYPES = ("Filters", "3D")
 
 
 def agp_target_sparsity(
@@ -184,3 +193,26 @@ class L2RankedStructureParameterPruner_AGP(RankedAGP):
     """AGP over groups ranked by size-normalised L2 norm."""
 
     ranked = L2RankedStructureParameterPruner
+
+
+@PRUNERS.register()
+class BernoulliFilterPruner_AGP(StructuredAGP):
+    """AGP over random filter dropping: each filter is dropped with the current AGP target as probability.
+
+    Distiller's ``BernoulliFilterPruner_AGP``: every pruning step draws a fresh Bernoulli keep/drop per filter
+    from PyTorch's global generator (reproducible under ``torch.manual_seed``) and scales the kept filters by
+    ``n_filters / n_kept``, as ``BernoulliFilterPruner`` does.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        initial_sparsity: Fraction,
+        final_sparsity: Fraction,
+        group_type: str,
+        weights: ParamNames,
+        group_dependency: Optional[str] = None,
+    ):
+        check_group_type(f"BernoulliFilterPruner_AGP {name!r}", group_type, FILTER_GROUP_TYPES)
+        pruner = BernoulliFilterPruner(name, group_type, 0, weights, group_dependency)
+        super().__init__(name, initial_sparsity, final_sparsity, pruner)

@@ -12,7 +12,7 @@ from ..arguments import Fraction, ParamNames
 from ..errors import ScheduleError
 from ..registry import PRUNERS
 from .pruner import check_fraction
-from .ranked import L1RankedStructureParameterPruner, RankedStructurePruner
+from .ranked import GROUP_KWARGS, RANKED_GROUP_TYPES, L1RankedStructureParameterPruner, RankedStructurePruner
 from .structure import group_matrix
 
 
@@ -25,6 +25,8 @@ class BernoulliFilterPruner(RankedStructurePruner):
     ``use_double_copies``, ``mask_on_forward_only`` and ``discard_masks_at_minibatch_end`` so the
     scaling only affects the forward pass and never accumulates in the weights.
     """
+
+    group_types = tuple(g for g in RANKED_GROUP_TYPES if g not in GROUP_KWARGS)
 
     def __init__(
         self,

@@ -3,33 +3,40 @@
 Distiller's ``L1RankedStructureParameterPruner`` and ``L2RankedStructureParameterPruner``: prune the
 ``desired_sparsity`` fraction of groups with the smallest mean L1 (or normalised L2) magnitude.
 
-Group types: ``Filters``/``3D``, ``Channels``, ``2D`` (kernels) and ``Rows``. As in Distiller, ``Rows``
-ranks the rows of the *transposed* 2D weight, i.e. the columns of PyTorch's ``[out, in]`` weight, so that
-it removes input features the way ``Channels`` removes input channels of a convolution.
+Group types: ``Filters``/``3D``, ``Channels``, ``2D`` (kernels), ``Rows`` and ``Blocks``. As in Distiller,
+``Rows`` ranks the rows of the *transposed* 2D weight, i.e. the columns of PyTorch's ``[out, in]`` weight, so
+that it removes input features the way ``Channels`` removes input channels of a convolution. ``Blocks`` ranks
+the blocks of a 4D weight given by ``kwargs: {block_shape: [repetitions, depth, 1, 1]}`` (see structure.py).
 
 ``group_dependency: Leader`` makes every named weight use the groups chosen for the first one (the
 leader), e.g. to prune the same channels of weights whose outputs are added together.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from ..arguments import Fraction, ParamNames
 from ..errors import ScheduleError
-from ..registry import PRUNERS
+from ..registry import PRUNERS, suggest
 from .masks import ParameterMasker
 from .pruner import Pruner, check_fraction, check_weights
 from .structure import expand_group_map, rank_keep_map
 
 #: group type named in a schedule -> group type of the weight tensor that is ranked (see structure.py)
-RANKED_GROUP_TYPES = {"Filters": "Filters", "3D": "Filters", "Channels": "Channels", "2D": "2D", "Rows": "Cols"}
+RANKED_GROUP_TYPES = {"Filters": "Filters", "3D": "Filters", "Channels": "Channels", "2D": "2D", "Rows": "Cols",
+                      "Blocks": "Blocks"}
+#: group type -> the ``kwargs`` it takes (all required); other group types take none
+GROUP_KWARGS: Dict[str, Tuple[str, ...]] = {"Blocks": ("block_shape",)}
 GROUP_DEPENDENCIES = ("Leader",)
 
 
 class RankedStructurePruner(Pruner):
     """Base of pruners that keep or drop whole groups of the weights they name."""
+
+    #: the group types (keys of ``RANKED_GROUP_TYPES``) this pruner accepts
+    group_types: Tuple[str, ...] = tuple(RANKED_GROUP_TYPES)
 
     def __init__(
         self,
@@ -42,24 +49,16 @@ class RankedStructurePruner(Pruner):
     ):
         super().__init__(name)
         owner = f"{type(self).__name__} {name!r}"
-        if group_type not in RANKED_GROUP_TYPES:
-            raise ScheduleError(
-                f"{owner}: group_type {group_type!r} cannot be ranked",
-                path="group_type",
-                valid=sorted(RANKED_GROUP_TYPES),
-            )
+        check_group_type(owner, group_type, self.group_types)
         if group_dependency is not None and group_dependency not in GROUP_DEPENDENCIES:
             raise ScheduleError(
                 f"{owner}: unknown group_dependency {group_dependency!r}",
                 path="group_dependency",
                 valid=GROUP_DEPENDENCIES,
             )
-        if kwargs:
-            raise ScheduleError(
-                f"{owner}: 'kwargs' is only used by group_type 'Blocks', which is not supported", path="kwargs"
-            )
         self.group_type = group_type
         self.tensor_group_type = RANKED_GROUP_TYPES[group_type]
+        self.block_shape = check_group_kwargs(owner, group_type, kwargs).get("block_shape")
         self.desired_sparsity = check_fraction(owner, "desired_sparsity", desired_sparsity)
         self.params_names: List[str] = check_weights(owner, weights)
         self.group_dependency = group_dependency
@@ -136,7 +135,7 @@ class RankedStructurePruner(Pruner):
 
     def keep_map_to_mask(self, param: torch.Tensor, keep_map: torch.Tensor) -> torch.Tensor:
         """The element mask of ``param`` for a per-group ``keep_map``."""
-        return expand_group_map(param, self.tensor_group_type, keep_map)
+        return expand_group_map(param, self.tensor_group_type, keep_map, self.block_shape)
 
     def state_dict(self) -> Dict[str, Any]:
         """The cached leader map and the target it was computed for."""
@@ -155,7 +154,48 @@ class LpRankedStructureParameterPruner(RankedStructurePruner):
 
     def group_keep_map(self, param: torch.Tensor, param_name: str, fraction: float) -> Optional[torch.Tensor]:
         """Keep all but the ``fraction`` lowest-magnitude groups of ``param``."""
-        return rank_keep_map(param, self.tensor_group_type, fraction, self.magnitude, param_name)
+        return rank_keep_map(param, self.tensor_group_type, fraction, self.magnitude, param_name, self.block_shape)
+
+
+def check_group_type(owner: str, group_type: Any, allowed: Tuple[str, ...]) -> None:
+    """Raise a ScheduleError, with close names, unless ``group_type`` is one of ``allowed``."""
+    if group_type not in allowed:
+        raise ScheduleError(f"{owner}: group_type {group_type!r} cannot be ranked", path="group_type",
+                            suggestions=suggest(str(group_type), allowed), valid=sorted(allowed))
+
+
+def check_group_kwargs(owner: str, group_type: str, kwargs: Any) -> Dict[str, Any]:
+    """The checked ``kwargs`` of ``group_type`` (``GROUP_KWARGS``), or a ScheduleError naming the bad entry."""
+    takes = GROUP_KWARGS.get(group_type, ())
+    if not takes:
+        if kwargs:
+            users = " or ".join(repr(g) for g in sorted(GROUP_KWARGS))
+            raise ScheduleError(f"{owner}: 'kwargs' is only used by group_type {users}", path="kwargs")
+        return {}
+    if not isinstance(kwargs, dict):
+        raise ScheduleError(f"{owner}: group_type {group_type!r} needs kwargs with {', '.join(takes)}, "
+                            f"got {kwargs!r}", path="kwargs")
+    for key in kwargs:
+        if key not in takes:
+            raise ScheduleError(f"{owner}: unknown key {key!r} in kwargs of group_type {group_type!r}",
+                                path=f"kwargs.{key}", suggestions=suggest(str(key), takes), valid=takes)
+    for key in takes:
+        if key not in kwargs:
+            raise ScheduleError(f"{owner}: group_type {group_type!r} needs kwargs.{key}", path="kwargs")
+    return {"block_shape": check_block_shape(owner, kwargs["block_shape"])}
+
+
+def check_block_shape(owner: str, block_shape: Any) -> Tuple[int, int, int, int]:
+    """``[repetitions, depth, 1, 1]`` of positive integers (Distiller's only supported block shape)."""
+    ok = isinstance(block_shape, (list, tuple)) and len(block_shape) == 4 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in block_shape)
+    if not ok:
+        raise ScheduleError(f"{owner}: block_shape must be 4 positive integers [block_repetitions, block_depth, "
+                            f"block_height, block_width], got {block_shape!r}", path="kwargs.block_shape")
+    if block_shape[2] != 1 or block_shape[3] != 1:
+        raise ScheduleError(f"{owner}: block_shape must be [block_repetitions, block_depth, 1, 1] (blocks one "
+                            f"kernel element high and wide), got {list(block_shape)}", path="kwargs.block_shape")
+    return tuple(block_shape)  # type: ignore[return-value]
 
 
 @PRUNERS.register()

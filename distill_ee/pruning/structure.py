@@ -8,11 +8,15 @@ Group types, in the PyTorch layout of the weight (conv ``[filters, channels, kh,
 * ``Rows``: one group per row of a 2D weight, ``w[i, :]``;
 * ``Cols``: one group per column of a 2D weight, ``w[:, j]``;
 * ``2D``: one group per convolution kernel, ``w[i, j, :, :]``;
-* ``4D``: the whole tensor as one group.
+* ``4D``: the whole tensor as one group;
+* ``Blocks``: blocks of a 4D weight shaped by ``block_shape`` ``[repetitions, depth, 1, 1]``, laid out as
+  Distiller's ``rank_and_prune_blocks`` does: with ``depth`` 1, a block is ``repetitions`` consecutive filters
+  at one (channel, kernel position); with ``depth`` > 1, it is ``repetitions * depth`` consecutive entries of
+  the flattened ``[filters * channels]`` grid at one kernel position.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -28,6 +32,7 @@ GROUP_SHAPES: Dict[str, Tuple[Tuple[int, ...], str]] = {
     "Cols": ((2,), "a 2D weight"),
     "2D": ((4,), "a 4D convolution weight"),
     "4D": ((1, 2, 3, 4, 5), "a weight tensor"),
+    "Blocks": ((4,), "a 4D convolution weight"),
 }
 GROUP_TYPES = sorted(GROUP_SHAPES) + sorted(GROUP_ALIASES)
 
@@ -52,9 +57,33 @@ def check_group_shape(param: torch.Tensor, group_type: str, param_name: str = ""
     return group_type
 
 
-def group_matrix(param: torch.Tensor, group_type: str, param_name: str = "") -> torch.Tensor:
-    """``param`` viewed as ``[n_groups, group_size]``, one row per group."""
+def block_view_shape(param: torch.Tensor, block_shape: Sequence[int], param_name: str = "") -> Tuple[int, int, int]:
+    """Distiller's ``[n_super_rows, block_volume, n_positions]`` view of a 4D ``param`` for ``block_shape``."""
+    repetitions, depth = int(block_shape[0]), int(block_shape[1])
+    filters, channels = param.size(0), param.size(1)
+    kernel = param.size(2) * param.size(3)
+    if depth > 1:
+        rows, volume, positions, what = filters * channels, repetitions * depth, kernel, "filters * channels"
+    else:
+        rows, volume, positions, what = filters, repetitions, channels * kernel, "filters"
+    if rows % volume:
+        name = f"{param_name!r} " if param_name else ""
+        raise ScheduleError(
+            f"block_shape {list(block_shape)} needs {what} ({rows}) divisible by {volume}; "
+            f"weight {name}has shape {tuple(param.shape)}",
+            path="kwargs.block_shape",
+        )
+    return rows // volume, volume, positions
+
+
+def group_matrix(
+    param: torch.Tensor, group_type: str, param_name: str = "", block_shape: Optional[Sequence[int]] = None
+) -> torch.Tensor:
+    """``param`` viewed as ``[n_groups, group_size]``, one row per group (``Blocks`` needs ``block_shape``)."""
     group_type = check_group_shape(param, group_type, param_name)
+    if group_type == "Blocks":
+        super_rows, volume, positions = block_view_shape(param, _need_block_shape(block_shape), param_name)
+        return param.reshape(super_rows, volume, positions).permute(0, 2, 1).reshape(-1, volume)
     if group_type == "Filters":
         return param.reshape(param.size(0), -1)
     if group_type == "Channels":
@@ -68,10 +97,16 @@ def group_matrix(param: torch.Tensor, group_type: str, param_name: str = "") -> 
     return param.reshape(1, -1)
 
 
-def expand_group_map(param: torch.Tensor, group_type: str, group_map: torch.Tensor) -> torch.Tensor:
+def expand_group_map(
+    param: torch.Tensor, group_type: str, group_map: torch.Tensor, block_shape: Optional[Sequence[int]] = None
+) -> torch.Tensor:
     """A tensor shaped like ``param`` holding each group's value of ``group_map`` on all its elements."""
     group_type = check_group_shape(param, group_type)
     ones = [1] * param.dim()
+    if group_type == "Blocks":
+        super_rows, volume, positions = block_view_shape(param, _need_block_shape(block_shape))
+        expanded = group_map.reshape(super_rows, 1, positions).expand(super_rows, volume, positions)
+        return expanded.reshape(param.shape).to(dtype=param.dtype, device=param.device).contiguous()
     if group_type in ("Filters", "Rows"):
         shape = [-1] + ones[1:]
     elif group_type in ("Channels", "Cols"):
@@ -82,6 +117,12 @@ def expand_group_map(param: torch.Tensor, group_type: str, group_map: torch.Tens
         shape = ones
     expanded = group_map.reshape(shape).expand(param.shape)
     return expanded.to(dtype=param.dtype, device=param.device).contiguous()
+
+
+def _need_block_shape(block_shape: Optional[Sequence[int]]) -> Sequence[int]:
+    if block_shape is None:
+        raise ScheduleError("group type 'Blocks' needs kwargs.block_shape", path="kwargs")
+    return block_shape
 
 
 def l1_magnitudes(groups: torch.Tensor) -> torch.Tensor:
@@ -107,14 +148,19 @@ def num_groups_to_prune(n_groups: int, fraction: float) -> int:
 
 @torch.no_grad()
 def rank_keep_map(
-    param: torch.Tensor, group_type: str, fraction: float, magnitude: str = "L1", param_name: str = ""
+    param: torch.Tensor,
+    group_type: str,
+    fraction: float,
+    magnitude: str = "L1",
+    param_name: str = "",
+    block_shape: Optional[Sequence[int]] = None,
 ) -> Optional[torch.Tensor]:
     """1-per-group map keeping all but the ``fraction`` lowest-magnitude groups; None if none would go.
 
     As in Distiller the cut is the magnitude of the largest pruned group, so a group tied with it
     (e.g. another all-zero group) is pruned too.
     """
-    groups = group_matrix(param.detach(), group_type, param_name)
+    groups = group_matrix(param.detach(), group_type, param_name, block_shape)
     k = num_groups_to_prune(groups.size(0), fraction)
     if k == 0:
         return None

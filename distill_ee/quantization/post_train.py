@@ -12,10 +12,13 @@ In a schedule's ``quantizers`` section (or a ``--qe-config-file`` holding only t
         per_channel_wts: true
         clip_acts: AVG              # NONE, AVG, N_STD (with clip_n_stds), GAUSS or LAPLACE
         clip_half_range: false      # GAUSS/LAPLACE of an asymmetric range: the activations are non-negative
+        scale_approx_mult_bits: 16  # requantize each output by a 16-bit integer multiplier and a shift
+        save_fp_weights: true       # accepted: the simulated quantization keeps the FP32 weights anyway
         model_activation_stats: stats.yaml
         overrides:                  # by layer-name pattern (a regular expression), the first match wins
           conv1: {bits_weights: 8, bits_activations: 8}
-          fc: {clip_acts: NONE, input_quantization_settings: {0: {bits_activations: 8}}}
+          fc: {clip_acts: NONE, input_overrides: {0: {clip_acts: AVG}}}
+        inputs_quant_auto_fallback: true  # false: an input arriving unquantized needs input_overrides
 
 It does nothing while training; ``quantize(model, stats)`` then attaches a ``QuantizationSet`` (simulated
 quantization of every convolution and linear layer, exit branches included) with activation ranges from the
@@ -40,13 +43,29 @@ from .quantset import LayerSettings, QuantizationSet, attach_quantization, quant
 from .stats import Stats, load_stats
 
 Bits = Annotated[int, Range(2, 16, integer=True)]
+#: the keys of an input's settings in ``input_overrides`` (Distiller's)
+INPUT_KEYS = ("from_output", "bits_activations", "mode", "clip_acts", "clip_n_stds")
 OVERRIDE_KEYS = ("bits_activations", "bits_weights", "bits_parameters", "mode", "per_channel_wts", "clip_acts",
-                 "clip_n_stds", "clip_half_range", "input_quantization_settings")
+                 "clip_n_stds", "clip_half_range", "input_overrides", "input_quantization_settings", "quantize_inputs")
 
 
 @QUANTIZERS.register("PostTrainLinearQuantizer")
 class PostTrainLinearQuantizer(Policy):
-    """Post-training linear quantization of a trained model's convolutions and linear layers (simulated)."""
+    """Post-training linear quantization of a trained model's convolutions and linear layers (simulated).
+
+    Inputs (Distiller's ``inputs_quant_auto_fallback``, true by default as in Distiller): each quantized layer
+    quantizes its input itself, with the range its input statistics give; a tensor does not carry a previous
+    layer's quantization here, but the range Distiller would carry with it is that of the same tensor. The
+    argument only matters for an input that Distiller sees arrive without quantization: the model's own
+    input, the output of a layer not quantized (``bits_activations: null``) or of an operation of the forward
+    code (a view, ``torch.relu``, ``+``; leaf modules other than ``nn.Dropout`` and ``nn.Identity`` count as
+    quantized, as Distiller fake-quantizes them). With true, such an input is quantized by the layer's output
+    settings (bits, mode, clip mode), which is what every input gets; with false, the layer refuses to run
+    unless the input has explicit settings: ``input_overrides: {0: {from_output: true}}`` (the output's
+    settings) or ``{0: {bits_activations, mode, clip_acts, clip_n_stds}}`` (any of them, the rest as the
+    output's), without a half range. ``quantize_inputs`` is accepted in overrides and changes nothing: it
+    applies to the non-parameter modules Distiller fake-quantizes, which are not quantized here.
+    """
 
     kind = "quantizer"
     needs_minibatch_hooks = False
@@ -69,10 +88,14 @@ class PostTrainLinearQuantizer(Policy):
               mode: Union[str, Dict[str, str]] = "SYMMETRIC", per_channel_wts: bool = False,
               clip_acts: str = "NONE", clip_n_stds: Optional[Annotated[float, Range(0.0, 100.0)]] = None,
               clip_half_range: bool = False, overrides: Optional[Dict[str, Dict[str, Any]]] = None,
-              model_activation_stats: Optional[str] = None, dynamic_acts: bool = False
-              ) -> "PostTrainLinearQuantizer":
+              model_activation_stats: Optional[str] = None, dynamic_acts: bool = False,
+              scale_approx_mult_bits: Optional[Annotated[int, Range(2, 32, integer=True)]] = None,
+              save_fp_weights: bool = False, inputs_quant_auto_fallback: bool = True) -> "PostTrainLinearQuantizer":
         """Check Distiller's arguments (each problem located at its key) and make the quantizer;
-        ``dynamic_acts``: activation ranges from each batch itself (``--qe-dynamic``)."""
+        ``dynamic_acts``: activation ranges from each batch itself (``--qe-dynamic``); ``scale_approx_mult_bits``:
+        outputs requantized by an integer multiplier of that many bits and a shift (``--qe-scale-approx-bits``);
+        ``save_fp_weights``: accepted, as the FP32 weights are always kept (``--qe-save-fp-weights``);
+        ``inputs_quant_auto_fallback``: see the class docstring."""
         defaults = _linear_defaults(bits_activations, bits_parameters, bits_weights, mode, per_channel_wts,
                                     bits_activations)
         defaults.dynamic = bool(dynamic_acts)
@@ -80,6 +103,8 @@ class PostTrainLinearQuantizer(Policy):
         if clip_n_stds is not None:
             defaults.clip_n_stds = float(clip_n_stds)
         defaults.clip_half_range = bool(clip_half_range)
+        defaults.scale_approx_bits = scale_approx_mult_bits
+        defaults.inputs_quant_auto_fallback = bool(inputs_quant_auto_fallback)
         _check_aciq_bits(defaults, ("clip_acts",))
         return cls(ctx.model, defaults, _rules(overrides, defaults), model_activation_stats, bits_accum, ctx.name)
 
@@ -177,6 +202,7 @@ def _override(raw: Any, path: Tuple[Any, ...], defaults: LayerSettings) -> Layer
     if not isinstance(raw, Mapping):
         raise ArgumentError("an override is a mapping of settings", path, valid=list(OVERRIDE_KEYS))
     s = LayerSettings(**defaults.to_config())
+    inputs: List[Tuple[str, Any, Tuple[Any, ...]]] = []
     for key, value in raw.items():
         where = (*path, key)
         if key not in OVERRIDE_KEYS:
@@ -202,26 +228,54 @@ def _override(raw: Any, path: Tuple[Any, ...], defaults: LayerSettings) -> Layer
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
                 raise ArgumentError(f"must be a number in (0, 100], got {value!r}", where)
             s.clip_n_stds = float(value)
+        elif key == "quantize_inputs":
+            if not isinstance(value, bool):
+                raise ArgumentError(f"must be true or false, got {value!r}", where)
         else:
-            s.bits_inputs = _input_bits(value, where, s.bits_inputs)
+            inputs.append((key, value, where))
+    for key, value, where in inputs:  # after the output's settings, which the input's default to
+        _input_settings(s, key, value, where)
     _check_aciq_bits(s, path)
     return s
 
 
-def _input_bits(value: Any, path: Tuple[Any, ...], current: Optional[int]) -> Optional[int]:
-    """``input_quantization_settings: {0: {bits_activations: 8}}``: the bits of the layer's (only) input."""
-    if not isinstance(value, Mapping):
-        raise ArgumentError("input settings map an input index to its settings, e.g. {0: {bits_activations: 8}}",
-                            path)
+def _input_settings(s: LayerSettings, key: str, value: Any, path: Tuple[Any, ...]) -> None:
+    """Explicit settings of the layer's (only) input: Distiller's ``input_overrides`` (``{0: {from_output: true}}``,
+    or any of ``INPUT_KEYS`` with the rest as the output's) or ``input_quantization_settings`` (``{0:
+    {bits_activations: N}}``); as in Distiller, an explicit input takes no half range."""
+    keys = INPUT_KEYS if key == "input_overrides" else ("bits_activations",)
+    if not isinstance(value, Mapping) or not value:
+        raise ArgumentError(f"input settings map an input index to its settings, e.g. {{0: {{{keys[0]}: ...}}}}",
+                            path, valid=list(keys))
     for index, settings in value.items():
+        where = (*path, index)
         if str(index) != "0":
-            raise ArgumentError(f"convolutions and linear layers have one input (0), got {index!r}", (*path, index))
-        if not isinstance(settings, Mapping) or set(settings) - {"bits_activations"}:
-            raise ArgumentError("an input's settings are {bits_activations: N}", (*path, index),
-                                valid=["bits_activations"])
-        current = _bits(settings.get("bits_activations", current), (*path, index, "bits_activations"))
-    return current
-
+            raise ArgumentError(f"convolutions and linear layers have one input (0), got {index!r}", where)
+        if not isinstance(settings, Mapping):
+            raise ArgumentError(f"an input's settings are a mapping, got {settings!r}", where, valid=list(keys))
+        unknown = [k for k in settings if k not in keys]
+        if unknown:
+            raise ArgumentError(f"unknown key {unknown[0]!r}", (*where, unknown[0]), valid=list(keys),
+                                suggestions=suggest(str(unknown[0]), keys))
+        from_output = settings.get("from_output", False)
+        if not isinstance(from_output, bool):
+            raise ArgumentError(f"must be true or false, got {from_output!r}", (*where, "from_output"))
+        s.input_explicit, s.input_clip_half_range = True, False
+        s.input_mode = s.input_clip_acts = s.input_clip_n_stds = None
+        s.bits_inputs = s.bits_activations
+        if from_output:  # the output's settings; Distiller ignores the other keys then
+            continue
+        if "bits_activations" in settings:
+            s.bits_inputs = _bits(settings["bits_activations"], (*where, "bits_activations"))
+        if "mode" in settings:
+            s.input_mode = _mode(settings["mode"], (*where, "mode"))
+        if "clip_acts" in settings:
+            s.input_clip_acts = _clip(settings["clip_acts"], (*where, "clip_acts"))
+        if "clip_n_stds" in settings:
+            n = settings["clip_n_stds"]
+            if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0 < n <= 100:
+                raise ArgumentError(f"must be a number in (0, 100], got {n!r}", (*where, "clip_n_stds"))
+            s.input_clip_n_stds = float(n)
 
 
 @QUANTIZERS.register("QuantAwareTrainRangeLinearQuantizer")

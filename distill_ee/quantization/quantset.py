@@ -24,7 +24,8 @@ from ..arguments import ArgumentError, Checked, Range, check_value
 from ..attachment import Attachment, Handle, attach, attachment_of, detach, own_forward, register_attachment
 from ..attachment import replace_forward
 from ..errors import DistillEEError
-from .linear import ClipMode, LinearQuantMode, fake_quantize, quant_params, stats_range, tensor_range, weight_range
+from .linear import (ClipMode, LinearQuantMode, fake_quantize, integer_range, quant_params, stats_range,
+                     tensor_range, weight_range)
 
 #: the attribute of the user's model that holds its QuantizationSet
 QUANT_ATTR = "quantization"
@@ -35,6 +36,11 @@ QUANTIZABLE = (nn.Conv2d, nn.Linear)
 SCHEMES = ("range", "dorefa", "pact")
 #: the most layers a quantization step may name
 MAX_LAYERS = 100_000
+#: the attribute marking a tensor as a quantized activation (Distiller's ``quant_metadata``)
+QUANTIZED_TAG = "_distill_ee_quantized"
+#: leaf modules whose output is their input (quantized when it was); every other leaf module's output counts
+#: as quantized, as Distiller fake-quantizes it (or folds it into the layer before)
+PASS_THROUGH = (nn.Dropout, nn.Identity)
 
 
 def stats_problem(stats: Mapping[str, Any], layers: Iterable[str],
@@ -76,10 +82,29 @@ class LayerSettings:
     scheme: str = "range"
     #: activation ranges taken from each batch itself (Distiller's --qe-dynamic), not from statistics
     dynamic: bool = False
+    #: Distiller's ``scale_approx_mult_bits``: the output is requantized from the accumulator with an integer
+    #: multiplier of this many bits and a right shift instead of a float scale (None: the float scale)
+    scale_approx_bits: Optional[int] = None
+    #: the input's own settings (Distiller's ``input_overrides``), each None where it is the output's
+    input_mode: Optional[str] = None
+    input_clip_acts: Optional[str] = None
+    input_clip_n_stds: Optional[float] = None
+    input_clip_half_range: Optional[bool] = None
+    #: the input has explicit settings (``input_overrides`` or ``input_quantization_settings``)
+    input_explicit: bool = False
+    #: Distiller's ``inputs_quant_auto_fallback``: an input that arrives unquantized and has no explicit settings
+    #: is quantized by the output's settings (True) or refused when the layer runs (False)
+    inputs_quant_auto_fallback: bool = True
 
     def to_config(self) -> Dict[str, Any]:
         """Plain values."""
         return asdict(self)
+
+    def input_quant(self) -> Tuple[str, str, float, bool]:
+        """(mode, clip mode, clip_n_stds, clip_half_range) of the layer's input."""
+        return (self.input_mode or self.mode_activations, self.input_clip_acts or self.clip_acts,
+                self.clip_n_stds if self.input_clip_n_stds is None else self.input_clip_n_stds,
+                self.clip_half_range if self.input_clip_half_range is None else self.input_clip_half_range)
 
 
 RANGE_NAMES = ("in_low", "in_high", "out_low", "out_high")
@@ -117,8 +142,9 @@ def _layer_settings(value: Any) -> Dict[str, Any]:
         try:
             s = check_value(LayerSettings, settings)
             for field, names in (("mode_activations", LinearQuantMode), ("mode_weights", LinearQuantMode),
-                                 ("clip_acts", ClipMode)):
-                if getattr(s, field) not in names.__members__:
+                                 ("clip_acts", ClipMode), ("input_mode", LinearQuantMode),
+                                 ("input_clip_acts", ClipMode)):
+                if getattr(s, field) is not None and getattr(s, field) not in names.__members__:
                     raise ArgumentError(f"unknown {field} {getattr(s, field)!r}", (field,),
                                         valid=list(names.__members__))
             if s.scheme not in SCHEMES:
@@ -167,9 +193,21 @@ class QuantizationSet(Attachment):
         for name in self.layers:
             if not isinstance(modules.get(name), QUANTIZABLE):
                 raise DistillEEError(f"{name!r} is not a convolution or linear layer of the model")
-        return [replace_forward(modules[name], functools.partial(self.run, name, modules[name],
-                                                                 own_forward(modules[name])))
-                for name in self.layers]
+        handles: List[Handle] = [replace_forward(modules[name], functools.partial(
+            self.run, name, modules[name], own_forward(modules[name]))) for name in self.layers]
+        if any(not s.inputs_quant_auto_fallback for s in self.settings.values()):
+            own = {id(m) for m in self.modules()}
+            handles += [m.register_forward_hook(self._mark) for n, m in modules.items()
+                        if n not in self.settings and id(m) not in own and not any(True for _ in m.children())]
+        return handles
+
+    def _mark(self, module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
+        """Mark a leaf module's output as quantized, as Distiller's fake quantization of it leaves it (a
+        pass-through module's output only when its input was)."""
+        if not self.active or not isinstance(output, torch.Tensor):
+            return
+        if not isinstance(module, PASS_THROUGH) or any(getattr(x, QUANTIZED_TAG, False) for x in inputs):
+            _tagged(output)
 
     def step_config(self) -> Dict[str, Any]:
         """The EMA decay and every layer's settings."""
@@ -218,11 +256,11 @@ class QuantizationSet(Attachment):
         for name, s in self.settings.items():
             inputs = stats[name].get("inputs") or {}
             r = self.ranges[_key(name)]
-            for entry, bits, (low_name, high_name) in (
-                    (inputs.get(0, inputs.get("0")), s.bits_inputs, ("in_low", "in_high")),
-                    (stats[name]["output"], s.bits_activations, ("out_low", "out_high"))):
-                low, high = stats_range(entry, ClipMode[s.clip_acts], s.clip_n_stds, bits or 8,
-                                        LinearQuantMode[s.mode_activations], s.clip_half_range)
+            output = (s.mode_activations, s.clip_acts, s.clip_n_stds, s.clip_half_range)
+            for entry, bits, (mode, clip, n_stds, half), (low_name, high_name) in (
+                    (inputs.get(0, inputs.get("0")), s.bits_inputs, s.input_quant(), ("in_low", "in_high")),
+                    (stats[name]["output"], s.bits_activations, output, ("out_low", "out_high"))):
+                low, high = stats_range(entry, ClipMode[clip], n_stds, bits or 8, LinearQuantMode[mode], half)
                 getattr(r, low_name).fill_(low)
                 getattr(r, high_name).fill_(high)
 
@@ -237,12 +275,24 @@ class QuantizationSet(Attachment):
         tracking = self.training and self.ema_decay is not None
         if tracking:
             r.track(x, out=False, decay=self.ema_decay)
+        in_scale = w_scale = None
         if s.bits_inputs:
-            low, high = _dynamic_range(x, s, s.bits_inputs) if s.dynamic else (r.in_low, r.in_high)
-            x = _fake(x, low, high, s.bits_inputs, s.mode_activations)
+            if not (s.inputs_quant_auto_fallback or s.input_explicit or getattr(x, QUANTIZED_TAG, False)):
+                raise DistillEEError(
+                    f"layer {name!r}: its input arrives unquantized (the model's input, a layer not quantized or "
+                    "an operation of the forward code such as a view) and inputs_quant_auto_fallback is false: "
+                    f"give it input_overrides in the quantizer's overrides (e.g. {name}: {{input_overrides: "
+                    "{0: {from_output: true}}}) or set inputs_quant_auto_fallback: true")
+            in_mode = s.input_quant()[0]
+            low, high = _dynamic_input_range(x, s) if s.dynamic else (r.in_low, r.in_high)
+            if s.scale_approx_bits:
+                in_scale = _scale(x, low, high, s.bits_inputs, in_mode)
+            x = _fake(x, low, high, s.bits_inputs, in_mode)
         weight = module.weight
         if s.bits_weights:
             low, high = weight_range(weight.detach(), s.per_channel_wts)
+            if s.scale_approx_bits:
+                w_scale = _scale(weight, low, high, s.bits_weights, s.mode_weights)
             weight = _fake(weight, low, high, s.bits_weights, s.mode_weights)
         if isinstance(module, nn.Conv2d):
             out = module._conv_forward(x, weight, module.bias)
@@ -252,7 +302,10 @@ class QuantizationSet(Attachment):
             r.track(out, out=True, decay=self.ema_decay)
         if s.bits_activations:
             low, high = _dynamic_range(out, s, s.bits_activations) if s.dynamic else (r.out_low, r.out_high)
-            out = _fake(out, low, high, s.bits_activations, s.mode_activations)
+            if s.scale_approx_bits and in_scale is not None and w_scale is not None:
+                channel_dim = 1 if isinstance(module, nn.Conv2d) else out.dim() - 1
+                return _tagged(approx_requantize(out, in_scale * w_scale.reshape(-1), low, high, s, channel_dim))
+            out = _tagged(_fake(out, low, high, s.bits_activations, s.mode_activations))
         return out
 
     def _learned(self, name: str, s: LayerSettings, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -312,10 +365,52 @@ def _dynamic_range(x: torch.Tensor, s: LayerSettings, bits: int) -> Tuple[torch.
                         s.clip_half_range)
 
 
+def _dynamic_input_range(x: torch.Tensor, s: LayerSettings) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The range of a layer's input taken from the batch itself, by its input settings (as Distiller's dynamic
+    input quantization, without a half range)."""
+    mode, clip, n_stds, _ = s.input_quant()
+    return tensor_range(x, ClipMode[clip], n_stds, s.bits_inputs or 8, LinearQuantMode[mode], False)
+
+
+def _tagged(x: torch.Tensor) -> torch.Tensor:
+    """``x`` marked as a quantized activation (what Distiller's quantization metadata on a tensor says)."""
+    setattr(x, QUANTIZED_TAG, True)
+    return x
+
+
 def _fake(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bits: int, mode: str) -> torch.Tensor:
     m = LinearQuantMode[mode]
     scale, zero_point = quant_params(low.to(x.device), high.to(x.device), bits, m)
     return fake_quantize(x, scale, zero_point, bits, m)
+
+
+def _scale(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bits: int, mode: str) -> torch.Tensor:
+    """The quantization scale of the range [low, high] (one per channel for per-channel weights)."""
+    return quant_params(low.to(x.device), high.to(x.device), bits, LinearQuantMode[mode])[0]
+
+
+def approx_scale(scale: torch.Tensor, mult_bits: int) -> torch.Tensor:
+    """``scale`` as Distiller's ``approx_scale_as_mult_and_shift`` gives it: ``mult / 2^shift`` with ``mult`` an
+    integer of ``mult_bits`` bits and ``shift = floor(log2((2^mult_bits - 1) / scale))``."""
+    shift = torch.floor(torch.log2((2 ** mult_bits - 1) / scale))
+    return torch.floor(scale * 2 ** shift) / 2 ** shift
+
+
+def approx_requantize(out: torch.Tensor, accum_scale: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                      s: LayerSettings, channel_dim: int) -> torch.Tensor:
+    """The layer's output requantized from its accumulator (scale ``accum_scale``, one per output channel or
+    one) by the integer multiplier and shift approximating ``out_scale / accum_scale``, then dequantized."""
+    mode = LinearQuantMode[s.mode_activations]
+    bits = int(s.bits_activations or 8)
+    out_scale, zero_point = quant_params(low.to(out.device), high.to(out.device), bits, mode)
+    effective = accum_scale * approx_scale(out_scale / accum_scale, int(s.scale_approx_bits or 0))
+    if effective.numel() > 1:
+        shape = [1] * out.dim()
+        shape[channel_dim] = -1
+        effective = effective.reshape(shape)
+    lowest, highest = integer_range(bits, mode)
+    q = torch.clamp(torch.round(effective * out - zero_point), lowest, highest)
+    return (q + zero_point) / out_scale
 
 
 def quantization_of(model: nn.Module) -> Optional[QuantizationSet]:

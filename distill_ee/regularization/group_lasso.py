@@ -7,6 +7,11 @@ PyTorch layout: ``2D`` (kernels), ``Rows`` and ``Cols`` of a 2D weight, ``Channe
 
 Thresholding (with ``threshold_criteria`` ``Mean_Abs`` or ``Max``) zeroes each group whose mean absolute
 value (or largest magnitude) is at most the strength.
+
+Group variance (Distiller's GroupVarianceRegularizer; Torfi et al., 2018, "Attention-Based Guided Structured
+Sparsity"): for input channels ``c`` with norms ``n_c = sqrt(sum(w[:, c]**2) + eps)``, the penalty is
+``s / var(n)`` (the unbiased variance), which pushes the channel norms apart so that group lasso can zero the
+weak ones.
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ GROUP_LASSO_TYPES: Dict[str, Tuple[str, ...]] = {
     "Channels+4D": ("Channels", "4D"),
     "4D+Channels": ("4D", "Channels"),
 }
+#: the group types GroupVarianceRegularizer takes (Distiller's: input channels only)
+GROUP_VARIANCE_TYPES: Dict[str, Tuple[str, ...]] = {"Channels": ("Channels",)}
 
 
 def group_lasso_penalty(param: torch.Tensor, structure: str, strength: float) -> torch.Tensor:
@@ -99,8 +106,45 @@ class GroupLassoRegularizer(Regularizer):
             zeros_mask_dict[param_name].is_regularization_mask = True
 
 
-def check_regims(owner: str, reg_regims: Any, model: Optional[nn.Module]) -> Dict[str, Tuple[float, str]]:
-    """``{weight: (strength, group_type)}`` after checking types and, when a model is given, shapes."""
+def group_norms(param: torch.Tensor, structure: str) -> torch.Tensor:
+    """The L2 norm of each group of ``param``, ``sqrt(sum(g**2) + eps)``."""
+    return group_matrix(param, structure).pow(2).sum(dim=1).add(EPSILON).sqrt()
+
+
+@REGULARIZERS.register()
+class GroupVarianceRegularizer(Regularizer):
+    """Group variance penalty ``strength / var(channel norms)``; ``reg_regims`` maps weight names to
+    ``[strength, Channels]``.
+
+    As in Distiller, the input channels are the only group type, there is no thresholding (pair it with a
+    GroupLassoRegularizer that thresholds), and the variance is the unbiased one, so a weight needs at least two
+    input channels; channels whose norms are all equal give an infinite penalty, as Distiller's formula does.
+    """
+
+    def __init__(self, name: str, model: Optional[nn.Module], reg_regims: ParamMap[Any]):
+        owner = f"GroupVarianceRegularizer {name!r}"
+        regims = check_regims(owner, reg_regims, model, GROUP_VARIANCE_TYPES)
+        params = dict(model.named_parameters()) if model is not None else {}
+        for param_name in regims:
+            if param_name in params and params[param_name].size(1) < 2:
+                raise ScheduleError(f"{owner}: reg_regims[{param_name!r}]: the variance of the channel norms needs "
+                                    f"at least 2 input channels; weight has shape "
+                                    f"{tuple(params[param_name].shape)}", path="reg_regims")
+        super().__init__(name, model, regims)
+
+    def penalty(self, param: torch.Tensor, param_name: str) -> torch.Tensor:
+        """``strength / var(n)`` over the L2 norms ``n`` of the input channels of ``param``."""
+        strength, _ = self.reg_regims[param_name]
+        return strength * (1 / group_norms(param, "Channels").var())
+
+    def threshold(self, param: torch.Tensor, param_name: str, zeros_mask_dict: Dict[str, ParameterMasker]) -> None:
+        """Nothing: group variance does not threshold (Distiller's neither)."""
+
+
+def check_regims(owner: str, reg_regims: Any, model: Optional[nn.Module],
+                 types: Mapping[str, Tuple[str, ...]] = GROUP_LASSO_TYPES) -> Dict[str, Tuple[float, str]]:
+    """``{weight: (strength, group_type)}`` after checking types (one of ``types``) and, when a model is
+    given, shapes."""
     if not isinstance(reg_regims, Mapping) or not reg_regims:
         raise ScheduleError(f"{owner}: 'reg_regims' must map weight names to [strength, group_type]", path="reg_regims")
     params = dict(model.named_parameters()) if model is not None else {}
@@ -111,12 +155,10 @@ def check_regims(owner: str, reg_regims: Any, model: Optional[nn.Module]) -> Dic
             raise ScheduleError(f"{where} must be [strength, group_type], got {regim!r}", path="reg_regims")
         strength = check_number(owner, f"reg_regims[{param_name!r}][0]", regim[0])
         group_type = regim[1]
-        if group_type not in GROUP_LASSO_TYPES:
-            raise ScheduleError(
-                f"{where}: unknown group type {group_type!r}", path="reg_regims", valid=list(GROUP_LASSO_TYPES)
-            )
+        if not isinstance(group_type, str) or group_type not in types:
+            raise ScheduleError(f"{where}: unknown group type {group_type!r}", path="reg_regims", valid=list(types))
         if param_name in params:
-            for structure in GROUP_LASSO_TYPES[group_type]:
+            for structure in types[group_type]:
                 try:
                     check_group_shape(params[param_name], structure, param_name)
                 except ScheduleError as exc:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..components import load_components
+from ..distiller_absent import absence_note
 from ..registry import Registry, Section, UnknownNameError, sections, suggest
 from ..input_files import input_label
 from .source import LocatedDict, ScheduleSource, YamlPath, parse_yaml, read_yaml_text
@@ -84,6 +85,9 @@ def parse_schedule(text: str, file: Optional[str] = None) -> Schedule:
     top_level = top_level_keys()
     for key in data:
         if key not in top_level:
+            absent = absence_note("schedule section", key)
+            if absent:
+                raise src.error((key,), f"unknown top-level section: {absent}")
             raise src.error((key,), "unknown top-level section", suggestions=suggest(key, top_level),
                             valid=top_level)
     version = data.get("version", 1)
@@ -126,6 +130,8 @@ def _components(src: ScheduleSource, section: Section, body: Any) -> Dict[str, C
         try:
             cls = registry.get(class_name)
         except UnknownNameError as exc:
+            if exc.absent:
+                raise src.error(path + ("class",), f"unknown {registry.kind} class: {exc.absent}") from None
             raise src.error(path + ("class",), f"unknown {registry.kind} class {class_name!r}",
                             suggestions=exc.suggestions, valid=registry.names()) from None
         kwargs = LocatedDict((k, v) for k, v in conf.items() if k != "class")

@@ -8,7 +8,9 @@
 Every layer touching a removed channel follows: the producers' weights and biases, the batch norms and
 depthwise convolutions on the way, the consumers' input weights (a linear layer after a flatten loses the
 channel's block of features), the exit branches reading it, the pruning masks and the optimizer state.
-Channels the dependency graph cannot thin (see ``graph.py``) are kept and the reason is logged.
+Channels the dependency graph cannot thin (see ``graph.py``) are kept and the reason is logged. A layer whose
+every filter (or, for ``remove_channels``, every input channel) is zero is refused with a ``ThinningError``
+before anything changes, as Distiller raises: removing it would remove the layer.
 
 Removing a zero filter is exact unless the dense model turned the zero channel into a constant (a bias, or
 the shift of the following batch norm); that constant is dropped, as in Distiller, and a warning says so.
@@ -21,6 +23,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from ..errors import ThinningError
 from ..pruning.masks import ParameterMasker, notify_parameters_replaced
 from .graph import build_dependency_graph
 from .groups import ChannelGroup
@@ -122,8 +125,10 @@ def _kept_channels(group: ChannelGroup, weights: _EffectiveWeights, kind: str) -
     removable = torch.stack(list(zeros.values())).all(dim=0)
     _log_partial(zeros, removable, kind)
     if bool(removable.all()):
-        _log_kept(zeros, kind, "every channel of the layer would go; a layer keeps at least one")
-        return None
+        what = "filter" if kind == "filters" else "input channel"
+        raise ThinningError(
+            f"thinning: every {what} of {', '.join(repr(n) for n in zeros)} is zero, and removing them would "
+            f"remove the layer (as in Distiller, this is refused): prune fewer of its structures")
     if not bool(removable.any()):
         return None
     return torch.nonzero(~removable).flatten()

@@ -5,8 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distill_ee.apputils.app import main
+from .test_data import write_cifar
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULE = ROOT / "schedules" / "lenet_mnist.earlyexit_agp.yaml"
@@ -196,6 +198,25 @@ def test_distillers_earlyexit_flags_attach_the_archs_default_exits(tmp_path, cap
     assert main(["--arch", "lenet_mnist", "--earlyexit_thresholds", "0.5", "0.2", "--earlyexit_lossweights",
                  "0.3", "-o", str(tmp_path)]) == 2
     assert "has 1 default exit(s)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_distillers_earlyexit_archs_take_its_one_exit_after_layer1_2_from_the_flags(tmp_path, capsys):
+    write_cifar(tmp_path / "cifar", n=20)
+    args = ["--arch", "resnet20_cifar_earlyexit", "--dataset", "cifar10", str(tmp_path / "cifar"),
+            "--earlyexit_thresholds", "0.4", "--earlyexit_lossweights", "0.4", "--epochs", "1", "-b", "20",
+            "--vs", "0.2", "--no-timing", "-o", str(tmp_path), "-n", "distiller"]
+    assert main(args) == 0
+    run = next(tmp_path.glob("distiller___*"))
+    exits = yaml.safe_load((run / "earlyexit_schedule.yaml").read_text())["early_exits"]["exits"]["exits"]
+    assert exits == {"exit1": {"attach": "layer1.2.relu2", "loss_weight": 0.4, "threshold": 0.4, "branch": [
+        {"type": "avgpool", "kernel_size": 3}, "flatten", {"type": "linear"}]}}
+    capsys.readouterr()
+    assert main(["--arch", "resnet20_cifar_earlyexit", "--dataset", "cifar10", str(tmp_path / "cifar"),
+                 "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--arch resnet20_cifar_earlyexit has 1 early exit(s), as in Distiller: give 1 value(s)" in err
+    assert "\n" not in err and "or use --arch resnet20_cifar for the network without exits" in err
 
 
 @pytest.mark.slow

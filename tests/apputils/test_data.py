@@ -534,3 +534,21 @@ def test_unknown_dataset_suggests_close_names(typo, meant):
 def test_fixed_size_datasets_reject_an_image_size():
     with pytest.raises(ConfigError, match="28x28"):
         load_dataset("mnist5k", image_size=32)
+
+
+def test_a_last_training_batch_of_one_sample_is_left_out_each_epoch(mnist5k_splits, tmp_path, caplog):
+    write_image_folder(tmp_path)
+    folder = load_dataset("imagefolder", str(tmp_path), image_size=8)
+    for splits in (mnist5k_splits, folder):  # an in-memory loader and a DataLoader
+        batch = len(splits.train) - 1  # one full batch, one sample over
+        with caplog.at_level("INFO"):
+            train, valid, test = make_loaders(splits, batch_size=batch, seed=0)
+        assert len(train) == 1 and "the last training batch would hold one sample" in caplog.text.lower()
+        sizes = [[len(t) for _, t in train] for _ in range(3)]
+        assert sizes == [[batch]] * 3
+        assert sum(len(t) for _, t in test) == len(splits.test)  # evaluation keeps every sample
+
+
+def test_a_last_training_batch_of_two_samples_is_kept(mnist5k_splits):
+    train, _, _ = make_loaders(mnist5k_splits, batch_size=len(mnist5k_splits.train) - 2, seed=0)
+    assert [len(t) for _, t in train] == [len(mnist5k_splits.train) - 2, 2]

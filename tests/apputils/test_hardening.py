@@ -105,8 +105,13 @@ BEFORE_ANY_OUTPUT = [
     (["--kd-teacher", "lenet_mnis"], f"--kd-teacher lenet_mnis: {unknown_arch('lenet_mnis')}"),
     (["--kd-teacher", "resnet20_cifar", "--kd-resume", str(ROOT / "no" / "teacher.pth")],
      f"--kd-resume {ROOT / 'no' / 'teacher.pth'}: no such checkpoint file"),
-    ([str(ROOT)], f"dataset 'mnist5k' is embedded and takes no DATASET_DIR, but {str(ROOT)!r} was given and holds "
-                  "no mnist_5k.csv.gz to use instead; drop it, or name its dataset with --dataset"),
+    ([str(ROOT)], f"dataset 'mnist': idx files not found: {ROOT}; expected {ROOT / 'MNIST' / 'raw'}{os.sep} or "
+                  f"{ROOT / 'raw'}{os.sep} or {ROOT}{os.sep} holding train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                  "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each may end in .gz) (no --dataset given: 'mnist' "
+                  "was inferred from --arch lenet_mnist; give --dataset to choose another)"),
+    (["--dataset", "mnist5k", str(ROOT)],
+     f"dataset 'mnist5k' is embedded and takes no DATASET_DIR, but {str(ROOT)!r} was given and holds no "
+     "mnist_5k.csv.gz to use instead; drop it, or name its dataset with --dataset"),
     (["--arch", "lenet_mnist", "--dataset", "cifar10"],
      "--arch lenet_mnist cannot take the 'cifar10' images (N, 3, 32, 32): mat1 and mat2 shapes cannot be "
      "multiplied (2x1250 and 800x500); choose an architecture made for this dataset"),
@@ -153,8 +158,8 @@ def test_flags_that_need_exits_are_refused_before_the_first_epoch(argv, message,
     (["--ee-export", "tflite"], "argument --ee-export: invalid choice: 'tflite' (choose from 'onnx', 'torchscript')"),
     (["--ee-latency-runtime", "gpu"], "argument --ee-latency-runtime: invalid choice: 'gpu' (choose from 'torch', "
                                       "'onnx')"),
-    (["--qe-mode", "linear"], "argument --qe-mode: invalid choice: 'linear' (choose from 'sym', 'sym_restr', 'asym_u', "
-                              "'asym_s')"),
+    (["--qe-mode", "linear"], "argument --qe-mode/--qem: invalid choice: 'linear' (choose from 'sym', 'sym_restr', "
+                              "'asym_u', 'asym_s')"),
     (["--dist-backend", "tcp"],
      "argument --dist-backend: invalid choice: 'tcp' (choose from 'gloo', 'nccl', 'mpi', 'ucc')"),
 ])

@@ -255,8 +255,8 @@ def test_state_dict_carries_the_pruner_state():
 
 def test_bad_policy_arguments_are_schedule_errors():
     pruner = SparsityLevelParameterPruner("l", {"*": 0.5})
-    with pytest.raises(ScheduleError, match="fold_batchnorm"):
-        PruningPolicy(pruner, {"fold_batchnorm": True})
+    with pytest.raises(ScheduleError, match="did you mean .fold_batchnorm."):
+        PruningPolicy(pruner, {"fold_batchnom": True})
     with pytest.raises(ScheduleError, match="mask_on_forward_only"):
         PruningPolicy(pruner, {"mask_gradients": True})
     with pytest.raises(ScheduleError, match="mini_batch_pruning_frequency"):

@@ -95,7 +95,8 @@ def test_constructed_from_a_registry_name_with_distillers_keywords():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"group_type": "Blocks"}, "valid"),
+        ({"group_type": "Block"}, "did you mean 'Blocks'"),
+        ({"group_type": "Blocks"}, "needs kwargs with block_shape"),
         ({"group_dependency": "Follower"}, "group_dependency"),
         ({"desired_sparsity": 2}, "desired_sparsity"),
         ({"weights": []}, "weights"),

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from distill_ee.apputils.models import create_model
+from distill_ee.errors import ThinningError
 from distill_ee.pruning.masks import create_masks
 from distill_ee.thinning import remove_channels, remove_filters, thinning_recipes
 
@@ -148,12 +149,24 @@ def test_the_model_output_is_never_thinned(thinning_log):
     assert "keeping 1 zero filters of 'fc2'" in thinning_log.text and "model's output" in thinning_log.text
 
 
-def test_a_layer_never_loses_every_channel(thinning_log):
+def test_a_layer_whose_every_filter_is_zero_is_refused_before_anything_changes():
     model = create_model("lenet_mnist", 10, 1)
     with torch.no_grad():
         model.conv1.weight.zero_()
-    remove_filters(model)
-    assert model.conv1.out_channels == 20 and "keeps at least one" in thinning_log.text
+        model.conv2.weight[:5] = 0
+    with pytest.raises(ThinningError, match=r"every filter of 'conv1' is zero.*remove the layer") as err:
+        remove_filters(model)
+    assert "\n" not in str(err.value)
+    assert model.conv1.out_channels == 20 and model.conv2.out_channels == 50
+
+
+def test_a_layer_whose_every_input_channel_is_ignored_is_refused():
+    model = create_model("lenet_mnist", 10, 1)
+    with torch.no_grad():
+        model.conv2.weight.zero_()
+    with pytest.raises(ThinningError, match="every input channel of 'conv2' is zero"):
+        remove_channels(model)
+    assert model.conv2.in_channels == 20
 
 
 def test_dropping_a_nonzero_batch_norm_shift_is_reported(pruned_resnet, thinning_log):

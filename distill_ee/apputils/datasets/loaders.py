@@ -1,6 +1,7 @@
 """Batch loaders over the splits: a shuffled, seeded train loader and ordered validation / test loaders."""
 from __future__ import annotations
 
+import logging
 import random
 from typing import Optional, Tuple, Union
 
@@ -14,6 +15,7 @@ from distill_ee.errors import ConfigError
 
 Loader = Union[DataLoader, InMemoryLoader]
 EVAL_ORDER_SEED = 0
+log = logging.getLogger(__name__)
 
 
 def make_loaders(
@@ -28,7 +30,9 @@ def make_loaders(
 
     ``seed`` fixes the train order (a torch.Generator of its own; without it the global RNG is used);
     ``deterministic`` also seeds Python and numpy in worker processes and implies seed 0 when none is given.
-    Validation and test are not shuffled and never draw from the global RNG.
+    Validation and test are not shuffled and never draw from the global RNG. A last training batch of a
+    single sample is left out (a different sample each epoch, the order being shuffled): batch norm cannot
+    train on one sample, and one sample's gradient step is mostly noise.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
@@ -38,14 +42,19 @@ def make_loaders(
         seed = 0
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    def loader(dataset: Dataset, shuffle: bool, gen: Optional[torch.Generator]) -> Loader:
-        return make_loader(dataset, batch_size, workers, shuffle=shuffle, generator=gen, deterministic=deterministic)
+    def loader(dataset: Dataset, shuffle: bool, gen: Optional[torch.Generator], drop_last: bool = False) -> Loader:
+        return make_loader(dataset, batch_size, workers, shuffle=shuffle, generator=gen, deterministic=deterministic,
+                           drop_last=drop_last)
 
     def eval_loader(dataset: Dataset) -> Loader:
         return loader(dataset, False, torch.Generator().manual_seed(EVAL_ORDER_SEED))
 
     valid = eval_loader(splits.valid) if splits.valid is not None else None
-    return loader(splits.train, True, generator), valid, eval_loader(splits.test)
+    single_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
+    if single_last:
+        log.info("The last training batch would hold one sample (%d images, batches of %d): it is left out each "
+                 "epoch", len(splits.train), batch_size)
+    return loader(splits.train, True, generator, single_last), valid, eval_loader(splits.test)
 
 
 def make_loader(
@@ -57,11 +66,13 @@ def make_loader(
     generator: Optional[torch.Generator] = None,
     deterministic: bool = False,
     sampler: Optional[Sampler] = None,
+    drop_last: bool = False,
 ) -> Loader:
     """An :class:`InMemoryLoader` for in-memory images without augmentation, else a DataLoader; a ``sampler``
-    replaces ``shuffle``."""
+    replaces ``shuffle``; ``drop_last`` leaves out an incomplete last batch."""
     if getattr(dataset, "supports_batches", False):
-        return InMemoryLoader(dataset, batch_size, shuffle=shuffle, generator=generator, sampler=sampler)
+        return InMemoryLoader(dataset, batch_size, shuffle=shuffle, generator=generator, sampler=sampler,
+                              drop_last=drop_last)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -71,6 +82,7 @@ def make_loader(
         generator=generator,
         worker_init_fn=seed_worker if deterministic else None,
         persistent_workers=workers > 0,
+        drop_last=drop_last,
     )
 
 
