@@ -30,7 +30,8 @@ from ..atomic import atomic_write_text
 from ..schedule import read_schedule, schedule_from_text
 from ..input_files import STDIN
 from ..scheduler import CompressionScheduler
-from ..summaries import compute_table, model_table, sparsity_table, total_sparsity
+from ..epoch_scalars import policy_scalars, sparsity_scalar
+from ..summaries import compute_table, model_table, sparsity_table
 from .args import check_args, parse_args
 from .calibration import parse_target, recalibrate_session, run_calibration
 from .kd import add_kd_policy, kd_summary
@@ -606,11 +607,8 @@ def _epoch_row(epoch: int, optimizer: torch.optim.Optimizer, model: nn.Module,
     row: Dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
     row.update({f"train_{k}": v for k, v in train.items()})
     row.update({f"valid_{k}": v for k, v in valid.items()})
-    for policy in (scheduler.policies if scheduler else []):
-        metrics = getattr(policy, "epoch_metrics", None)
-        if metrics is not None:
-            row.update({f"train_{k}": v for k, v in metrics().items()})
-    row["sparsity"] = total_sparsity(model, scheduler.masks if scheduler else None)
+    row.update({f"train_{k}": v for k, v in policy_scalars(scheduler).items()})
+    row["sparsity"] = sparsity_scalar(model, scheduler)
     row["seconds"] = seconds
     return row
 
