@@ -65,6 +65,10 @@ class ConfigError(DistillEEError):
     """A bad command-line value or combination of flags."""
 
 
+class MissingExtraError(DistillEEError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra that installs it."""
+
+
 class AttachmentError(DistillEEError):
     """An attachment that cannot be attached: the model has one of its kind already, or its attribute is taken."""
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from extras_support import OPTIONAL, USER_LOOP, run_python
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,3 +55,16 @@ def test_the_installed_package_imports_from_any_folder_and_its_command_runs(inst
                           "lenet_mnist"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "valid for --arch lenet_mnist" in out.stdout
+
+
+def test_the_installed_package_needs_no_extra_to_run_a_schedule_in_a_user_loop(installed, tmp_path):
+    wheel, site = installed
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in zipfile.ZipFile(wheel).namelist()
+                                                if n.endswith("METADATA"))).decode()
+    required = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert sorted(r.split(">")[0] for r in required if "extra ==" not in r) == ["numpy", "pyyaml", "tabulate", "torch"]
+    env = dict(os.environ, PYTHONPATH=str(site))  # the wheel's copy, not the checkout's, with no extra importable
+    out = run_python(USER_LOOP, OPTIONAL, str(tmp_path / "checkpoint.pth.tar"), cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "conv2 filters 8 logits (32, 10)" in out.stdout and "optional packages imported: []" in out.stdout
+    assert f"distill_ee from {site}" in out.stdout

@@ -30,7 +30,7 @@ from ..atomic import atomic_write_text
 from ..schedule import read_schedule, schedule_from_text
 from ..input_files import STDIN
 from ..scheduler import CompressionScheduler
-from ..epoch_scalars import policy_scalars, sparsity_scalar
+from ..epoch_scalars import exit_scalars, policy_scalars, sparsity_scalar
 from ..summaries import compute_table, model_table, sparsity_table
 from .args import check_args, parse_args
 from .calibration import parse_target, recalibrate_session, run_calibration
@@ -49,6 +49,7 @@ from .models import create_model
 from .report import final_report
 from .run_dir import RunDir, setup_logging
 from .sensitivity_files import run_sensitivity, sensitivity_levels
+from .tracking import Tracker, finish, log_epoch, open_tracker
 from .train import check_finite_weights, evaluate, train_one_epoch
 
 log = logging.getLogger("distill_ee")
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     trains = not (args.evaluate or args.sense or args.activation_histograms is not None)
     train_loaders = _process_loaders(args, splits, loaders) if trains else None
     run_dir = _open_run_dir(args, schedule_text, info) if distributed.is_main() else None
+    tracker = open_tracker(args, run_dir) if run_dir is not None else None
     criterion = nn.CrossEntropyLoss().to(device)
     if args.sense:
         return _sensitivity(args, model, loaders, criterion, device, run_dir) if run_dir else 0
@@ -168,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         return run_activation_histograms(args, model, loaders[2], device, run_dir) if run_dir else 0
     if train_loaders is not None:
         best = _train(args, model, optimizer, scheduler, criterion, train_loaders, device, run_dir, start_epoch,
-                      best)
+                      best, tracker)
     if run_dir is None:  # the other processes are done: rank 0 calibrates, reports and saves alone
         return 0
     quantized = quantize_trained(args, quantizer, model, loaders[1], run_dir) if quantizer is not None else {}
@@ -190,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
               extra=calibration)
     summary["processes"] = distributed.world_size()
     run_dir.write_json("summary.json", summary)
+    finish(tracker, run_dir, summary, max(args.epochs, start_epoch) - 1,
+           [run_dir.file("summary.json"), *_schedule_copy(args, run_dir)])
     log.info("Results in %s", run_dir.path)
     return 0
 
@@ -227,10 +231,17 @@ def _open_run_dir(args: argparse.Namespace, schedule_text: Optional[str], info: 
     log.info("Log directory: %s", run_dir.path)
     log.info("Command: %s", " ".join(sys.argv))
     if schedule_text is not None:
-        name = Path(args.compress).name if args.compress and args.compress != "-" else \
-            STDIN_SCHEDULE_FILE if args.compress else SHORTHAND_FILE
-        atomic_write_text(run_dir.file(name), schedule_text)
+        atomic_write_text(_schedule_copy(args, run_dir)[0], schedule_text)
     return run_dir
+
+
+def _schedule_copy(args: argparse.Namespace, run_dir: RunDir) -> List[Path]:
+    """The run directory's copy of the schedule (none without a schedule)."""
+    if not (args.compress or args.earlyexit_thresholds is not None or args.earlyexit_lossweights is not None):
+        return []
+    name = Path(args.compress).name if args.compress and args.compress != "-" else \
+        STDIN_SCHEDULE_FILE if args.compress else SHORTHAND_FILE
+    return [run_dir.file(name)]
 
 
 def _print_summaries(kinds: List[str], model: nn.Module, example: torch.Tensor,
@@ -442,8 +453,9 @@ def _log_level(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
            scheduler: Optional[CompressionScheduler], criterion: nn.Module, loaders: tuple,
            device: torch.device, run_dir: Optional[RunDir], start_epoch: int,
-           best: Optional[float]) -> Optional[float]:
-    """Train from ``start_epoch``; on rank 0 (or alone) log, write metrics.csv and checkpoints each epoch."""
+           best: Optional[float], tracker: Optional[Tracker] = None) -> Optional[float]:
+    """Train from ``start_epoch``; on rank 0 (or alone) log, write metrics.csv and checkpoints each epoch (and
+    to the trackers, with the exits' shares and expected MACs on the validation split)."""
     train_loader, valid_loader, seed = loaders
     net = distributed.wrap(model, scheduler)  # DDP under torchrun, the model itself otherwise
     extras = EpochLogs(args, model, scheduler.masks if scheduler else None, run_dir)
@@ -464,12 +476,16 @@ def _train(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Op
                                                               "max": valid.get("top1", train["top1"])})
         check_finite_weights(model, epoch, optimizer.param_groups[0]["lr"])
         row = _epoch_row(epoch, optimizer, model, scheduler, train, valid, time.perf_counter() - started)
+        if tracker is not None:
+            shares = exit_scalars(EarlyExits.of(model), valid_loader, scheduler.masks if scheduler else None)
+            row.update({f"valid_{k}": v for k, v in shares.items()})
         score = valid.get("top1", train["top1"])
         is_best = best is None or score > best
         best = score if is_best else best
         if run_dir is not None:
             run_dir.append_metrics(row)
             _save(run_dir, args, epoch, model, optimizer, scheduler, best, is_best)
+            log_epoch(tracker, row)
         exits = "".join(f" | {k[len('train_'):-len('_top1')]} train top1 {v:.2f}" for k, v in row.items()
                         if k.startswith("train_") and k.endswith("_top1") and k != "train_top1")
         exits += "".join(f" | {k[len('train_'):-len('_executed')]} blocks run {100 * v:.1f}%" for k, v in row.items()

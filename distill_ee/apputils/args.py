@@ -10,6 +10,7 @@ from typing import Any, List, NoReturn, Optional
 from ..distiller_absent import absence_note
 from ..errors import ConfigError
 from ..file_names import name_problem
+from .tracking import add_tracking_flags, check_tracking
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -206,14 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "directory; then exits")
     d.add_argument("--param-hist", action="store_true",
                    help="a histogram of every parameter after each epoch, appended to param_histograms.csv in "
-                        "the run directory (TensorBoard is not used)")
+                        "the run directory (a CSV; --tensorboard logs scalars, not these histograms)")
     _add_distiller_tools(p)
+    add_tracking_flags(p)
     return p
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Parse ``argv`` (default: sys.argv)."""
-    return _deprecated_resume(build_parser().parse_args(argv))
+    """Parse ``argv`` (default: sys.argv); ``command`` keeps the command line, for the trackers."""
+    args = _deprecated_resume(build_parser().parse_args(argv))
+    args.command = [sys.argv[0], *sys.argv[1:]] if argv is None else ["compress_classifier.py", *argv]
+    return args
 
 
 def _deprecated_resume(args: argparse.Namespace) -> argparse.Namespace:
@@ -275,6 +279,7 @@ def check_args(args: argparse.Namespace) -> None:
     _check_qe(args)
     _check_distiller_tools(args)
     _check_data_and_logging(args)
+    check_tracking(args)
     if args.gpus is not None and not all(part.strip().isdigit() for part in args.gpus.split(",")):
         raise ConfigError(f"--gpus takes comma-separated GPU numbers, e.g. 0 or 0,1; got {args.gpus!r}")
 

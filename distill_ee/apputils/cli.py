@@ -1,21 +1,30 @@
-"""The ``distill-ee`` command: the sample app (as ``compress_classifier.py``), ``distill-ee check`` and
-``distill-ee cascade`` and ``distill-ee plan-split``."""
+"""The ``distill-ee`` command: the sample app (as ``compress_classifier.py``) and its subcommands."""
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import List, Optional
 
-from . import app, cascade_cli, check, split_cli
+from ..errors import MissingExtraError
+from ..extras import extra_modules, require_installed
+
+#: subcommand -> the module whose ``main(argv)`` runs it (imported when used); anything else runs the app
+SUBCOMMANDS = {
+    "check": "check",              # validate a schedule against a model, without training
+    "cascade": "cascade_cli",      # run a cascade of independent models
+    "plan-split": "split_cli",     # place a multi-exit model's stages on tiers
+    "sweep": "sweep_cli",          # a search over a schedule's values and the flags, on Optuna
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``check`` validates a schedule, ``cascade`` runs a cascade, ``plan-split`` places a multi-exit model on
-    tiers; anything else runs the sample app."""
+    """Run a subcommand (``SUBCOMMANDS``) or the sample app; a missing extra is one line and status 2."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "check":
-        return check.main(args[1:])
-    if args and args[0] == "cascade":
-        return cascade_cli.main(args[1:])
-    if args and args[0] == "plan-split":
-        return split_cli.main(args[1:])
-    return app.main(args)
+    try:
+        require_installed(extra_modules("app"), "the sample app (distill-ee, compress_classifier.py)")
+    except MissingExtraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args and args[0] in SUBCOMMANDS:
+        return importlib.import_module(f".{SUBCOMMANDS[args[0]]}", __package__).main(args[1:])
+    return importlib.import_module(".app", __package__).main(args)

@@ -8,7 +8,6 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..distributed import all_true, sum_across
 from ..errors import DistillEEError
@@ -50,6 +49,8 @@ class Progress:
         self.total = total
         self.desc = desc
         self.print_freq = max(1, print_freq)
+        from tqdm import tqdm  # the app's extra; cli.main has checked it is installed
+
         self.bar = tqdm(iterable, total=total, desc=desc, leave=False, disable=not self.interactive)
 
     def __iter__(self):

@@ -51,6 +51,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Un
 
 from ..atomic import atomic_write_json
 from ..errors import CheckpointError, ThresholdError
+from ..extras import require
 from ..input_files import DATA_LIMIT, InputFileError, decode_text, read_input
 from ..leave_rules import LEAVE_RULES
 from ..registry import suggest
@@ -146,7 +147,7 @@ def _finite_number(value: Any) -> bool:
 # --------------------------------------------------------------------------- describing and writing
 def describe_onnx(path: Union[str, Path]) -> Dict[str, Any]:
     """The record of an ONNX file: its SHA-256 and its graph's inputs and outputs (name, type, shape)."""
-    import onnxruntime as ort  # only the writers need it: reading a manifest does not
+    ort = require("onnxruntime", "describing an exported ONNX file")  # writers only: reading needs no ORT
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

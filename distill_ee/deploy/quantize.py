@@ -14,12 +14,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from .manifest import MANIFEST, add_records, check_manifest
-from .session import MultiExitSession
+
+if TYPE_CHECKING:
+    from .session import MultiExitSession
 
 #: the operators quantized: the network's own (convolutions, matrix products, pooling, activations, residual sums
 #: and reshaping); not Softmax, LogSoftmax, Mul, ReduceSum, ArgMax or Sigmoid, which only the exits' scores
@@ -75,6 +77,8 @@ def quantize_export(source: Union[str, Path], target: Union[str, Path], images: 
     """Quantize every file of the export in ``source`` into ``target`` (calibrated on ``images``); the written
     paths. ``activations``: ``uint8`` or ``int8``; ``exclude``: file names left in float; ``thresholds``: given a
     session on the quantized files, the thresholds their manifest gets (the float export's otherwise)."""
+    from .session import MultiExitSession  # needs onnxruntime (the deploy extra), as quantizing does
+
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import onnxruntime as ort
 
+from ..extras import require
 from ..leave_rules import LEAVE_RULES, State
 from ..slots import shrink
 from ..timing import median_time
 from ..exit_settings import ThresholdArg
 from .manifest import Manifest, ManifestError, read_manifest
+
+ort = require("onnxruntime", "distill_ee.deploy (exported models on ONNX Runtime)")
 
 
 def make_session(path: Path, threads: Optional[int] = None, label: Optional[str] = None) -> ort.InferenceSession:

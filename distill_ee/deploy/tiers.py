@@ -33,6 +33,7 @@ import numpy as np
 from ..atomic import atomic_path, atomic_write_json
 from ..leave_rules import LEAVE_RULES
 from ..errors import ConfigError
+from ..extras import require
 from ..file_names import name_problem
 from ..input_files import TEXT_LIMIT, InputFileError, read_input
 from .manifest import Manifest, ManifestError
@@ -206,7 +207,7 @@ class TierRuntime:
     """The stages of one tier, run on one sample's slot table; exits decided here, the rest handed on."""
 
     def __init__(self, zip_path: Union[str, Path], placement: Dict[str, Any]):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "running a placed tier")
 
         self.placement = placement
         self.plan = placement["plan"]

@@ -238,7 +238,7 @@ def build_branch(layers: Sequence[LayerSpec], example: torch.Tensor, num_classes
                 "last `linear` gives that many outputs unless told otherwise)")
         raise ScheduleError(f"exit {exit_name!r}: the {role} ends with shape {format_shape(x.shape)}, but {must}",
                             path=path)
-    return nn.Sequential(*modules)
+    return nn.Sequential(*modules).train()  # built in eval mode to infer sizes; handed on as any new module is
 
 
 def _check_size(layer_type: str, options: Dict[str, Any], x: torch.Tensor, exit_name: str, index: int,

@@ -25,6 +25,7 @@ from ..attachment import exporting
 from ..deploy.manifest import FORMAT, VERSION, write_manifest
 from ..dynamic import static_compute
 from ..errors import DistillEEError
+from ..extras import extra_modules, require_installed
 from ..modules import eval_mode, example_input
 from .criteria import ExitCriterion
 from .export import prepare_export
@@ -125,6 +126,7 @@ class _ExitStep(nn.Module):
 
 def _export(module: nn.Module, args: Sequence[Any], path: Path, inputs: List[str], outputs: List[str]) -> None:
     """One module to ONNX with a dynamic batch axis on every input; progress messages and warnings silenced."""
+    require_installed(extra_modules("export"), "ONNX export")
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     dynamic: Any = tuple({0: batch} for _ in args)
     params = inspect.signature(module.forward).parameters.values()

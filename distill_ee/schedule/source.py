@@ -271,7 +271,7 @@ class _Converter:
             line = key_node.start_mark.line + 1
             if key in out:
                 first = out.key_lines[key]
-                if _plain(out[key]) != _plain(value):
+                if plain(out[key]) != plain(value):
                     raise self._fail(key_node, path + (key,),
                                      f"duplicate key {key!r} with another value (first given on line {first})")
                 self.warnings.append(f"{self.file or '<schedule>'}:{line}: {format_path(path + (key,))}: duplicate "
@@ -283,11 +283,12 @@ class _Converter:
         return out
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A plain copy of located YAML data: its dicts and lists new, its scalars shared."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 

@@ -115,6 +115,15 @@ BEFORE_ANY_OUTPUT = [
     (["--arch", "lenet_mnist", "--dataset", "cifar10"],
      "--arch lenet_mnist cannot take the 'cifar10' images (N, 3, 32, 32): mat1 and mat2 shapes cannot be "
      "multiplied (2x1250 and 800x500); choose an architecture made for this dataset"),
+    (["--tensorboard", str(ROOT / "README.md" / "tb")],
+     f"--tensorboard: cannot write to {ROOT / 'README.md' / 'tb'}: {ROOT / 'README.md'} is not a directory"),
+    (["--mlflow", "ftp://host/mlruns"], "--mlflow ftp://host/mlruns: MLflow tracking URI scheme 'ftp' is not "
+                                        "supported here; give a local path or a file:, sqlite:, http: or https: URI"),
+    (["--mlflow", "sqlite:db"], "--mlflow sqlite:db: give the database file as sqlite:///PATH (four slashes for an "
+                                "absolute path)"),
+    (["--mlflow-experiment", "x"], "--mlflow-experiment applies only with --mlflow"),
+    (["--mlflow", "--sense", "filter"], "--mlflow tracks a training or --evaluate run, and --sense runs alone and "
+                                        "exits: give them in separate runs"),
     (["--compress", str(BAD / "gamma_nan.yaml")],
      f"{BAD / 'gamma_nan.yaml'}:4: lr_schedulers.step.gamma: must be a number, got nan"),
     (["--compress", str(BAD / "learned_policy_tradeoff_negative.yaml")],

