@@ -4,17 +4,20 @@ The schedule builder hands one context per component instance. A component's con
 it names as parameters (``name``, ``model``, ``optimizer``, ``example_input``, ``num_classes``,
 ``input_shape``; see ``arguments.INJECTED``); a class with a ``build(ctx, **arguments)`` classmethod receives
 the context itself. ``num_classes`` runs the model once on the example input, the first time it is asked.
+The example input is a batch (its dtype and, for integer inputs, the range of its values are kept: see
+``inputs.InputSpec``) or an InputSpec itself, from which a batch of two is made.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .arguments import ArgumentError
-from .modules import eval_mode, first_line, module_names, unwrap
+from .inputs import InputSpec
+from .modules import eval_mode, example_input, first_line, module_names, unwrap
 
 
 @dataclass
@@ -23,7 +26,7 @@ class BuildContext:
 
     model: nn.Module
     optimizer: Optional[torch.optim.Optimizer] = None
-    example_input: Optional[torch.Tensor] = None
+    example_input: Union[torch.Tensor, InputSpec, None] = None
     #: the instance name of the component being built
     name: str = ""
     #: (pattern, names matched) for every name-valued argument resolved so far
@@ -51,16 +54,25 @@ class BuildContext:
 
     # ----------------------------------------------------------------- derived facts
     def require_example_input(self, what: str) -> torch.Tensor:
-        """The example input, or an ArgumentError saying ``what`` needs it."""
+        """The example input batch, or an ArgumentError saying ``what`` needs it."""
         if self.example_input is None:
             raise ArgumentError(f"{what} need an example input to infer shapes (pass example_input= to the "
                                 "schedule loader)")
+        if isinstance(self.example_input, InputSpec):
+            return example_input(self.model, self.example_input, batch=2)
         return self.example_input
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """One sample of the example input: shape, dtype and (integer inputs) value range."""
+        if isinstance(self.example_input, InputSpec):
+            return self.example_input
+        return InputSpec.of(self.require_example_input("this component"))
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
         """The shape of one sample of the example input."""
-        return tuple(int(s) for s in self.require_example_input("this component").shape[1:])
+        return self.input_spec.shape
 
     @property
     def num_classes(self) -> int:
@@ -81,7 +93,8 @@ class BuildContext:
     def supply(self, name: str) -> Any:
         """The value of a builder-supplied constructor parameter."""
         return {"name": lambda: self.name, "model": lambda: self.model, "optimizer": lambda: self.optimizer,
-                "example_input": lambda: self.example_input, "num_classes": lambda: self.num_classes,
+                "example_input": lambda: None if self.example_input is None else self.require_example_input(""),
+                "num_classes": lambda: self.num_classes,
                 "input_shape": lambda: self.input_shape}[name]()
 
     def add_parameters(self, params: Iterable[nn.Parameter]) -> int:

@@ -6,10 +6,12 @@ schedule's names against the model's own, switches modes temporarily or needs a 
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
+
+from .inputs import InputLike, input_spec
 
 #: wrappers whose ``module`` attribute holds the user's model (and prefix its names with ``module.``)
 WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
@@ -77,12 +79,11 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def example_input(model: nn.Module, input_shape: Sequence[int], batch: int = 2) -> torch.Tensor:
-    """A fixed pseudo-random batch on the model's device (a private generator: the global RNG is untouched)."""
-    gen = torch.Generator().manual_seed(0)
+def example_input(model: nn.Module, input_shape: InputLike, batch: int = 2) -> torch.Tensor:
+    """A fixed pseudo-random batch of ``input_shape`` (an InputSpec, or a plain shape: float) on the model's
+    device; a float input takes the model's floating dtype (a private generator: the global RNG is untouched)."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    x = torch.randn((batch, *input_shape), generator=gen, dtype=dtype)
-    return x.to(model_device(model))
+    return input_spec(input_shape).make(batch, float_dtype=dtype, device=model_device(model))
 
 
 class eval_mode:

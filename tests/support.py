@@ -5,6 +5,7 @@ import signal
 import torch
 from torch import nn
 
+from distill_ee.early_exit.hooks import ExitHooks
 from distill_ee.early_exit.tradeoff import ExitCosts
 
 #: one exit after lenet_mnist's pool1
@@ -81,3 +82,28 @@ def no_hang(seconds=HANG_SECONDS):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def randomize_batch_norms(model: nn.Module, seed: int = 0) -> None:
+    """Give every batch norm trained-looking statistics and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
+                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+
+
+def exit_logits(model: nn.Module, x: torch.Tensor) -> list:
+    """Every exit's logits and the final logits, in eval mode (hooks run only with autograd on)."""
+    model.eval()
+    hooks = ExitHooks(model)
+    hooks.enable()
+    try:
+        with torch.enable_grad():
+            final = model(x)
+        return [t.detach() for t in hooks.pop_logits()] + [final.detach()]
+    finally:
+        hooks.disable()

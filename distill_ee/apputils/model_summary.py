@@ -13,7 +13,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import ConfigError
-from ..modules import first_line
+from ..fx_trace import UntraceableError, trace_graph
 from ..summaries import params_nnz
 from ..atomic import atomic_path
 
@@ -37,10 +37,10 @@ def _trace(model: nn.Module) -> fx.Graph:
     """The fx graph of ``model``; ConfigError (one line) when fx cannot trace it."""
     try:
         with torch.no_grad():
-            return fx.Tracer().trace(model)
-    except Exception as exc:  # fx raises many types for untraceable code
-        raise ConfigError(f"--summary png: torch.fx cannot trace {type(model).__name__} "
-                          f"({first_line(exc)}), so no graph is drawn; --summary model lists its modules") from None
+            return trace_graph(model)
+    except UntraceableError as err:
+        raise ConfigError(f"--summary png: torch.fx cannot trace {err.model} ({err.reason}{err.where}), so no "
+                          "graph is drawn; --summary model lists its modules") from None
 
 
 def _label(node: fx.Node, modules: Dict[str, nn.Module], with_params: bool) -> str:

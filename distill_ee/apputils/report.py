@@ -19,6 +19,7 @@ from ..routing.stats import executed_macs
 from ..scheduler import CompressionScheduler
 from ..summaries import (compute_table, masked_parameters, params_nnz, sparsity_table, total_macs,
                          total_sparsity)
+from ..thinning import StructureRemover
 from .anytime_files import anytime_rows, write_anytime
 from .class_report import class_names, class_rows, class_table
 from .routing_report import routing_report
@@ -27,6 +28,14 @@ from .timing import compare_speed
 from .train import evaluate
 
 log = logging.getLogger("distill_ee")
+
+
+def thinning_summary(scheduler: Optional[CompressionScheduler]) -> Dict[str, Any]:
+    """``{"thinning": {"kept": [...]}}``: the zero structures the run's last thinning kept, each with its reason
+    (empty when it kept none)."""
+    policies = scheduler.policies if scheduler is not None else []
+    kept = [{"thinning": p.name, **k._asdict()} for p in policies if isinstance(p, StructureRemover) for k in p.kept]
+    return {"thinning": {"kept": kept}} if kept else {}
 
 
 def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
@@ -62,6 +71,7 @@ def final_report(args: argparse.Namespace, dataset: str, model: nn.Module,
         summary["routing"] = _routing_summary(args, model, routing, test_loader, device, run_dir)
         if exits is None:
             summary["macs_expected"] = summary["routing"]["macs_expected"]
+    summary.update(thinning_summary(scheduler))
     if exits is not None and routing is not None:
         summary["routing"].update(_with_exits(model, exits, test_loader, device, dense))
     if exits is not None:

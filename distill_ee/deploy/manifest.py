@@ -107,6 +107,11 @@ class Manifest(ExitOutputs):
         """The manifest file."""
         return self.directory / MANIFEST
 
+    @property
+    def input_type(self) -> str:
+        """The input's element type as ONNX names it (``float``; an integer input's ``int64`` ...)."""
+        return input_type(self.raw)
+
     def set_thresholds(self, thresholds: ThresholdArg) -> None:
         """Replace thresholds: a list in exit order or a mapping exit name -> threshold (others kept)."""
         values = resolve_thresholds(self.exit_names, self.thresholds, thresholds)
@@ -246,10 +251,28 @@ def check_manifest(raw: Any, directory: Path, where: str) -> Manifest:
     backbone = next((path for key, path in keyed if key == "backbone"), None)
     records = _records(raw.get("files"), [path.name for _, path in keyed], fail)
     _check_wiring(plan, {role: [p.name for p in paths] for role, paths in files.items()},
-                  backbone.name if backbone else None, records, [None, *shape], classes, fail)
+                  backbone.name if backbone else None, records, [None, *shape], classes, fail,
+                  _input_type(raw, fail))
     _check_hashes([path for _, path in keyed], records, fail)
     return Manifest(directory, names, final, criteria, leave, thresholds, list(shape), classes, plan,
                     files["stages"], files["branches"], files["exits"], backbone, records, dict(raw))
+
+
+#: the integer input dtypes a manifest may record (``input_dtype``; absent: a float input)
+INTEGER_INPUTS = ("int64", "int32", "int16", "int8", "uint8")
+
+
+def input_type(raw: Dict[str, Any]) -> str:
+    """The element type of the input of the manifest ``raw``: its ``input_dtype``, or ``float``."""
+    return str(raw.get("input_dtype") or "float")
+
+
+def _input_type(raw: Dict[str, Any], fail: Callable[[str, str], ManifestError]) -> str:
+    dtype = raw.get("input_dtype")
+    if dtype is not None and dtype not in INTEGER_INPUTS:
+        raise fail("input_dtype", f"must be one of {', '.join(INTEGER_INPUTS)} (or absent: float), got "
+                                  f"{_brief(dtype)}")
+    return input_type(raw)
 
 
 def _check_version(raw: Dict[str, Any], fail: Callable[[str, str], ManifestError]) -> None:
@@ -494,10 +517,10 @@ def _value_key(v: Dict[str, Any]) -> Dict[str, Any]:
 # --------------------------------------------------------------------------- records against the plan
 def _check_wiring(plan: Dict[str, Any], files: Dict[str, List[str]], backbone: Optional[str],
                   records: Dict[str, Dict[str, Any]], input_shape: List[Optional[int]], classes: int,
-                  fail: Any) -> None:
+                  fail: Any, input_kind: str = "float") -> None:
     """Every record against the plan: the names each file reads and writes, one type and shape per slot in
     every file that reads or writes it, logits of ``classes`` values, a batch axis on every carried slot."""
-    produced = {0: ({"name": "slot0", "type": "float", "shape": input_shape}, "input_shape")}
+    produced = {0: ({"name": "slot0", "type": input_kind, "shape": input_shape}, "input_shape")}
     for k, name in enumerate(files["stages"]):
         record = records[name]
         _expect_names(record, _slot_names(plan["inputs"][k]), _slot_names(plan["outputs"][k]),

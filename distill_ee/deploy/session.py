@@ -55,6 +55,8 @@ class MultiExitSession:
         self.manifest: Manifest = source if isinstance(source, Manifest) else read_manifest(source)
         m = self.manifest
         self.plan = m.plan
+        #: the input's numpy dtype: float32, or the integer dtype the model's input has (token ids)
+        self._input_dtype = np.dtype("float32" if m.input_type == "float" else m.input_type)
         self._threads = threads
         self.stages = [self._load(p) for p in m.stages]
         self.branches = [self._load(p) for p in m.branches]
@@ -134,7 +136,7 @@ class MultiExitSession:
         """(logits of every exit for every sample, the final classifier's last; every exit's score), each exit
         computed by its fused graph."""
         env: List[Any] = [None] * self.plan["num_slots"]
-        env[0] = np.ascontiguousarray(x, dtype=np.float32)
+        env[0] = np.ascontiguousarray(x, dtype=self._input_dtype)
         logits, scores = [], []
         for k in range(len(self.stages)):
             if k < self.manifest.num_exits:
@@ -163,7 +165,7 @@ class MultiExitSession:
 
     def __call__(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Real early exit: (logits from the exit each sample took, that exit's index; final = number of exits)."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=self._input_dtype)
         if x.shape[0] == 1:
             return self._single(x)
         plan, n_exits = self.plan, self.manifest.num_exits
@@ -223,7 +225,7 @@ class MultiExitSession:
             if self.manifest.backbone is None:
                 raise ManifestError(f"{self.manifest.directory}: the export has no backbone.onnx")
             self._backbone = self._load(self.manifest.backbone)
-        return self._backbone.run(None, {"input": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self._backbone.run(None, {"input": np.ascontiguousarray(x, dtype=self._input_dtype)})[0]
 
     def prefix_times(self, x: np.ndarray, repeats: int = 5) -> List[float]:
         """Seconds per sample to reach each exit (its stages and the branches on the way), final last."""
@@ -235,7 +237,7 @@ class MultiExitSession:
     def run_prefix(self, x: np.ndarray, k: int) -> None:
         """Run the stages and branches up to exit ``k`` (the final classifier: every stage) on ``x``, for timing."""
         env: List[Any] = [None] * self.plan["num_slots"]
-        env[0] = np.ascontiguousarray(x, dtype=np.float32)
+        env[0] = np.ascontiguousarray(x, dtype=self._input_dtype)
         for j in range(k + 1):
             if j < self.manifest.num_exits and (self._active[j] or j == k):
                 self._exit(j, env, {})

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..attachment import attach, detach
 from ..errors import ScheduleError
+from ..inputs import InputLike
 from ..modules import eval_mode, example_input, module_names, resolve_name, strip_module_prefix
 from ..registry import suggest
 from .branch import build_branch, format_shape
@@ -52,7 +53,7 @@ class AttachProbe:
     mutated_later: bool
 
 
-def probe_attach_points(model: nn.Module, names: Sequence[str], input_shape: Sequence[int]) -> List[AttachProbe]:
+def probe_attach_points(model: nn.Module, names: Sequence[str], input_shape: InputLike) -> List[AttachProbe]:
     """Run one dummy batch and record each attach module's output, call count, call order and whether the
     backbone later changes that output in place."""
     modules = dict(model.named_modules())
@@ -79,7 +80,7 @@ def probe_attach_points(model: nn.Module, names: Sequence[str], input_shape: Seq
     return [_probe_of(n, records[n]) for n in names]
 
 
-def forward_positions(model: nn.Module, names: Sequence[str], input_shape: Sequence[int]) -> List[int]:
+def forward_positions(model: nn.Module, names: Sequence[str], input_shape: InputLike) -> List[int]:
     """Where each module runs in one forward pass (its first call's rank; modules that do not run last)."""
     resolved = [resolve_module_name(model, n) for n in names]
     probes = probe_attach_points(model, list(dict.fromkeys(resolved)), input_shape)
@@ -95,7 +96,7 @@ def _probe_of(name: str, rec: Dict[str, Any]) -> AttachProbe:
 
 # --------------------------------------------------------------------------- building
 def build_exit_set(model: nn.Module, spec: EarlyExitSpec, *, num_classes: int,
-                   input_shape: Sequence[int], name: str = "") -> ExitSet:
+                   input_shape: InputLike, name: str = "") -> ExitSet:
     """Resolve attach names, check them against a dummy forward pass and build every branch.
 
     The ExitSet notes, per exit, whether the training hook must copy the attach output (the backbone later
@@ -117,7 +118,7 @@ def build_exit_set(model: nn.Module, spec: EarlyExitSpec, *, num_classes: int,
                    deciders=_deciders(spec, num_classes, probes[0].output.device), config=spec.to_config())
 
 
-def build_exits(model: nn.Module, config: Mapping[str, Any], *, num_classes: int, input_shape: Sequence[int],
+def build_exits(model: nn.Module, config: Mapping[str, Any], *, num_classes: int, input_shape: InputLike,
                 name: str = "") -> ExitSet:
     """The ExitSet of an ``early_exits`` configuration (``class`` ignored, ``attach: builtin`` expanded) for
     ``model``, validated against it and not attached yet."""
@@ -168,7 +169,7 @@ def _check_probes(spec: EarlyExitSpec, attach: List[str], probes: List[AttachPro
 
 
 # --------------------------------------------------------------------------- attaching
-def attach_exits(model: nn.Module, spec: EarlyExitSpec, *, num_classes: int, input_shape: Sequence[int],
+def attach_exits(model: nn.Module, spec: EarlyExitSpec, *, num_classes: int, input_shape: InputLike,
                  name: str = "") -> ExitSet:
     """Build the exits of ``spec`` for ``model`` and attach them as ``model.early_exits`` (step recorded)."""
     return attach(model, build_exit_set(model, spec, num_classes=num_classes, input_shape=input_shape, name=name))

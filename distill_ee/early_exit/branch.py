@@ -18,10 +18,13 @@ from ..arguments import ArgumentError, Meaning, Range, check_value, signature_of
 from ..errors import ScheduleError
 from ..modules import first_line
 from ..registry import BRANCH_LAYERS, UnknownNameError, suggest
+from .token_layers import ChannelsFirst, TokenAt, TokenMean
 
 Shape = Tuple[int, ...]
 #: a positive size (channels, kernel, stride, output size) within reason
 Dim = Annotated[int, Range(1, 65536, integer=True)]
+#: a token's position in a sequence (negative counts from the end)
+TokenIndex = Annotated[int, Range(-65536, 65535, integer=True)]
 #: a padding
 Pad = Annotated[int, Range(0, 65536, integer=True)]
 #: an option that is one size or a pair (kernel sizes, strides, output sizes)
@@ -131,13 +134,37 @@ def _need_rank(in_shape: Shape, rank: int, what: str) -> None:
 
 _IMAGE = "an image-shaped input (N, C, H, W)"
 _FLAT = "a flat input (N, features); put `flatten` (or `adaptive_avgpool` then `flatten`) before it"
+_TOKENS_HINT = "; a token sequence (N, T, D) takes `cls_token` or `token_mean` first"
+_CHANNEL_LAST_HINT = ("; channel-last features (N, H, W, C), as Swin's, take `token_mean` first (or "
+                      "`channels_first` before image layers)")
+
+
+def _hint(in_shape: Shape) -> str:
+    """What a transformer's output takes first: a sequence, or (N, H, W, C) that looks channel-last (H == W != C)."""
+    if len(in_shape) == 3:
+        return _TOKENS_HINT
+    if len(in_shape) == 4 and in_shape[1] == in_shape[2] != in_shape[3]:
+        return _CHANNEL_LAST_HINT
+    return ""
+
+
+def _need_image(in_shape: Shape) -> None:
+    """BranchShapeError unless (N, C, H, W); a token sequence is told what to put first."""
+    if len(in_shape) != 4:
+        raise BranchShapeError(f"needs {_IMAGE}, but its input has shape {format_shape(in_shape)}{_hint(in_shape)}")
+
+
+def _need_flat(in_shape: Shape) -> None:
+    """BranchShapeError unless (N, features); a sequence or channel-last features are told what to put first."""
+    if len(in_shape) != 2:
+        raise BranchShapeError(f"needs {_FLAT}, but its input has shape {format_shape(in_shape)}{_hint(in_shape)}")
 
 
 @BRANCH_LAYERS.register("conv", aliases=("conv2d",))
 def conv(in_shape: Shape, *, out_channels: Dim, kernel_size: Size2 = 3, stride: Size2 = 1,
          padding: Pad2 = 0, dilation: Size2 = 1, groups: Dim = 1, bias: bool = True) -> nn.Module:
     """2-D convolution; ``in_channels`` is the input's channel count."""
-    _need_rank(in_shape, 4, _IMAGE)
+    _need_image(in_shape)
     return nn.Conv2d(in_shape[1], out_channels, kernel_size, stride=stride, padding=padding,
                      dilation=dilation, groups=groups, bias=bias)
 
@@ -147,7 +174,9 @@ def bn(in_shape: Shape, *, eps: float = 1e-5, momentum: float = 0.1) -> nn.Modul
     """Batch norm over channels (2-D input) or features (flat input)."""
     if len(in_shape) == 4:
         return nn.BatchNorm2d(in_shape[1], eps=eps, momentum=momentum)
-    _need_rank(in_shape, 2, "an image (N, C, H, W) or flat (N, features) input")
+    if len(in_shape) != 2:
+        raise BranchShapeError("needs an image (N, C, H, W) or flat (N, features) input, but its input has shape "
+                               f"{format_shape(in_shape)}{_hint(in_shape)}")
     return nn.BatchNorm1d(in_shape[1], eps=eps, momentum=momentum)
 
 
@@ -161,7 +190,7 @@ def relu(in_shape: Shape) -> nn.Module:
 def maxpool(in_shape: Shape, *, kernel_size: Size2 = 2, stride: Optional[Dim] = None,
             padding: Pad2 = 0) -> nn.Module:
     """2-D max pooling (stride defaults to the kernel size)."""
-    _need_rank(in_shape, 4, _IMAGE)
+    _need_image(in_shape)
     return nn.MaxPool2d(kernel_size, stride=stride, padding=padding)
 
 
@@ -169,14 +198,14 @@ def maxpool(in_shape: Shape, *, kernel_size: Size2 = 2, stride: Optional[Dim] = 
 def avgpool(in_shape: Shape, *, kernel_size: Size2 = 2, stride: Optional[Dim] = None,
             padding: Pad2 = 0) -> nn.Module:
     """2-D average pooling (stride defaults to the kernel size)."""
-    _need_rank(in_shape, 4, _IMAGE)
+    _need_image(in_shape)
     return nn.AvgPool2d(kernel_size, stride=stride, padding=padding)
 
 
 @BRANCH_LAYERS.register("adaptive_avgpool", aliases=("adaptive_avg_pool", "global_avgpool"))
 def adaptive_avgpool(in_shape: Shape, *, output_size: Size2 = 1) -> nn.Module:
     """2-D adaptive average pooling to ``output_size``."""
-    _need_rank(in_shape, 4, _IMAGE)
+    _need_image(in_shape)
     return nn.AdaptiveAvgPool2d(output_size)
 
 
@@ -190,7 +219,7 @@ def flatten(in_shape: Shape) -> nn.Module:
 def linear(in_shape: Shape, *, out_features: Optional[Dim] = None, bias: bool = True) -> nn.Module:
     """Fully connected layer; ``in_features`` inferred; ``out_features`` defaults to the class count on the
     branch's last linear."""
-    _need_rank(in_shape, 2, _FLAT)
+    _need_flat(in_shape)
     if out_features is None:
         raise BranchShapeError("needs `out_features` (only the branch's last linear defaults to the class count)")
     return nn.Linear(in_shape[1], out_features, bias=bias)
@@ -202,6 +231,42 @@ def dropout(in_shape: Shape, *, p: float = 0.5) -> nn.Module:
     if not 0.0 <= p < 1.0:
         raise BranchShapeError(f"needs 0 <= p < 1, got {p}")
     return nn.Dropout(p)
+
+
+@BRANCH_LAYERS.register("layernorm", aliases=("layer_norm",))
+def layernorm(in_shape: Shape, *, eps: float = 1e-5) -> nn.Module:
+    """Layer norm over the last dimension (features of each token, or channels of channel-last features)."""
+    if len(in_shape) < 2:
+        raise BranchShapeError(f"needs features in its last dimension, but its input has shape "
+                               f"{format_shape(in_shape)}")
+    return nn.LayerNorm(in_shape[-1], eps=eps)
+
+
+@BRANCH_LAYERS.register("cls_token")
+def cls_token(in_shape: Shape, *, index: TokenIndex = 0) -> nn.Module:
+    """Token ``index`` of a sequence, (N, T, D) -> (N, D): ViT's class token is token 0."""
+    _need_rank(in_shape, 3, "a token sequence (N, T, D)")
+    if not -in_shape[1] <= index < in_shape[1]:
+        raise BranchShapeError(f"has no token {index}: its input {format_shape(in_shape)} has {in_shape[1]} "
+                               f"tokens (0 to {in_shape[1] - 1}, or negative from the end)")
+    return TokenAt(index)
+
+
+@BRANCH_LAYERS.register("token_mean")
+def token_mean(in_shape: Shape) -> nn.Module:
+    """Mean over the tokens, (N, T, D) -> (N, D), or over the positions of channel-last features, (N, H, W, C)
+    -> (N, C) (Swin); channel-first images take ``adaptive_avgpool``."""
+    if len(in_shape) not in (3, 4):
+        raise BranchShapeError(f"needs a token sequence (N, T, D) or channel-last features (N, H, W, C), but its "
+                               f"input has shape {format_shape(in_shape)}")
+    return TokenMean(tuple(range(1, len(in_shape) - 1)))
+
+
+@BRANCH_LAYERS.register("channels_first")
+def channels_first(in_shape: Shape) -> nn.Module:
+    """Channel-last features to channel-first, (N, H, W, C) -> (N, C, H, W), so image layers can follow."""
+    _need_rank(in_shape, 4, "channel-last features (N, H, W, C)")
+    return ChannelsFirst()
 
 
 # --------------------------------------------------------------------------- branch assembly

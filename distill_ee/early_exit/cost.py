@@ -25,7 +25,7 @@ def stage_macs(multi: MultiExitModel, model: nn.Module, masks: Optional[Mapping[
     ``model`` is the model ``multi`` was cut from (its layers are the stages' layers); a layer that runs in
     several stages has its MACs split by its number of calls in each.
     """
-    x = example_input(model, multi.input_shape, batch=1)
+    x = example_input(model, multi.input_spec, batch=1)
     calls = _stage_calls(multi, model, x)
     key = "effective_macs" if effective else "dense_macs"
     stages = [0.0] * len(multi.stages)

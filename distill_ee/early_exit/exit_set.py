@@ -23,6 +23,8 @@ from torch import nn
 from ..arguments import ArgumentError, Checked, Range
 from ..attachment import Attachment, attachment_of, register_attachment
 from ..errors import CheckpointError, DistillEEError, ThresholdError
+from ..modules import first_line
+from ..inputs import InputLike, InputSpec, InputSpecError, dtype_name, input_spec, spec_from_record
 from ..structure import sample_shape_problem
 from ..registry import EXIT_CRITERIA
 from ..exit_settings import ThresholdArg, resolve_thresholds
@@ -46,6 +48,19 @@ def _sample_shape(value: Any) -> List[int]:
 SampleShape = Annotated[List[int], Checked("one sample's shape", _sample_shape)]
 
 
+def _input_dtype(value: Any) -> str:
+    try:
+        if not isinstance(value, str) or dtype_name(value) is None:
+            raise InputSpecError(f"must name an integer dtype (float inputs record none), got {value!r}")
+    except InputSpecError as err:
+        raise ArgumentError(str(err)) from None
+    return value
+
+
+#: an integer input's dtype in a structure step (absent: a float input)
+InputDtype = Annotated[str, Checked("an integer dtype name", _input_dtype)]
+
+
 @dataclass
 class ExitsStepFields:
     """What an ``early_exits`` structure step holds besides its kind and name."""
@@ -54,6 +69,8 @@ class ExitsStepFields:
     config: Dict[str, Any]
     num_classes: Annotated[int, Range(1, 1_000_000, integer=True)]
     input_shape: SampleShape
+    input_dtype: Optional[InputDtype] = None
+    input_range: Optional[List[int]] = None
 
 
 @register_attachment
@@ -72,7 +89,7 @@ class ExitSet(Attachment, nn.ModuleDict):
     step_schema = ExitsStepFields
 
     def __init__(self, branches: Mapping[str, nn.Module], attach: Sequence[str], *, num_classes: int,
-                 input_shape: Sequence[int], criteria: Sequence[str], thresholds: Sequence[Optional[float]],
+                 input_shape: InputLike, criteria: Sequence[str], thresholds: Sequence[Optional[float]],
                  final_name: str = "final", stages: Optional[Sequence[str]] = None,
                  copy_input: Optional[Sequence[bool]] = None, instance_name: str = "",
                  deciders: Optional[Mapping[str, nn.Module]] = None, config: Optional[Mapping[str, Any]] = None):
@@ -86,7 +103,9 @@ class ExitSet(Attachment, nn.ModuleDict):
         #: exit name -> name of the module whose output the branch reads
         self.attach_points: Dict[str, str] = dict(zip(names, attach))
         self.num_classes = int(num_classes)
-        self.input_shape: Tuple[int, ...] = tuple(int(s) for s in input_shape)
+        #: one sample of the input (shape, dtype, value range) every dummy input of these exits is made from
+        self.input_spec: InputSpec = input_spec(input_shape)
+        self.input_shape: Tuple[int, ...] = self.input_spec.shape
         self.final_name = final_name
         self.stages = list(stages) if stages is not None else None
         #: per exit: whether the training hook must copy the attach output (the backbone changes it in place)
@@ -104,7 +123,7 @@ class ExitSet(Attachment, nn.ModuleDict):
     def step_config(self) -> Dict[str, Any]:
         """The configuration, class count and input shape the branches are rebuilt from."""
         return {"config": dict(self.attached_config), "num_classes": int(self.num_classes),
-                "input_shape": [int(s) for s in self.input_shape]}
+                **self.input_spec.record()}
 
     @classmethod
     def from_step(cls, model: nn.Module, step: Mapping[str, Any]) -> "ExitSet":
@@ -112,7 +131,7 @@ class ExitSet(Attachment, nn.ModuleDict):
         from .attach import build_exits  # attach.py builds ExitSets, so it imports this module
 
         return build_exits(model, step["config"], num_classes=int(step["num_classes"]),
-                           input_shape=[int(s) for s in step["input_shape"]], name=str(step.get("name", "")))
+                           input_shape=_step_input(step), name=str(step.get("name", "")))
 
     def export_problem(self) -> Optional[str]:
         """Exits that read the previous exit's logits (forward transfer) are not exported."""
@@ -268,3 +287,11 @@ def exits_of(model: nn.Module) -> Optional[ExitSet]:
 def exit_sets(model: nn.Module) -> List[Tuple[str, ExitSet]]:
     """Every ExitSet inside ``model`` with its module name (wrappers and nested models included)."""
     return [(name, module) for name, module in model.named_modules() if isinstance(module, ExitSet)]
+
+
+def _step_input(step: Mapping[str, Any]) -> InputSpec:
+    """The input a saved step records; CheckpointError when its dtype or range cannot describe one."""
+    try:
+        return spec_from_record(step)
+    except (InputSpecError, TypeError, ValueError) as err:  # InputSpecError is a ValueError; int() of a bad range
+        raise CheckpointError(f"its input: {first_line(err)}") from None

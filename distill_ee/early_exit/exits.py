@@ -17,7 +17,7 @@ YAML view of it, with the current criteria and thresholds (after a calibration, 
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from torch import nn
 from ..attachment import AttachmentView, attach
 from ..context import BuildContext
 from ..errors import DistillEEError, ScheduleError
+from ..inputs import InputLike
 from ..modules import eval_mode, unwrap
 from ..registry import EARLY_EXITS
 from .attach import build_exits, detach_exits
@@ -49,7 +50,7 @@ class EarlyExits(AttachmentView):
     def build(cls, ctx: BuildContext, **config: Any) -> "EarlyExits":
         """Build from a schedule instance: attach the exits, check that the model can be cut into stages at
         them (now, not after training), and give the branch parameters to the optimizer."""
-        exits = cls.from_config(config, ctx.model, num_classes=ctx.num_classes, input_shape=ctx.input_shape,
+        exits = cls.from_config(config, ctx.model, num_classes=ctx.num_classes, input_shape=ctx.input_spec,
                                 name=ctx.name)
         try:
             exits.multi_exit_model()
@@ -62,7 +63,7 @@ class EarlyExits(AttachmentView):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], model: nn.Module, *, num_classes: int,
-                    input_shape: Sequence[int], name: str = "") -> "EarlyExits":
+                    input_shape: InputLike, name: str = "") -> "EarlyExits":
         """Validate ``config`` (a schedule instance without ``class``) and attach its exits to ``model``."""
         existing = exits_of(model)
         if existing is not None:

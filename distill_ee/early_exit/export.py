@@ -20,6 +20,7 @@ from ..atomic import atomic_write_json
 from ..deploy.manifest import MANIFEST, TORCHSCRIPT_FORMAT, TORCHSCRIPT_VERSION
 from ..errors import CheckpointError, DistillEEError
 from ..input_files import DATA_LIMIT, InputFileError, read_input
+from ..inputs import InputSpec, InputSpecError, spec_from_record
 from ..modules import eval_mode, example_input
 from .collaboration import takes_previous
 from .criteria import get_criterion
@@ -99,15 +100,23 @@ def load_exported(directory: Union[str, Path]) -> MultiExitModel:
     multi = MultiExitModel(stages, branches, StagePlan.from_dict(manifest["plan"]),
                            exit_names=manifest["exit_names"], final_name=manifest["final_name"],
                            criteria=criteria, thresholds=manifest["thresholds"],
-                           input_shape=manifest["input_shape"], num_classes=manifest["num_classes"])
+                           input_shape=_manifest_input(manifest, directory), num_classes=manifest["num_classes"])
     return multi.eval()
+
+
+def _manifest_input(manifest: Dict[str, Any], directory: Path) -> InputSpec:
+    """The input a TorchScript manifest records; CheckpointError naming the file when it cannot be one."""
+    try:
+        return spec_from_record(manifest)
+    except InputSpecError as err:
+        raise CheckpointError(f"{directory / MANIFEST}: input: {err}") from None
 
 
 def _example_arguments(multi: MultiExitModel) -> tuple:
     """The arguments each stage and branch receives on a small dummy batch."""
     plan = multi.plan
     env: List[Any] = [None] * plan.num_slots
-    env[0] = example_input(multi, multi.input_shape, batch=2)
+    env[0] = example_input(multi, multi.input_spec, batch=2)
     stage_args, branch_args = [], []
     with eval_mode(multi), torch.no_grad():
         for k, stage in enumerate(multi.stages):

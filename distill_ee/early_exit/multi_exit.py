@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..dynamic import begin_rows, owners, select_rows
+from ..inputs import InputLike, input_spec
 from ..errors import DistillEEError
 from ..slots import shrink
 from ..exit_settings import ExitOutputs, ThresholdArg, resolve_thresholds
@@ -36,7 +37,7 @@ class MultiExitModel(ExitOutputs, nn.Module):
 
     def __init__(self, stages: Sequence[nn.Module], branches: Sequence[nn.Module], plan: StagePlan, *,
                  exit_names: Sequence[str], final_name: str = "final", criteria: CriterionArg = "entropy",
-                 thresholds: ThresholdArg = None, input_shape: Sequence[int] = (), num_classes: int = 0):
+                 thresholds: ThresholdArg = None, input_shape: InputLike = (), num_classes: int = 0):
         super().__init__()
         if len(stages) != len(branches) + 1 or plan.num_exits != len(branches) or len(exit_names) != len(branches):
             raise DistillEEError(f"a multi-exit model needs one stage per exit plus one, got {len(stages)} stages, "
@@ -46,7 +47,9 @@ class MultiExitModel(ExitOutputs, nn.Module):
         self.plan = plan
         self.exit_names = list(exit_names)
         self.final_name = final_name
-        self.input_shape = tuple(int(s) for s in input_shape)
+        #: one sample of the input (shape, dtype, value range): what dummy inputs of this model are made of
+        self.input_spec = input_spec(input_shape)
+        self.input_shape = self.input_spec.shape
         self.num_classes = int(num_classes)
         self.criteria = criteria_list(criteria, len(branches))
         #: the learned deciders the criteria use (registered: they follow the model's device and mode)
@@ -65,12 +68,12 @@ class MultiExitModel(ExitOutputs, nn.Module):
         Without ``criterion`` and ``thresholds`` the ExitSet stays their owner; with either, this model holds its
         own copies (a candidate setting to time without changing the exits).
         """
-        modules, plan = split_model(model, exits.attach, exits.input_shape,
+        modules, plan = split_model(model, exits.attach, exits.input_spec,
                                     stages if stages is not None else exits.stages)
         multi = cls(modules, exits.branch_list(), plan, exit_names=exits.names, final_name=exits.final_name,
                     criteria=criterion if criterion is not None else exits.criterion_objects(),
                     thresholds=thresholds if thresholds is not None else list(exits.thresholds),
-                    input_shape=exits.input_shape, num_classes=exits.num_classes)
+                    input_shape=exits.input_spec, num_classes=exits.num_classes)
         multi.__dict__["_source"] = weakref.ref(model)  # not a submodule: the model it was cut from
         if criterion is None and thresholds is None:
             multi.__dict__["_owner"] = exits
@@ -270,7 +273,7 @@ class MultiExitModel(ExitOutputs, nn.Module):
         return {"exit_names": list(self.exit_names), "final_name": self.final_name,
                 "criteria": [c.name for c in self.criteria], "leave": [c.leave for c in self.criteria],
                 "thresholds": thresholds,
-                "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                **self.input_spec.record(), "num_classes": self.num_classes,
                 "plan": self.plan.to_dict()}
 
     def extra_repr(self) -> str:

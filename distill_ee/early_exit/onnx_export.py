@@ -82,7 +82,7 @@ def export_onnx(multi: MultiExitModel, model: nn.Module, directory: Union[str, P
             files["exits"].append(path.name)
             written.append(path)
         path = directory / "backbone.onnx"
-        _export(_Backbone(model), (example_input(multi, multi.input_shape, batch=2),), path, ["input"], ["logits"])
+        _export(_Backbone(model), (example_input(multi, multi.input_spec, batch=2),), path, ["input"], ["logits"])
         files["backbone"] = path.name
         written.append(path)
     manifest = {"format": FORMAT, "version": VERSION, **multi.describe(), **files, "dtype": "float32",

@@ -20,6 +20,8 @@ Either way the cut model is checked once against the original on a dummy batch.
 """
 from __future__ import annotations
 
+import inspect
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -30,8 +32,12 @@ from torch import nn
 from ..attachment import layers_only
 from ..dynamic import OWNER_ATTR, begin_rows, owners, static_compute
 from ..errors import DistillEEError
+from ..fx_trace import FxTracer, UntraceableError, trace_module
 from .exit_set import ExitSet
+from ..inputs import InputLike
 from ..modules import eval_mode, example_input, first_line, strip_module_prefix
+
+_log = logging.getLogger(__name__)
 
 _STAGES_HINT = ("give `stages:` (the model's top-level child modules in forward order, e.g. "
                 "[features, avgpool, flatten, classifier]) to cut it without tracing")
@@ -75,7 +81,7 @@ class SequentialStage(nn.Sequential):
 
 
 # --------------------------------------------------------------------------- entry point
-def split_model(model: nn.Module, attach: Sequence[str], input_shape: Sequence[int],
+def split_model(model: nn.Module, attach: Sequence[str], input_shape: InputLike,
                 stages: Optional[Sequence[str]] = None) -> Tuple[List[nn.Module], StagePlan]:
     """Stage modules and their plan for ``model`` cut after each module in ``attach`` (depth order).
 
@@ -110,7 +116,7 @@ _GIVEN_HINT = ("the listed children, run one after the other, must compute the m
                "forward flattens")
 
 
-def check_stages(model: nn.Module, modules: Sequence[nn.Module], plan: StagePlan, input_shape: Sequence[int],
+def check_stages(model: nn.Module, modules: Sequence[nn.Module], plan: StagePlan, input_shape: InputLike,
                  how: str) -> None:
     """Raise DistillEEError unless the stages reproduce ``model(x)`` on a dummy batch."""
     x = example_input(model, input_shape, batch=3)
@@ -168,18 +174,12 @@ def split_sequential(model: nn.Module, stages: Sequence[str],
 
 
 # --------------------------------------------------------------------------- torch.fx
-class ExitTracer(torch.fx.Tracer):
-    """A tracer that keeps the attach modules whole (one call_module node each)."""
+class ExitTracer(FxTracer):
+    """The shared tracer with the attach modules kept whole (one call_module node each), routed blocks kept whole
+    (their routing decides at run time), and torch's modules holding an attach point traced through."""
 
     def __init__(self, leaves: Sequence[str]):
-        super().__init__()
-        self.leaves = set(leaves)
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        """Attach modules are leaves, as are routed blocks (their routing decides at run time) and torch's own
-        layers."""
-        return module_qualified_name in self.leaves or OWNER_ATTR in m.__dict__ \
-            or super().is_leaf_module(m, module_qualified_name)
+        super().__init__(leaves=leaves, through=leaves, whole=lambda m: OWNER_ATTR in m.__dict__)
 
 
 @dataclass
@@ -212,19 +212,38 @@ class _Recorder(torch.fx.Interpreter):
 
 
 def trace(model: nn.Module, leaves: Sequence[str]) -> torch.fx.GraphModule:
-    """``model`` traced with ``leaves`` kept as call_module nodes; DistillEEError if it cannot be traced."""
+    """``model`` traced with ``leaves`` kept as call_module nodes, the model left as it was; DistillEEError if it
+    cannot be traced."""
     try:
-        tracer = ExitTracer(leaves)
         # traced in eval mode: code reading ``self.training`` is baked in as inference code
         with eval_mode(model), layers_only(model):
-            graph = tracer.trace(model)
-        return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
-    except Exception as err:  # fx raises many kinds (TraceError, TypeError on proxies, ...)
-        msg = first_line(err)
-        raise DistillEEError(f"cannot trace {type(model).__name__} with torch.fx ({msg}); {_STAGES_HINT}") from None
+            return trace_module(model, ExitTracer(leaves), concrete_args=plain_defaults(model))
+    except UntraceableError as err:
+        raise DistillEEError(f"cannot trace {err.model} with torch.fx ({err.reason}{err.where}); "
+                             f"{_STAGES_HINT}") from None
 
 
-def _value_kinds(gm: torch.fx.GraphModule, input_shape: Sequence[int]) -> Dict[torch.fx.Node, _Kind]:
+def _argument_names(model: nn.Module) -> Optional[List[str]]:
+    """The names of the forward's arguments after the batch (None where the signature cannot be read)."""
+    try:
+        return list(inspect.signature(model.forward).parameters)[1:]
+    except (TypeError, ValueError):
+        return None
+
+
+def plain_defaults(model: nn.Module) -> Dict[str, Any]:
+    """The forward's arguments after the batch whose defaults are plain values (None, bool, number, string):
+    traced as those constants, so a test such as ``if attn_mask is not None`` takes the default's branch."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return {}
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in params if p.kind in named and p.default is not inspect.Parameter.empty
+            and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
+
+
+def _value_kinds(gm: torch.fx.GraphModule, input_shape: InputLike) -> Dict[torch.fx.Node, _Kind]:
     """Run the traced graph at batch sizes 2 and 3 and classify every node's value."""
     runs = []
     for batch in (2, 3):
@@ -244,15 +263,16 @@ def _value_kinds(gm: torch.fx.GraphModule, input_shape: Sequence[int]) -> Dict[t
 
 
 def split_traced(model: nn.Module, attach: Sequence[str],
-                 input_shape: Sequence[int]) -> Tuple[List[nn.Module], StagePlan]:
-    """Cut a torch.fx-traceable model into stages ending at each attach module."""
+                 input_shape: InputLike) -> Tuple[List[nn.Module], StagePlan]:
+    """Cut a torch.fx-traceable model into stages ending at each attach module (the forward's arguments after
+    the batch held at their defaults)."""
     gm = trace(model, attach)
     graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if not placeholders:
+        raise DistillEEError(f"{type(model).__name__}.forward takes no input; staging needs one (the batch)")
+    held = hold_defaults(gm, placeholders[1:], type(model).__name__, _argument_names(model))
     nodes = list(graph.nodes)
-    placeholders = [n for n in nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise DistillEEError(f"{type(model).__name__}.forward takes {len(placeholders)} inputs; staging needs "
-                             f"exactly one (the batch); {_STAGES_HINT}")
     output = next(n for n in nodes if n.op == "output")
     result = output.args[0]
     if not isinstance(result, torch.fx.Node):
@@ -261,8 +281,46 @@ def split_traced(model: nn.Module, attach: Sequence[str],
     position = {n: i for i, n in enumerate(nodes)}
     if [position[n] for n in cut_nodes] != sorted(position[n] for n in cut_nodes):
         raise DistillEEError("the exits' attach modules do not run in the order of the exits")
-    kinds = _value_kinds(gm, input_shape)
+    kinds = _held_value_kinds(gm, input_shape, held, type(model).__name__)
     return _Splitter(gm, nodes, placeholders[0], result, cut_nodes, kinds).split()
+
+
+def hold_defaults(gm: torch.fx.GraphModule, extra: Sequence[torch.fx.Node], model_name: str,
+                  names: Optional[Sequence[str]] = None) -> List[str]:
+    """Replace the forward's arguments after the batch by their default values in ``gm``; their names (``names``
+    where fx renamed them, as it does the ones traced as constants).
+
+    The stages are fed the batch alone, so an argument without a default is refused (one line naming it)."""
+    named = list(names) if names is not None and len(names) == len(extra) else [str(n.target) for n in extra]
+    for node in extra:
+        if not node.args:
+            raise DistillEEError(f"{model_name}.forward argument {node.target!r} has no default: the stages are "
+                                 f"fed the batch alone and hold every other argument at its default; give "
+                                 f"{node.target!r} a default or wrap the model so its forward takes the batch only")
+    for node in extra:
+        default = node.args[0]
+        for user in list(node.users):
+            user.args = torch.fx.node.map_arg(user.args, lambda n, ph=node, v=default: v if n is ph else n)
+            user.kwargs = torch.fx.node.map_arg(user.kwargs, lambda n, ph=node, v=default: v if n is ph else n)
+        gm.graph.erase_node(node)
+    if extra:
+        gm.recompile()
+        _log.info("%s.forward: staged with %s held at their defaults", model_name,
+                  ", ".join(f"{name}={n.args[0]!r}" for name, n in zip(named, extra)))
+    return named
+
+
+def _held_value_kinds(gm: torch.fx.GraphModule, input_shape: InputLike, held: Sequence[str],
+                      model_name: str) -> Dict[torch.fx.Node, _Kind]:
+    """``_value_kinds``; with arguments held at their defaults, a graph that fails on them is one line."""
+    if not held:
+        return _value_kinds(gm, input_shape)
+    try:
+        return _value_kinds(gm, input_shape)
+    except Exception as err:  # noqa: BLE001  (the traced graph used a held argument as a tensor)
+        raise DistillEEError(f"{model_name} traced with {', '.join(held)} held at their defaults fails on a dummy "
+                             f"batch ({first_line(err)}): only plain defaults (None, bool, number, string) are traced as "
+                             f"constants, any other is traced as if it were given; {_STAGES_HINT}") from None
 
 
 def _attach_node(nodes: List[torch.fx.Node], name: str, model: nn.Module) -> torch.fx.Node:

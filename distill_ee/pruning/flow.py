@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import DistillEEError
-from ..modules import first_line, unwrap, wrapper_prefix
+from ..fx_trace import trace_graph
+from ..modules import unwrap, wrapper_prefix
 
 #: activations whose output is zero exactly where their input is not positive
 ZERO_BELOW = (nn.ReLU, nn.ReLU6)
@@ -36,11 +37,8 @@ class ModuleFlow:
 
     def __init__(self, model: nn.Module):
         inner, self.prefix = unwrap(model), wrapper_prefix(model)
-        try:
-            with torch.no_grad():
-                graph = fx.Tracer().trace(inner)
-        except Exception as exc:  # fx raises many types for untraceable code
-            raise DistillEEError(f"torch.fx cannot trace {type(inner).__name__}: {first_line(exc)}") from None
+        with torch.no_grad():
+            graph = trace_graph(inner)  # UntraceableError (a DistillEEError) names the model and where
         self.modules: Dict[str, nn.Module] = dict(inner.named_modules())
         self.calls: Dict[str, List[fx.Node]] = {}
         for node in graph.nodes:

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..arguments import ArgumentError
 from ..dynamic import static_compute
+from ..fx_trace import UntraceableError, trace_graph
 from ..modules import eval_mode, example_input, expand_name, is_pattern, module_names, strip_module_prefix
 from ..registry import suggest
 from ..summaries import module_macs
@@ -63,8 +64,8 @@ def is_residual(block: nn.Module) -> bool:
     """True when the block's traced forward adds two values (a residual connection); also True when torch.fx
     cannot trace the block (its shape check is then the only one)."""
     try:
-        graph = torch.fx.symbolic_trace(block).graph
-    except Exception:  # noqa: BLE001  (fx raises many types for untraceable code)
+        graph = trace_graph(block)
+    except UntraceableError:
         return True
     for node in graph.nodes:
         if node.op == "call_function" and node.target in _ADDS:

@@ -3,7 +3,7 @@ from .extensions import ChannelRemover, FilterRemover, StructureRemover
 from .graph import DependencyGraph, build_dependency_graph
 from .groups import ChannelGroup, Consumer
 from .recipe import Recipe, apply_recipe, apply_thinning_recipes, thinning_recipes
-from .remove import remove_channels, remove_filters
+from .remove import Kept, remove_channels, remove_filters
 
 __all__ = [
     "ChannelGroup",
@@ -11,6 +11,7 @@ __all__ = [
     "Consumer",
     "DependencyGraph",
     "FilterRemover",
+    "Kept",
     "Recipe",
     "StructureRemover",
     "apply_recipe",

@@ -1,21 +1,25 @@
 """Walks traced fx graphs node by node, merging the tensors that share channels into channel groups.
 
-Each tensor node starts in a set of its own; element-wise operations, per-channel layers and flattens put
-their output in their input's set, binary operations merge their operands' sets, weighted layers start a new
-set for their output. Every layer call is noted with its role; blocks (reasons a set cannot be thinned) are
-noted on the nodes they concern. ``finish`` merges the calls of layers used more than once and turns each set
-into a ChannelGroup.
+Each tensor node starts in a set of its own; element-wise operations, per-channel layers and flattens put their
+output in their input's set, binary operations merge their operands' sets, weighted layers start a new set for
+their output. Every tensor also gets the expression saying where its channels are zero (``zeros.py``): a product
+of tensors is zero where any factor is, a sum where every term is. Every layer call is noted with its role;
+blocks (reasons a set cannot be thinned) are noted on the nodes they concern. ``finish`` merges the calls of
+layers used more than once and turns each set into a ChannelGroup.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import lcm
 from typing import Dict, List, Optional, Set, Tuple
 
 from torch import fx, nn
 
 from .groups import ChannelGroup, Consumer
-from .rules import (CONVS, FLAT, LAST, SPATIAL, UNKNOWN, consumer_problem, in_size, is_per_channel, is_python_op,
-                    is_weighted, module_problem, op_kind, op_name, out_size)
+from .rules import (CONVS, FLAT, LAST, NORMS, SPATIAL, UNKNOWN, channel_block, consumer_problem, in_size,
+                    is_per_channel, is_product, is_python_op, is_weighted, keeps_zeros, module_problem, op_keeps_zeros,
+                    op_kind, op_name, out_size)
+from .zeros import NEVER, AllOf, AnyOf, Blocks, Filters, Zeros
 
 #: what an exit branch reads: the node of its attach module's output, or None and the reason it is unusable
 Source = Tuple[Optional[fx.Node], str]
@@ -60,6 +64,7 @@ class GroupBuilder:
         self.modules = dict(model.named_modules())
         self.sets = UnionFind()
         self.layout: Dict[fx.Node, str] = {}
+        self.zeros: Dict[fx.Node, Zeros] = {}
         self.sizes: Set[fx.Node] = set()
         self.blocks: List[Tuple[fx.Node, str]] = []
         self.producers: List[LayerCall] = []
@@ -79,6 +84,9 @@ class GroupBuilder:
             elif node.op == "output":
                 for arg in self._tensor_args(node):
                     self.blocks.append((arg, f"they are {what}'s output"))
+            elif node.op == "get_attr" and self._norm_owner([node]) and \
+                    all(op_kind(user) == "batch_norm" for user in node.users):
+                self.sizes.add(node)  # an inlined batch norm's own statistics and affine parameters
             elif node.op == "get_attr":
                 self.layout[node] = UNKNOWN
                 self.blocks.append((node, f"the forward pass uses the tensor {prefix}{node.target} directly"))
@@ -96,6 +104,7 @@ class GroupBuilder:
             self.blocks.append((node, source[1]))
         else:
             self.layout[node] = self.layout.get(source[0], UNKNOWN)
+            self.zeros[node] = self.zeros.get(source[0], NEVER)
             self.sets.union(source[0], node)
 
     def _tensor_args(self, node: fx.Node) -> List[fx.Node]:
@@ -109,10 +118,12 @@ class GroupBuilder:
         self.blocks.append((node, reason))
         self.layout[node] = UNKNOWN
 
-    def _carry(self, node: fx.Node, source: fx.Node, layout: Optional[str] = None) -> None:
-        """``node`` holds the channels of ``source`` (in ``layout``, default: the same)."""
+    def _carry(self, node: fx.Node, source: fx.Node, layout: Optional[str] = None,
+               zeros: Optional[Zeros] = None) -> None:
+        """``node`` holds the channels of ``source`` (in ``layout`` and zero as ``zeros``, default: the same)."""
         self.sets.union(source, node)
         self.layout[node] = layout or self.layout.get(source, UNKNOWN)
+        self.zeros[node] = zeros or self.zeros.get(source, NEVER)
 
     # ----------------------------------------------------------------- modules
     def _call_module(self, node: fx.Node) -> None:
@@ -131,18 +142,20 @@ class GroupBuilder:
         elif reason:
             self._block_all(node, reason)
         elif is_per_channel(module):
-            self._carry(node, source)
+            block = channel_block(module)
+            self._carry(node, source, zeros=Blocks(self.zeros.get(source, NEVER), block) if block > 1 else None)
             self.per_channel.append(LayerCall(name, node, source))
         elif isinstance(module, nn.Flatten):
             self._carry(node, source, FLAT if layout in (SPATIAL, FLAT) else UNKNOWN)
         else:
-            self._carry(node, source)
+            self._carry(node, source, zeros=None if keeps_zeros(module) else NEVER)
 
     def _weighted(self, node: fx.Node, name: str, module: nn.Module, source: fx.Node, layout: str,
                   reason: str) -> None:
         """A convolution or linear layer: consumer of its input's channels, producer of its output's."""
         self.sets.find(node)
         self.layout[node] = SPATIAL if isinstance(module, CONVS) else (FLAT if layout == FLAT else LAST)
+        self.zeros[node] = Filters(name)
         self.producers.append(LayerCall(name, node, source))
         self.consumers.append(LayerCall(name, node, source))
         if reason:
@@ -166,7 +179,9 @@ class GroupBuilder:
             elif kind == "pool" and layout != SPATIAL:
                 self._block_all(node, f"{op_name(node)} on a tensor without a spatial channel layout")
             else:
-                self._carry(node, tensors[0])
+                self._carry(node, tensors[0], zeros=None if op_keeps_zeros(node) else NEVER)
+        elif kind == "batch_norm":
+            self._inlined_norm(node, tensors)
         elif kind == "flatten":
             layout = self.layout.get(tensors[0], UNKNOWN)
             self._carry(node, tensors[0], FLAT if layout in (SPATIAL, FLAT) else UNKNOWN)
@@ -181,6 +196,35 @@ class GroupBuilder:
         for t in tensors:
             self.sets.union(t, node)
         self.layout[node] = layouts.pop()
+        self.zeros[node] = self._binary_zeros(node, tensors)
+
+    def _binary_zeros(self, node: fx.Node, tensors: List[fx.Node]) -> Zeros:
+        """A product is zero where any factor is; a sum or difference where every term is, and no constant."""
+        terms = tuple(self.zeros.get(t, NEVER) for t in tensors)
+        if is_product(node):
+            return AnyOf(terms)
+        operands = len(node.args) + len(node.kwargs)
+        return AllOf(terms) if operands == len(tensors) else NEVER
+
+    def _inlined_norm(self, node: fx.Node, tensors: List[fx.Node]) -> None:
+        """``F.batch_norm`` on the statistics of a batch norm module (a subclass whose forward fx inlines)."""
+        owner = self._norm_owner([a for a in node.all_input_nodes if a.op == "get_attr"])
+        layout = self.layout.get(tensors[0], UNKNOWN) if tensors else UNKNOWN
+        problem = module_problem(self.modules[owner], layout) if owner else ""
+        if owner is None or len(tensors) != 1 or problem:
+            self._block_all(node, f"{owner!r} {problem}" if problem else
+                            f"the operation {op_name(node)} is not known to thinning")
+            return
+        self._carry(node, tensors[0])
+        self.per_channel.append(LayerCall(owner, node, tensors[0]))
+
+    def _norm_owner(self, attributes: List[fx.Node]) -> Optional[str]:
+        """The batch norm module owning every one of ``attributes`` (get_attr nodes), if there is one."""
+        owners = {self.prefix + str(a.target).rpartition(".")[0] for a in attributes}
+        if len(owners) != 1:
+            return None
+        owner = owners.pop()
+        return owner if isinstance(self.modules.get(owner), NORMS) else None
 
     # ----------------------------------------------------------------- result
     def finish(self) -> List[ChannelGroup]:
@@ -199,6 +243,7 @@ class GroupBuilder:
         layouts: Dict[Tuple[int, str], str] = {}
         for call in self.consumers:
             group = group_of(call.input)
+            _add_unique_object(group.reads, self.zeros.get(call.input, NEVER))
             layouts.setdefault((id(group), call.module), self.layout.get(call.input, UNKNOWN))
             if call.module not in [c.module for c in group.consumers]:
                 group.consumers.append(Consumer(call.module))
@@ -207,6 +252,7 @@ class GroupBuilder:
             group.blocked = group.blocked or reason
         found = [g for g in groups.values() if g.producers or g.consumers]
         for group in found:
+            group.block = lcm(1, *(channel_block(self.modules[m]) for m in group.per_channel))
             self._size(group, {c.module: layouts[(id(group), c.module)] for c in group.consumers})
         return found
 
@@ -237,4 +283,9 @@ class GroupBuilder:
 
 def _add_unique(items: List[str], item: str) -> None:
     if item not in items:
+        items.append(item)
+
+
+def _add_unique_object(items: List[Zeros], item: Zeros) -> None:
+    if all(x is not item for x in items):
         items.append(item)

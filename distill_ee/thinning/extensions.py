@@ -18,7 +18,8 @@ Lifecycle in a due epoch, as in Distiller::
                          masks), so the rest of the epoch trains the thinned model
     on_epoch_end         thin now if no minibatch hook ran in the epoch; re-arm for the next due epoch
 
-Each thinning appends its recipe to the model's ``thinning_recipes`` and to this policy's state.
+Each thinning appends its recipe to the model's ``thinning_recipes`` and to this policy's state; the zero
+structures it had to keep, with the reason, go to ``kept`` (the sample app's summary lists them).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from ..policies.base import HookContext, Policy
 from ..registry import EXTENSIONS, suggest
 from .graph import build_dependency_graph
 from .recipe import Recipe, is_empty
-from .remove import remove_channels, remove_filters
+from .remove import Kept, remove_channels, remove_filters
 
 THINNING_FUNCTIONS: Dict[str, Callable[..., Recipe]] = {
     "remove_filters": remove_filters,
@@ -55,15 +56,23 @@ class StructureRemover(Policy):
         self.arch = arch
         self.dataset = dataset
         self.recipes: List[Recipe] = []
+        self.kept: List[Kept] = []
         self.done = False
 
     def thin(self, ctx: HookContext) -> Recipe:
         """Thin ``ctx.model`` now (masks and optimizer state follow); returns the recipe applied."""
-        recipe = THINNING_FUNCTIONS[self.thinning_func_str](ctx.model, ctx.masks, ctx.optimizer)
+        kept: List[Kept] = []
+        recipe = THINNING_FUNCTIONS[self.thinning_func_str](ctx.model, ctx.masks, ctx.optimizer, kept=kept)
+        self.kept = kept
         self.done = True
         if not is_empty(recipe):
             self.recipes.append(recipe)
         return recipe
+
+    @property
+    def removes(self) -> str:
+        """What this remover removes: "filters" or "channels"."""
+        return self.thinning_func_str.partition("_")[2]
 
     def dry_run(self, model: Any) -> None:
         """Build the model's channel dependency graph (what thinning needs): an untraceable model fails now."""

@@ -1,16 +1,18 @@
 """Channel dependency graph built with torch.fx: which layers must lose the same channels together.
 
-A channel group (``groups.py``) is a set of tensors whose channel dimension shrinks as one: the producers
-creating the channels (convolution filters, linear rows), the per-channel layers carrying them (batch norm,
-depthwise convolutions) and the consumers reading them (a linear layer after a flatten reads each channel as
-a block of ``factor`` features). Element-wise sums and products (residual connections) merge the groups of
-their operands: a channel can only be removed from all of them at once. Early-exit branches (``ExitSet``
-modules, which declare their attach points) are traced too; a branch reads its attach module's output, so its
-first layers join that output's group.
+A channel group (``groups.py``) is a set of tensors whose channel dimension shrinks as one: the producers creating
+the channels (convolution filters, linear rows), the per-channel layers carrying them (batch norm, depthwise
+convolutions, grouped convolutions with equal channel counts, whose groups go whole) and the consumers reading them
+(a linear layer after a flatten reads each channel as a block of ``factor`` features). Element-wise sums and
+products (residual connections) merge the groups of their operands: a channel can only be removed from all of them
+at once (when it goes is ``zeros.py``'s business: a sum needs it zero in every term, a product in one factor).
+Early-exit branches (``ExitSet`` modules, which declare their attach points) are traced too; a branch reads its
+attach module's output, so its first layers join that output's group.
 
-A group is *blocked*, with the reason, when its channels reach something thinning cannot shrink: the model's
-input or output, a grouped convolution, an operation that mixes or reorders channels (cat, slicing, reshapes
-other than a flatten), a tensor attribute used directly, or a module thinning does not know (``rules.py``).
+A group is *blocked*, with the reason, when its channels reach something thinning cannot shrink: the model's input
+or output, a grouped convolution with different input and output channel counts, an operation that mixes or
+reorders channels (cat, slicing, reshapes other than a flatten), a tensor attribute used directly, or a module
+thinning does not know (``rules.py``).
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from .zeros import Zeros
+
 
 @dataclass
 class Consumer:
@@ -19,7 +21,9 @@ class ChannelGroup:
     """Tensors whose channels are removed together; ``blocked`` says why they cannot be, if they cannot.
 
     ``producers`` create the channels (filters of convolutions, rows of linear layers), ``per_channel``
-    layers carry them (batch norm, depthwise convolutions), ``consumers`` read them.
+    layers carry them (batch norm, depthwise and grouped convolutions), ``consumers`` read them. ``reads`` says
+    where the tensors the consumers read are zero (``zeros.py``); ``block`` is how many neighbouring channels
+    must go together (the group width of a grouped convolution on the way, 1 otherwise).
     """
 
     channels: int
@@ -27,6 +31,8 @@ class ChannelGroup:
     per_channel: List[str] = field(default_factory=list)
     consumers: List[Consumer] = field(default_factory=list)
     blocked: Optional[str] = None
+    reads: List[Zeros] = field(default_factory=list)
+    block: int = 1
 
     @property
     def removable(self) -> bool:

@@ -1,16 +1,20 @@
 """Physical removal of zero filters and channels (Distiller's ``remove_filters`` and ``remove_channels``).
 
-* ``remove_filters``: a channel goes when it is zero in every layer producing it (all its filters' weights
-  are zero, masks applied). With a residual sum, that means zero in every convolution writing into the sum.
+* ``remove_filters``: a channel goes when it is zero in every tensor its consumers read, zero filters (masks
+  applied) followed through the graph (``zeros.py``). With a residual sum, that means zero in every convolution
+  writing into the sum; with a product (a squeeze-and-excite block's ``scale * x``), zero in one factor is
+  enough, and the other factor's filters for that channel go too.
 * ``remove_channels``: a channel goes when every layer reading it ignores it (all its input weights are zero,
   in every consumer, exit branches included); its producers stop computing it.
 
-Every layer touching a removed channel follows: the producers' weights and biases, the batch norms and
-depthwise convolutions on the way, the consumers' input weights (a linear layer after a flatten loses the
+A grouped convolution on the way loses whole groups only: a channel goes when its whole group can.
+Every layer touching a removed channel follows: the producers' weights and biases, the batch norms, depthwise
+and grouped convolutions on the way, the consumers' input weights (a linear layer after a flatten loses the
 channel's block of features), the exit branches reading it, the pruning masks and the optimizer state.
-Channels the dependency graph cannot thin (see ``graph.py``) are kept and the reason is logged. A layer whose
-every filter (or, for ``remove_channels``, every input channel) is zero is refused with a ``ThinningError``
-before anything changes, as Distiller raises: removing it would remove the layer.
+Channels the dependency graph cannot thin (see ``graph.py``) are kept, and each kept layer is logged with
+its reason and handed to the caller (``kept``). A layer whose every filter (or, for ``remove_channels``,
+every input channel) is zero is refused with a ``ThinningError`` before anything changes, as Distiller
+raises: removing it would remove the layer.
 
 Removing a zero filter is exact unless the dense model turned the zero channel into a constant (a bias, or
 the shift of the following batch norm); that constant is dropped, as in Distiller, and a warning says so.
@@ -18,7 +22,7 @@ the shift of the following batch norm); that constant is dropped, as in Distille
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -28,7 +32,8 @@ from ..pruning.masks import ParameterMasker, notify_parameters_replaced
 from .graph import build_dependency_graph
 from .groups import ChannelGroup
 from .recipe import Recipe, apply_recipe, empty_recipe, is_empty, record_recipe, select, set_attribute
-from .rules import CONVS, NORMS
+from .rules import CONVS, NORMS, channel_block
+from .zeros import evaluate, whole_blocks
 
 log = logging.getLogger(__name__)
 
@@ -37,42 +42,60 @@ Masks = Optional[Mapping[str, ParameterMasker]]
 SILENT = 1e-6
 
 
+class Kept(NamedTuple):
+    """Zero structures of a layer that thinning kept, and why."""
+
+    module: str
+    count: int
+    kind: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"keeping {self.count} zero {self.kind} of {self.module!r}: {self.reason}"
+
+
 def remove_filters(model: nn.Module, masks: Masks = None, optimizer: Optional[torch.optim.Optimizer] = None, *,
-                   exits: Optional[Mapping[str, str]] = None) -> Recipe:
+                   exits: Optional[Mapping[str, str]] = None, kept: Optional[List[Kept]] = None) -> Recipe:
     """Remove every channel whose producing filters are all zero (masks applied); returns the recipe applied.
 
     The masks are sliced and their scheduler re-reads the parameters; ``optimizer``'s parameter groups and state
     follow; the recipe is recorded as the model's newest structure step. ``exits`` maps exit names to attach
-    module names, overriding what the model's ExitSets declare.
+    module names, overriding what the model's ExitSets declare. Zero filters that stay (and why) are logged and
+    appended to ``kept``.
     """
-    return _thin(model, masks, optimizer, exits, "filters")
+    return _thin(model, masks, optimizer, exits, "filters", kept)
 
 
 def remove_channels(model: nn.Module, masks: Masks = None, optimizer: Optional[torch.optim.Optimizer] = None, *,
-                    exits: Optional[Mapping[str, str]] = None) -> Recipe:
+                    exits: Optional[Mapping[str, str]] = None, kept: Optional[List[Kept]] = None) -> Recipe:
     """Remove every channel that all its consumers ignore (zero input weights); returns the recipe applied.
 
     Arguments as for ``remove_filters``.
     """
-    return _thin(model, masks, optimizer, exits, "channels")
+    return _thin(model, masks, optimizer, exits, "channels", kept)
 
 
 def _thin(model: nn.Module, masks: Masks, optimizer: Optional[torch.optim.Optimizer],
-          exits: Optional[Mapping[str, str]], kind: str) -> Recipe:
+          exits: Optional[Mapping[str, str]], kind: str, kept: Optional[List[Kept]]) -> Recipe:
     graph = build_dependency_graph(model, exits)
     modules = dict(model.named_modules())
     weights = _EffectiveWeights(modules, masks)
     recipe = empty_recipe()
     constants: List[Tuple[str, float]] = []
     removed = 0
+    staying: List[Kept] = []
     for group in graph.groups:
-        keep = _kept_channels(group, weights, kind)
+        keep = _kept_channels(group, weights, kind, staying)
         if keep is None:
             continue
         _add_group(recipe, modules, group, keep)
         removed += group.channels - keep.numel()
         if kind == "filters":
-            constants += _dropped_constants(modules, group, keep)
+            constants += _dropped_constants(modules, group, keep, weights)
+    for entry in staying:
+        log.warning("thinning: %s", entry)
+    if kept is not None:
+        kept.extend(staying)
     if is_empty(recipe):
         log.info("thinning: no zero %s to remove", kind)
         return recipe
@@ -110,8 +133,9 @@ def _ignored_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
     return ~(weight.reshape(weight.size(0), channels, -1) != 0).any(dim=2).any(dim=0)
 
 
-def _kept_channels(group: ChannelGroup, weights: _EffectiveWeights, kind: str) -> Optional[torch.Tensor]:
-    """Indices of the channels to keep, or None when the group keeps all of them (reason logged)."""
+def _kept_channels(group: ChannelGroup, weights: _EffectiveWeights, kind: str,
+                   staying: List[Kept]) -> Optional[torch.Tensor]:
+    """Indices of the channels to keep, or None when the group keeps all of them (reasons added to ``staying``)."""
     layers = group.producers if kind == "filters" else [c.module for c in group.consumers]
     if not layers or group.channels <= 0:
         return None
@@ -120,10 +144,11 @@ def _kept_channels(group: ChannelGroup, weights: _EffectiveWeights, kind: str) -
     if not any(bool(z.any()) for z in zeros.values()):
         return None
     if not group.removable:
-        _log_kept(zeros, kind, f"their channels cannot be thinned: {group.blocked}")
+        staying += [Kept(n, int(z.sum()), kind, f"their channels cannot be thinned: {group.blocked}")
+                    for n, z in zeros.items() if bool(z.any())]
         return None
-    removable = torch.stack(list(zeros.values())).all(dim=0)
-    _log_partial(zeros, removable, kind)
+    removable = whole_blocks(_removable(group, zeros, kind), group.block)
+    staying += _partial(zeros, removable, kind, group.block)
     if bool(removable.all()):
         what = "filter" if kind == "filters" else "input channel"
         raise ThinningError(
@@ -134,22 +159,36 @@ def _kept_channels(group: ChannelGroup, weights: _EffectiveWeights, kind: str) -
     return torch.nonzero(~removable).flatten()
 
 
-def _log_kept(zeros: Dict[str, torch.Tensor], kind: str, reason: str) -> None:
-    for name, z in zeros.items():
-        if bool(z.any()):
-            log.warning("thinning: keeping %d zero %s of %r: %s", int(z.sum()), kind, name, reason)
+def _removable(group: ChannelGroup, zeros: Dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+    """The channels that may go: zero where every consumer reads (filters), or ignored by every consumer."""
+    if kind == "channels" or not group.reads:
+        return torch.stack(list(zeros.values())).all(dim=0)
+    none = torch.zeros(group.channels, dtype=torch.bool)
+    return torch.stack([evaluate(r, lambda m: zeros.get(m, none), group.channels) for r in group.reads]).all(dim=0)
 
 
-def _log_partial(zeros: Dict[str, torch.Tensor], removable: torch.Tensor, kind: str) -> None:
-    if len(zeros) < 2:
-        return
+def _partial(zeros: Dict[str, torch.Tensor], removable: torch.Tensor, kind: str, block: int) -> List[Kept]:
+    """The zero structures of a removable group that stay, each with its reason."""
+    found = []
     for name, z in zeros.items():
-        kept = int((z & ~removable).sum())
-        if kept:
-            others = [n for n in zeros if n != name]
-            what = "added to" if kind == "filters" else "also read by"
-            log.warning("thinning: keeping %d zero %s of %r: its channels are %s %s, where they are not all zero",
-                        kept, kind, name, what, ", ".join(others))
+        count = int((z & ~removable).sum())
+        if count:
+            found.append(Kept(name, count, kind, _partial_reason(name, zeros, kind, block)))
+    return found
+
+
+def _partial_reason(name: str, zeros: Dict[str, torch.Tensor], kind: str, block: int) -> str:
+    others = ", ".join(n for n in zeros if n != name)
+    if others and kind == "filters":
+        reason = f"its channels are combined with those of {others} (added, or scaled) before they are read, " \
+                 "and are not all zero there"
+    elif others:
+        reason = f"its channels are also read by {others}, where they are not all zero"
+    else:
+        reason = "its channels are not zero everywhere they are read (an operation on the way makes zero nonzero)"
+    if block > 1:
+        reason += f"; a grouped convolution on the way takes only whole groups of {block} channels"
+    return reason
 
 
 # --------------------------------------------------------------------------- recipe of one group
@@ -164,10 +203,11 @@ def _add_group(recipe: Recipe, modules: Dict[str, nn.Module], group: ChannelGrou
         if isinstance(module, NORMS):
             _select_own(recipe, name, module, ("weight", "bias", "running_mean", "running_var"), size, keep)
             set_attribute(recipe, name, "num_features", n)
-        else:  # depthwise convolution: one filter per channel
+        else:  # depthwise or grouped convolution: whole groups of filters go, each reading its own group
             _select_own(recipe, name, module, ("weight", "bias"), size, keep)
-            for attr in ("in_channels", "out_channels", "groups"):
+            for attr in ("in_channels", "out_channels"):
                 set_attribute(recipe, name, attr, n)
+            set_attribute(recipe, name, "groups", n // channel_block(module))
     for consumer in group.consumers:
         module, f = modules[consumer.module], consumer.factor
         features = (keep[:, None] * f + torch.arange(f)).flatten()
@@ -184,13 +224,15 @@ def _select_own(recipe: Recipe, name: str, module: nn.Module, attrs: Tuple[str, 
 
 # --------------------------------------------------------------------------- exactness
 @torch.no_grad()
-def _dropped_constants(modules: Dict[str, nn.Module], group: ChannelGroup,
-                       keep: torch.Tensor) -> List[Tuple[str, float]]:
-    """Layers whose output on the removed channels was a nonzero constant in the dense model."""
+def _dropped_constants(modules: Dict[str, nn.Module], group: ChannelGroup, keep: torch.Tensor,
+                       weights: _EffectiveWeights) -> List[Tuple[str, float]]:
+    """Layers whose output on the removed channels was a nonzero constant in the dense model (a producer whose
+    filters there are not zero only fed a product with zero, so its bias does not count)."""
     gone = torch.ones(group.channels, dtype=torch.bool)
     gone[keep] = False
     found = []
-    for name in group.producers + group.per_channel:
+    silent = [p for p in group.producers if bool(_zero_filters(weights(p), group.channels).cpu()[gone].all())]
+    for name in silent + group.per_channel:
         value = _constant_output(modules[name])
         if value is not None:
             worst = float(value.detach().cpu()[gone].abs().max())

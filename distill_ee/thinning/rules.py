@@ -1,10 +1,13 @@
 """How thinning treats each layer and operation of a traced model, and the channel layouts it tracks.
 
-Roles: a *weighted* layer (convolution, linear) reads channels through its input dimension and creates new
-ones through its filters; a *per-channel* layer (batch norm, depthwise convolution) keeps channels apart, one
-set of weights per channel; an *element-wise* layer or operation (activations, dropout, pooling, identity)
-leaves channels where they are; a *binary* operation (sum, difference, product of tensors) ties its
-operands' channels together. Anything else is unknown, and the channels it touches are not thinned.
+Roles: a *weighted* layer (convolution, linear) reads channels through its input dimension and creates new ones
+through its filters; a *per-channel* layer (batch norm, depthwise convolution) keeps channels apart, one set of
+weights per channel, and a grouped convolution with as many output as input channels keeps each group of channels
+apart (its channels go a whole group at a time); a module of a subclass takes its base class's role; an
+*element-wise* layer or operation (activations, dropout, pooling, identity) leaves channels where they are; a
+*binary* operation (sum, difference, product of tensors) ties its operands' channels together; a product is zero
+where any factor is, and an element-wise operation that makes zero nonzero (sigmoid, softplus) hides zeros.
+Anything else is unknown, and the channels it touches are not thinned.
 
 Layouts of a tensor, tracked along the graph so that each layer reads channels where they really are:
 ``spatial`` (N, C, *spatial), ``flat`` (N, C * f) after a flatten, each channel a block of f features,
@@ -47,13 +50,19 @@ ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", 
 BINARY_FUNCTIONS: Set[Callable] = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
                                    operator.imul, torch.add, torch.sub, torch.mul}
 BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_"}
+PRODUCT_FUNCTIONS: Set[Callable] = {operator.mul, operator.imul, torch.mul}
+PRODUCT_METHODS = {"mul", "mul_"}
+#: element-wise layers and operations whose output is not zero where their input is
+NONZERO_AT_ZERO = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
+NONZERO_AT_ZERO_FUNCTIONS: Set[Callable] = {F.sigmoid, F.hardsigmoid, F.softplus, torch.sigmoid}
+NONZERO_AT_ZERO_METHODS = {"sigmoid", "sigmoid_"}
 SIZE_METHODS = {"size", "dim", "numel"}
 PYTHON_MODULES = ("_operator", "operator", "builtins")
 
 
 def is_weighted(module: nn.Module) -> bool:
-    """A convolution (not depthwise) or linear layer: reads channels and creates new ones."""
-    return isinstance(module, (nn.Linear, *CONVS)) and not is_depthwise(module)
+    """A convolution (not per-channel) or linear layer: reads channels and creates new ones."""
+    return isinstance(module, (nn.Linear, *CONVS)) and not is_per_channel(module)
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -62,16 +71,44 @@ def is_depthwise(module: nn.Module) -> bool:
         module.groups == module.in_channels == module.out_channels
 
 
+def is_grouped(module: nn.Module) -> bool:
+    """A grouped convolution (not depthwise) with as many output as input channels: groups kept apart."""
+    return isinstance(module, CONVS) and module.groups > 1 and not is_depthwise(module) and \
+        module.in_channels == module.out_channels
+
+
 def is_per_channel(module: nn.Module) -> bool:
-    """Batch norm or a depthwise convolution: weights of their own for each channel."""
-    return isinstance(module, NORMS) or is_depthwise(module)
+    """Batch norm, a depthwise convolution or a grouped one with equal channel counts: channels kept apart."""
+    return isinstance(module, NORMS) or is_depthwise(module) or is_grouped(module)
+
+
+def channel_block(module: nn.Module) -> int:
+    """How many channels go together through a per-channel layer: a grouped convolution's group width, or 1."""
+    return module.in_channels // module.groups if is_grouped(module) else 1
+
+
+def keeps_zeros(module: nn.Module) -> bool:
+    """Whether an element-wise layer outputs zero where its input is zero."""
+    return not isinstance(module, NONZERO_AT_ZERO)
+
+
+def op_keeps_zeros(node: fx.Node) -> bool:
+    """Whether an element-wise operation outputs zero where its input is zero."""
+    if node.op == "call_method":
+        return node.target not in NONZERO_AT_ZERO_METHODS
+    return node.target not in NONZERO_AT_ZERO_FUNCTIONS
+
+
+def is_product(node: fx.Node) -> bool:
+    """A binary operation multiplying its operands: zero where any of them is."""
+    return node.target in (PRODUCT_METHODS if node.op == "call_method" else PRODUCT_FUNCTIONS)
 
 
 def module_problem(module: nn.Module, layout: str) -> str:
     """Why ``module`` cannot take part in thinning with an input of ``layout`` ('' when it can)."""
     if isinstance(module, CONVS):
-        if module.groups > 1 and not is_depthwise(module):
-            return "is a grouped convolution"
+        if module.groups > 1 and not is_per_channel(module):
+            return "is a grouped convolution with different input and output channel counts"
         return "" if layout in (SPATIAL, UNKNOWN) else "reads a tensor without a spatial channel layout"
     if isinstance(module, NORMS):
         return "" if layout in (SPATIAL, FLAT) else "normalizes a tensor whose channel dimension is unknown"
@@ -115,16 +152,19 @@ def in_size(module: nn.Module) -> int:
 
 
 def op_kind(node: fx.Node) -> str:
-    """``size`` (yields sizes, not tensors), ``binary``, ``elementwise``, ``pool``, ``flatten`` or ``unknown``."""
+    """``size`` (yields sizes, not tensors), ``binary``, ``elementwise``, ``pool``, ``flatten``, ``batch_norm``
+    (an inlined ``F.batch_norm``) or ``unknown``."""
     method = node.op == "call_method"
     target = node.target
     if _is_size(node, method):
         return "size"
+    if not method and target is F.batch_norm:
+        return "batch_norm"
     if target in (BINARY_METHODS if method else BINARY_FUNCTIONS):
         return "binary"
     if target in (ELEMENTWISE_METHODS if method else ELEMENTWISE_FUNCTIONS):
         return "elementwise"
-    if not method and target in POOL_FUNCTIONS:
+    if (not method and target in POOL_FUNCTIONS) or _is_spatial_mean(node, method):
         return "pool"
     if _is_flatten(node, method):
         return "flatten"
@@ -147,6 +187,19 @@ def _is_size(node: fx.Node, method: bool) -> bool:
     if method:
         return node.target in SIZE_METHODS
     return node.target is getattr and len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+
+
+def _is_spatial_mean(node: fx.Node, method: bool) -> bool:
+    """``x.mean((2, 3), keepdim=True)`` or ``torch.mean(x, (2, 3), keepdim=True)`` (timm's squeeze-and-excite):
+    a mean over dimensions after the channels, keeping them, pools each channel on its own."""
+    is_mean = node.target == "mean" if method else node.target is torch.mean
+    if not is_mean:
+        return False
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+    dims = (dims,) if isinstance(dims, int) else dims
+    return keepdim is True and isinstance(dims, (list, tuple)) and bool(dims) \
+        and all(isinstance(d, int) and d >= 2 for d in dims)
 
 
 def _is_flatten(node: fx.Node, method: bool) -> bool:

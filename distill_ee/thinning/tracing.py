@@ -9,11 +9,11 @@ from torch import fx, nn
 
 from ..attachment import layers_only
 from ..errors import DistillEEError
-from ..modules import first_line
+from ..fx_trace import FxTracer, UntraceableError, trace_graph
 
 
-class ModuleOutputTracer(fx.Tracer):
-    """An fx tracer that also records the output node of every module call, leaf or not."""
+class ModuleOutputTracer(FxTracer):
+    """The shared fx tracer, also recording the output node of every module call, leaf or not."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -39,9 +39,9 @@ def trace(module: nn.Module) -> Tuple[ModuleOutputTracer, fx.Graph]:
     tracer = ModuleOutputTracer()
     try:
         with torch.no_grad(), layers_only(module):
-            graph = tracer.trace(module)
-    except Exception as exc:  # fx raises many types for untraceable code
+            graph = trace_graph(module, tracer)
+    except UntraceableError as err:
         raise DistillEEError(f"thinning needs a model that torch.fx can trace; tracing "
-                             f"{type(module).__name__} failed: {first_line(exc)}") from None
+                             f"{err.model} failed{err.where}: {err.reason}") from None
     return tracer, graph
 

@@ -49,8 +49,8 @@ def test_flag_errors_are_one_line_with_a_hint_to_help(capsys):
     with pytest.raises(SystemExit) as info:
         main(["check", "x.yaml"])
     assert info.value.code == 2
-    assert capsys.readouterr().err.strip() == ("distill-ee check: error: the following arguments are required: "
-                                               "-a/--arch (see distill-ee check --help)")
+    assert capsys.readouterr().err.strip() == ("distill-ee check: error: one of the arguments -a/--arch --model is "
+                                               "required (see distill-ee check --help)")
 
 
 @pytest.mark.slow

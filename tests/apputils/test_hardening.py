@@ -132,8 +132,8 @@ BEFORE_ANY_OUTPUT = [
     (["--compress", str(BAD / "gate_head_unknown_layer.yaml")],
      f"{BAD / 'gate_head_unknown_layer.yaml'}:8: early_exits.branchy.gate.head[0]: unknown branch layer type "
      "'confidence_feature'; did you mean 'confidence_features'? (valid: adaptive_avg_pool, adaptive_avgpool, "
-     "avg_pool, avgpool, batchnorm, bn, confidence_features, conv, conv2d, dropout, fc, flatten, global_avgpool, "
-     "linear, max_pool, maxpool, relu)"),
+     "avg_pool, avgpool, batchnorm, bn, channels_first, cls_token, confidence_features, conv, conv2d, dropout, fc, "
+     "flatten, global_avgpool, layer_norm, layernorm, linear, max_pool, maxpool, relu, token_mean)"),
 ]
 
 

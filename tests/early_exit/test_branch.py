@@ -17,7 +17,8 @@ def build(raw, shape=(2, 6, 12, 12), num_classes=10):
 
 
 def test_every_documented_layer_type_is_registered():
-    expected = {"conv", "bn", "relu", "maxpool", "avgpool", "adaptive_avgpool", "flatten", "linear", "dropout"}
+    expected = {"conv", "bn", "relu", "maxpool", "avgpool", "adaptive_avgpool", "flatten", "linear", "dropout",
+                "layernorm", "cls_token", "token_mean", "channels_first"}
     assert expected <= set(BRANCH_LAYERS.names())
 
 
@@ -98,3 +99,61 @@ def test_layer_specs_round_trip_to_plain_config():
     assert spec.type == "conv"
     assert spec.to_config() == {"type": "conv", "out_channels": 4, "kernel_size": [3, 1]}
     assert parse_layer("relu").to_config() == "relu"
+
+
+def test_cls_token_takes_one_token_of_a_sequence():
+    branch = build(["cls_token", "linear"], shape=(2, 17, 32))
+    x = torch.randn(3, 17, 32)
+    assert branch[1].in_features == 32
+    assert torch.equal(branch[0](x), x[:, 0])
+    assert torch.equal(build([{"type": "cls_token", "index": -1}, "linear"], shape=(2, 17, 32))[0](x), x[:, 16])
+
+
+def test_cls_token_outside_the_sequence_is_an_error_naming_the_token_count():
+    with pytest.raises(ScheduleError) as info:
+        build([{"type": "cls_token", "index": 17}, "linear"], shape=(2, 17, 32))
+    assert info.value.path == "exits.exit1.branch[0]" and "17 tokens" in info.value.message
+    with pytest.raises(ScheduleError) as info:
+        build(["cls_token", "linear"])
+    assert "(N, T, D)" in info.value.message and "(N, 6, 12, 12)" in info.value.message
+
+
+def test_token_mean_averages_tokens_or_channel_last_positions():
+    tokens, nhwc = torch.randn(3, 17, 32), torch.randn(3, 8, 8, 16)
+    assert torch.allclose(build(["token_mean", "linear"], shape=(2, 17, 32))[0](tokens), tokens.mean(1))
+    branch = build(["token_mean", "linear"], shape=(2, 8, 8, 16))
+    assert branch[1].in_features == 16 and torch.allclose(branch[0](nhwc), nhwc.mean((1, 2)))
+    with pytest.raises(ScheduleError, match="token sequence"):
+        build(["flatten", "token_mean", "linear"])
+
+
+def test_layernorm_normalizes_the_last_dimension():
+    branch = build(["layernorm", "token_mean", "linear"], shape=(2, 8, 8, 16))
+    assert isinstance(branch[0], nn.LayerNorm) and branch[0].normalized_shape == (16,)
+    assert build(["layernorm", "cls_token", "linear"], shape=(2, 17, 32))[0].normalized_shape == (32,)
+
+
+def test_channels_first_lets_image_layers_follow_channel_last_features():
+    branch = build(["channels_first", {"type": "conv", "out_channels": 4, "kernel_size": 1}, "adaptive_avgpool",
+                    "flatten", "linear"], shape=(2, 8, 8, 16))
+    nhwc = torch.randn(3, 8, 8, 16)
+    assert branch[1].in_channels == 16
+    assert torch.equal(branch[0](nhwc), nhwc.permute(0, 3, 1, 2))
+    with pytest.raises(ScheduleError, match=r"\(N, H, W, C\)"):
+        build(["flatten", "channels_first"])
+
+
+def test_image_and_linear_layers_on_a_sequence_point_to_the_token_layers():
+    for raw in (["linear"], [{"type": "conv", "out_channels": 4}], ["adaptive_avgpool"], ["bn"]):
+        with pytest.raises(ScheduleError) as info:
+            build(raw, shape=(2, 17, 32))
+        assert "cls_token" in info.value.message and "token_mean" in info.value.message, raw
+
+
+def test_linear_on_channel_last_features_points_to_token_mean_and_channels_first():
+    with pytest.raises(ScheduleError) as info:
+        build(["linear"], shape=(2, 8, 8, 16))
+    assert "token_mean" in info.value.message and "channels_first" in info.value.message
+    with pytest.raises(ScheduleError) as info:
+        build(["linear"], shape=(2, 16, 8, 8))  # channel-first: no channel-last hint
+    assert "channels_first" not in info.value.message

@@ -123,6 +123,48 @@ class TwoInputs(nn.Module):
         return self.fc(x + y)
 
 
-def test_a_forward_with_two_inputs_cannot_be_staged():
-    with pytest.raises(DistillEEError, match="exactly one"):
+class WithDefaults(nn.Module):
+    """timm's ViT style: arguments after the batch that default to "not given"."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x, scale=2.0, attn_mask=None):
+        return self.fc2(torch.relu(self.fc1(x)) * scale)
+
+
+def test_a_forward_argument_without_a_default_is_refused_in_one_line_naming_it():
+    with pytest.raises(DistillEEError, match=r"argument 'y' has no default") as err:
         split_model(TwoInputs(), ["fc"], (4,))
+    assert "\n" not in str(err.value)
+
+
+def test_forward_arguments_with_defaults_are_held_at_them_in_the_stages(caplog):
+    model = WithDefaults().eval()
+    with caplog.at_level("INFO", logger="distill_ee.early_exit.staging"):
+        modules, plan = split_model(model, ["fc1"], (4,))
+    assert "scale=2.0, attn_mask=None held at their defaults" in caplog.text
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        attach_out, out = run_stages(modules, plan, x)
+    assert torch.allclose(out, model(x)) and torch.allclose(attach_out[0], model.fc1(x))
+
+
+class MaskBranch(WithDefaults):
+    """A default of None that the forward tests, as timm's ViT does with its attention mask."""
+
+    def forward(self, x, attn_mask=None):
+        h = torch.relu(self.fc1(x))
+        if attn_mask is not None:
+            h = h * attn_mask
+        return self.fc2(h)
+
+
+def test_a_default_the_forward_tests_is_traced_as_that_default():
+    model = MaskBranch().eval()
+    modules, plan = split_model(model, ["fc1"], (4,))
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        _, out = run_stages(modules, plan, x)
+    assert torch.allclose(out, model(x))

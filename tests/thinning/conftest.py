@@ -10,20 +10,9 @@ from torch import nn
 from distill_ee.apputils.models import create_model
 from distill_ee.pruning import L1RankedStructureParameterPruner
 from distill_ee.scheduler import CompressionScheduler
+from support import randomize_batch_norms
 
 BLOCK_CONV1 = [f"layer{s}.{b}.conv1.weight" for s in (1, 2, 3) for b in range(3)]
-
-
-def randomize_batch_norms(model: nn.Module, seed: int = 0) -> None:
-    """Give every batch norm trained-looking statistics and affine parameters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
 
 
 def silence_zero_channels(model: nn.Module, conv_names: List[str]) -> None:

@@ -6,8 +6,8 @@ import torch
 
 from distill_ee.apputils.models import create_model
 from distill_ee.early_exit.exits import EarlyExits
-from distill_ee.early_exit.hooks import ExitHooks
 from distill_ee.thinning import apply_thinning_recipes, build_dependency_graph, remove_filters, thinning_recipes
+from support import exit_logits
 
 CONV_BRANCH = {"attach": "layer1.0.relu1",
                "branch": [{"type": "conv", "out_channels": 8, "kernel_size": 3}, "relu", "adaptive_avgpool",
@@ -18,19 +18,6 @@ POOL_BRANCH = {"attach": "layer3.0.relu1",
 
 def with_exits(model, **exits):
     return EarlyExits.from_config({"exits": exits}, model, num_classes=10, input_shape=(3, 32, 32))
-
-
-def exit_logits(policy, model, x):
-    """Every exit's logits and the final logits, in eval mode (hooks run only with autograd on)."""
-    model.eval()
-    hooks = ExitHooks(model)
-    hooks.enable()
-    try:
-        with torch.enable_grad():
-            final = model(x)
-        return [t.detach() for t in hooks.pop_logits()] + [final.detach()]
-    finally:
-        hooks.disable()
 
 
 def test_a_branch_joins_the_channel_group_of_the_module_it_reads():
@@ -48,31 +35,31 @@ def test_a_branch_joins_the_channel_group_of_the_module_it_reads():
 def test_exits_after_thinned_layers_still_compute_the_same_logits(pruned_resnet, images):
     run = pruned_resnet()
     model = run["model"]
-    policy = with_exits(model, exit1=CONV_BRANCH, exit2=POOL_BRANCH)
+    with_exits(model, exit1=CONV_BRANCH, exit2=POOL_BRANCH)
     with torch.no_grad():
         model.early_exits.exit2[0].running_var.uniform_(0.5, 1.5)  # scales; a zero channel stays zero
-    dense = exit_logits(policy, model, images)
+    dense = exit_logits(model, images)
     remove_filters(model, run["scheduler"].masks, run["optimizer"])
     assert model.early_exits.exit1[0].in_channels == 8
     assert model.early_exits.exit2[0].num_features == 32
     assert model.early_exits.exit2[3].in_features == 32 * 4
-    for before, after in zip(dense, exit_logits(policy, model, images)):
+    for before, after in zip(dense, exit_logits(model, images)):
         assert torch.allclose(before, after, rtol=1e-5, atol=1e-5)
 
 
 def test_a_thinned_model_with_exits_reloads_from_its_recipes(pruned_resnet, images):
     run = pruned_resnet()
     model = run["model"]
-    policy = with_exits(model, exit1=CONV_BRANCH)
+    with_exits(model, exit1=CONV_BRANCH)
     remove_filters(model, run["scheduler"].masks)
     saved = {"state_dict": copy.deepcopy(model.state_dict()), "thinning_recipes": thinning_recipes(model)}
     assert len(thinning_recipes(model)) == 1
 
     fresh = create_model("resnet20_cifar", 10, 3)
-    fresh_policy = with_exits(fresh, exit1=CONV_BRANCH)
+    with_exits(fresh, exit1=CONV_BRANCH)
     apply_thinning_recipes(fresh, saved["thinning_recipes"])
     fresh.load_state_dict(saved["state_dict"])
-    for a, b in zip(exit_logits(policy, model, images), exit_logits(fresh_policy, fresh, images)):
+    for a, b in zip(exit_logits(model, images), exit_logits(fresh, images)):
         assert torch.equal(a, b)
 
 

@@ -5,6 +5,7 @@ from torch import nn
 
 from distill_ee.checkpoint import read_checkpoint, write_checkpoint
 from distill_ee.apputils.models import create_model
+from distill_ee.apputils.report import thinning_summary
 from distill_ee.errors import ScheduleError
 from distill_ee.registry import EXTENSIONS
 from distill_ee.schedule import schedule_from_text
@@ -134,3 +135,25 @@ def test_an_unknown_thinning_function_is_a_located_schedule_error():
         schedule_from_text(model, None, text, file="s.yaml")
     message = str(err.value)
     assert "s.yaml:" in message and "thinning_func_str" in message and "did you mean 'remove_filters'" in message
+
+
+def test_what_the_thinning_kept_is_listed_with_its_reason_for_the_runs_summary():
+    text = SCHEDULE.replace(BLOCKS, "module.layer1.0.conv2.weight")  # its channels are added to the stem's conv1's
+    model = create_model("resnet20_cifar", 10, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scheduler = schedule_from_text(model, optimizer, text)
+    for epoch in range(2):
+        run_epoch(model, optimizer, scheduler, epoch, batches())
+    assert model.layer1[0].conv2.out_channels == 16
+    [kept] = thinning_summary(scheduler)["thinning"]["kept"]
+    assert (kept["thinning"], kept["module"], kept["count"], kept["kind"]) == ("net_thinner", "layer1.0.conv2", 8,
+                                                                              "filters")
+    assert kept["reason"].startswith("its channels are combined with those of conv1") and \
+        "not all zero there" in kept["reason"]
+
+
+def test_a_run_whose_thinning_kept_nothing_has_no_thinning_entry():
+    model, optimizer, scheduler = setup()
+    for epoch in range(2):
+        run_epoch(model, optimizer, scheduler, epoch, batches())
+    assert thinning_summary(scheduler) == {}

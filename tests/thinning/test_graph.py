@@ -73,8 +73,8 @@ class Concat(nn.Module):
         super().__init__()
         self.a = nn.Conv2d(3, 4, 1)
         self.b = nn.Conv2d(3, 4, 1)
-        self.grouped = nn.Conv2d(8, 8, 3, groups=2)
-        self.fc = nn.Linear(8, 2)
+        self.grouped = nn.Conv2d(8, 4, 3, groups=2)  # groups of 4 input channels make 2 output channels each
+        self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
         y = self.grouped(torch.cat([self.a(x), self.b(x)], dim=1))
