@@ -319,8 +319,8 @@ def _held_value_kinds(gm: torch.fx.GraphModule, input_shape: InputLike, held: Se
         return _value_kinds(gm, input_shape)
     except Exception as err:  # noqa: BLE001  (the traced graph used a held argument as a tensor)
         raise DistillEEError(f"{model_name} traced with {', '.join(held)} held at their defaults fails on a dummy "
-                             f"batch ({first_line(err)}): only plain defaults (None, bool, number, string) are traced as "
-                             f"constants, any other is traced as if it were given; {_STAGES_HINT}") from None
+                             f"batch ({first_line(err)}): only plain defaults (None, bool, number, string) are "
+                             f"traced as constants, any other as if it were given; {_STAGES_HINT}") from None
 
 
 def _attach_node(nodes: List[torch.fx.Node], name: str, model: nn.Module) -> torch.fx.Node:

@@ -143,3 +143,25 @@ def test_exits_reading_a_squeeze_and_excite_block_follow_and_compute_the_same_lo
     assert model.early_exits.exit1[0].in_channels == 72 - ZEROED
     for before, after in zip(dense, exit_logits(model, x)):
         assert torch.allclose(before, after, rtol=1e-5, atol=1e-5)
+
+
+#: an exit reading a block whose channels the TARGETS thin (its branch's first conv loses them too)
+EXIT_AT = {"mobilenet_v3_large": ("features.4.block.1", 72), "efficientnet_b0": ("features.2.0.block.1", 96),
+           "regnet_y_400mf": ("trunk_output.block1.block1-0.f.b", 48)}
+
+
+@pytest.mark.parametrize("arch", sorted(TARGETS))
+def test_each_model_thinned_with_an_exit_computes_its_masked_selfs_exit_and_final_logits(arch, x):
+    model = build(arch)
+    attach, channels = EXIT_AT[arch]
+    EarlyExits.from_config({"exits": {"exit1": {
+        "attach": attach, "branch": [{"type": "conv", "out_channels": 8, "kernel_size": 3}, "relu",
+                                     "adaptive_avgpool", "flatten", "linear"]}}},
+        model, num_classes=10, input_shape=(3, 64, 64))
+    assert model.early_exits.exit1[0].in_channels == channels
+    zero_filters(model, TARGETS[arch])
+    dense = exit_logits(model, x)
+    remove_filters(model)
+    assert model.early_exits.exit1[0].in_channels == channels - ZEROED
+    for before, after in zip(dense, exit_logits(model, x)):
+        assert torch.allclose(before, after, rtol=1e-5, atol=1e-5)
