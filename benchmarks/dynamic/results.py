@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from distill_ee.atomic import atomic_write_json
 
 VERSION = 1
+#: the checkout: paths inside it are recorded relative to it, so the file names no folder of one machine
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Results:
@@ -31,7 +33,7 @@ class Results:
                         measured: str, busy_share: float = 0.0) -> None:
         """What a training gave (its summary and training time, and by how much other work on the machine
         lengthened its epochs' summed time), under its configuration's key."""
-        self.trainings[name] = {"key": key, "summary": dict(summary), "train_seconds": train_seconds,
+        self.trainings[name] = {"key": key, "summary": portable(summary), "train_seconds": train_seconds,
                                 "busy_share": busy_share, "measured": measured}
 
     def record_rows(self, label: str, keys: Mapping[str, str], lines: Sequence[Mapping[str, Any]],
@@ -53,3 +55,14 @@ class Results:
         """Write the file (atomically)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path, {"version": VERSION, "trainings": self.trainings, "rows": self.rows})
+
+
+def portable(value: Any) -> Any:
+    """``value`` with every string that is a path inside the checkout made relative to it."""
+    if isinstance(value, Mapping):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and value.startswith(str(ROOT) + "/"):
+        return value[len(str(ROOT)) + 1:]
+    return value

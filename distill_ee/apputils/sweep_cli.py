@@ -115,13 +115,7 @@ def load_study(sweep: Sweep, out: Path, storage: Optional[str], create: bool) ->
     if not storage and not create and not (out / "study.db").is_file():
         raise DistillEEError(f"{sweep.file}: no sweep in {out} (no study.db); run the sweep first or give -o DIR "
                              "or --storage URL")
-    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    try:
-        rdb = optuna.storages.RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=sweep.heartbeat_s, grace_period=3 * sweep.heartbeat_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
-    except Exception as exc:  # noqa: BLE001  (SQLAlchemy's errors for a bad URL are many types)
-        raise DistillEEError(f"--storage: cannot open {url!r}: {str(exc).splitlines()[0]}") from None
+    rdb = open_storage(sweep, url)
     if not create:
         try:
             return optuna.load_study(study_name=sweep.study_name, storage=rdb)
@@ -134,6 +128,24 @@ def load_study(sweep: Sweep, out: Path, storage: Optional[str], create: bool) ->
                                              interval_steps=sweep.pruner.interval_steps)
     return optuna.create_study(study_name=sweep.study_name, storage=rdb, load_if_exists=True,
                                directions=sweep.directions, sampler=make_sampler(sweep), pruner=pruner)
+
+
+def open_storage(sweep: Sweep, url: str, attempts: int = 5) -> Any:
+    """Optuna's RDBStorage at ``url``. Workers started together race to create its tables (a unique-key clash on
+    Optuna's schema version): the loser opens again, once the winner's tables stand."""
+    import optuna
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+    attempt = 1
+    while True:
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine, heartbeat_interval=sweep.heartbeat_s, grace_period=3 * sweep.heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except Exception as exc:  # noqa: BLE001  (SQLAlchemy's errors for a bad URL are many types)
+            if type(exc).__name__ != "IntegrityError" or attempt == attempts:
+                raise DistillEEError(f"--storage: cannot open {url!r}: {str(exc).splitlines()[0]}") from None
+        time.sleep(0.5 * attempt)
+        attempt += 1
 
 
 def make_sampler(sweep: Sweep) -> Any:

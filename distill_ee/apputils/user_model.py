@@ -85,9 +85,12 @@ def _ints(flag: str, text: str) -> list:
 
 
 def _timm_model(name: str, kwargs: Dict[str, Any]) -> Any:
-    if importlib.util.find_spec("timm") is None:
-        raise ConfigError(f"--model timm:{name} needs timm, which is not installed (pip install timm)")
-    timm = importlib.import_module("timm")
+    try:
+        timm = importlib.import_module("timm")
+    except ModuleNotFoundError as err:
+        if err.name != "timm":  # timm is there but lacks a package it needs: its own error
+            raise ConfigError(f"--model timm:{name}: importing timm failed: {first_line(err)}") from None
+        raise ConfigError(f"--model timm:{name} needs timm, which is not installed (pip install timm)") from None
     try:
         return timm.create_model(name, **kwargs)
     except Exception as err:  # noqa: BLE001  (an unknown name, bad arguments)

@@ -1,5 +1,7 @@
 """``distill-ee check SCHEDULE --model PACKAGE.MODULE:CALLABLE``: the plan of a schedule on the user's own model
 (token ids included), and each bad value of the model flags as one located line with exit status 2."""
+import sys
+
 import pytest
 
 from distill_ee.apputils.cli import main
@@ -82,14 +84,19 @@ def test_model_arguments_are_given_as_json(tmp_path, own_module, capsys):
     (["--model", "MODULE:tiny", "--input-shape", "3,4", "--input-dtype", "long", "--input-range", "5,5"],
      "low < high"),
     (["--model", "MODULE:tiny", "--input-shape", "7"], "fails on an input (N, 7)"),
-    (["--model", "timm:vit_tiny_patch16_224", "--input-shape", "3,224,224"], "needs timm, which is not installed "
-                                                                             "(pip install timm)"),
 ])
 def test_a_bad_model_flag_is_one_line_and_status_2(schedule, own_module, capsys, flags, message):
     flags = [f.replace("MODULE", own_module) for f in flags]
     assert main(["check", schedule, *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_a_timm_name_without_timm_says_how_to_install_it(schedule, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed, also where it is
+    assert main(["check", schedule, "--model", "timm:vit_tiny_patch16_224", "--input-shape", "3,224,224"]) == 2
+    assert capsys.readouterr().err == ("error: --model timm:vit_tiny_patch16_224 needs timm, which is not installed "
+                                       "(pip install timm)\n")
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -194,3 +194,31 @@ def test_a_trial_whose_validation_top1_trails_the_median_is_stopped_early(tmp_pa
         assert objective._follow(trial, proc, f"trial_{trial.number}") == run_dir
     proc.wait()
     assert study.trials[trial.number].intermediate_values == {0: top1}
+
+
+def test_a_worker_that_loses_the_race_to_create_the_storage_opens_it_again(tmp_path, monkeypatch):
+    from distill_ee.apputils import sweep_cli
+    from distill_ee.apputils.sweep_space import read_sweep
+    import sqlalchemy.exc
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # what the second of two workers started together gets from SQLite
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(sweep_cli.time, "sleep", lambda s: None)
+    storage = sweep_cli.open_storage(read_sweep(sweep_file(tmp_path)), f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(calls) == 2 and isinstance(storage, real)
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path):
+    from distill_ee.apputils import sweep_cli
+    from distill_ee.apputils.sweep_space import read_sweep
+    from distill_ee.errors import DistillEEError
+    with pytest.raises(DistillEEError, match=r"^--storage: cannot open 'nosuchdb://x'") as err:
+        sweep_cli.open_storage(read_sweep(sweep_file(tmp_path)), "nosuchdb://x")
+    assert "\n" not in str(err.value)

@@ -260,3 +260,11 @@ def test_only_names_known_trainings_in_one_line_with_exit_status_2(tmp_path, cap
     assert stopped.value.code == 2 and err.count("\n") == 1
     assert "unknown training(s) resnett20; known: lenet, resnet20" in err
     assert not any(tmp_path.iterdir())  # nothing trained or written
+
+
+def test_the_results_file_records_paths_inside_the_checkout_relative_to_it():
+    from benchmarks.dynamic.results import ROOT, portable
+    summary = {"kd": {"teacher_checkpoint": str(ROOT / ".bench_cache" / "t.pth.tar")}, "runs": [str(ROOT / "a")],
+               "elsewhere": "/data/fashion", "top1": 91.5}
+    assert portable(summary) == {"kd": {"teacher_checkpoint": ".bench_cache/t.pth.tar"}, "runs": ["a"],
+                                 "elsewhere": "/data/fashion", "top1": 91.5}
