@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import ctypes
+import fcntl
 import json
 import os
 import signal
@@ -131,8 +132,24 @@ def load_study(sweep: Sweep, out: Path, storage: Optional[str], create: bool) ->
 
 
 def open_storage(sweep: Sweep, url: str, attempts: int = 5) -> Any:
-    """Optuna's RDBStorage at ``url``. Workers started together race to create its tables (a unique-key clash on
-    Optuna's schema version): the loser opens again, once the winner's tables stand."""
+    """Optuna's RDBStorage at ``url``. Workers started together race to create its tables: on one machine an
+    SQLite file is opened under a lock beside it; elsewhere the loser (a clash on a table or on Optuna's schema
+    version) opens again once the winner's tables stand."""
+    path = sqlite_file(url)
+    if path is None or not path.parent.is_dir():
+        return _open_retrying(sweep, url, attempts)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _open_retrying(sweep, url, attempts)
+
+
+def sqlite_file(url: str) -> Optional[Path]:
+    """The database file of an ``sqlite:///`` URL (None for other databases and in-memory SQLite)."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix):]) if url.startswith(prefix) and len(url) > len(prefix) else None
+
+
+def _open_retrying(sweep: Sweep, url: str, attempts: int) -> Any:
     import optuna
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
     attempt = 1
@@ -142,7 +159,8 @@ def open_storage(sweep: Sweep, url: str, attempts: int = 5) -> Any:
                 url, engine_kwargs=engine, heartbeat_interval=sweep.heartbeat_s, grace_period=3 * sweep.heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
         except Exception as exc:  # noqa: BLE001  (SQLAlchemy's errors for a bad URL are many types)
-            if type(exc).__name__ != "IntegrityError" or attempt == attempts:
+            raced = type(exc).__name__ == "IntegrityError" or "already exists" in str(exc)
+            if not raced or attempt == attempts:
                 raise DistillEEError(f"--storage: cannot open {url!r}: {str(exc).splitlines()[0]}") from None
         time.sleep(0.5 * attempt)
         attempt += 1

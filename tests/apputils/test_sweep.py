@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 import yaml
 
 from distill_ee.apputils.check import check
@@ -196,23 +197,32 @@ def test_a_trial_whose_validation_top1_trails_the_median_is_stopped_early(tmp_pa
     assert study.trials[trial.number].intermediate_values == {0: top1}
 
 
-def test_a_worker_that_loses_the_race_to_create_the_storage_opens_it_again(tmp_path, monkeypatch):
+RACE_ERRORS = {  # what the second of two workers started together on one database gets
+    "schema version": lambda: sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {},
+                                                            Exception("UNIQUE constraint failed")),
+    "table": lambda: sqlalchemy.exc.OperationalError("CREATE TABLE studies", {},
+                                                     Exception("table studies already exists")),
+}
+
+
+@pytest.mark.parametrize("race", sorted(RACE_ERRORS))
+def test_a_worker_that_loses_the_race_to_create_the_storage_opens_it_again(tmp_path, monkeypatch, race):
     from distill_ee.apputils import sweep_cli
     from distill_ee.apputils.sweep_space import read_sweep
-    import sqlalchemy.exc
 
     real, calls = optuna.storages.RDBStorage, []
 
     def racing(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 1:  # what the second of two workers started together gets from SQLite
-            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint"))
+        if len(calls) == 1:
+            raise RACE_ERRORS[race]()
         return real(*args, **kwargs)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
     monkeypatch.setattr(sweep_cli.time, "sleep", lambda s: None)
     storage = sweep_cli.open_storage(read_sweep(sweep_file(tmp_path)), f"sqlite:///{tmp_path / 'study.db'}")
     assert len(calls) == 2 and isinstance(storage, real)
+    assert (tmp_path / "study.db.lock").is_file()  # workers on one machine open an SQLite file one at a time
 
 
 def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path):
